@@ -1,0 +1,34 @@
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: setup run test test-unit test-integration test-e2e test-faults bench clean
+
+setup:
+	./scripts/setup.sh
+
+## Start the whole platform on this host (all four services, local backends) until Ctrl-C.
+run: setup
+	$(PY) -m shared.devrun
+
+## The whole test suite against real Postgres, RabbitMQ and Chromium.
+test: setup
+	$(PYTEST) -m "not faults" tests
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+test-integration: setup
+	$(PYTEST) tests/integration
+
+test-e2e: setup
+	$(PYTEST) tests/e2e -m "not faults"
+
+## Long fault-injection scenarios (kills, broker and database restarts).
+test-faults: setup
+	$(PYTEST) -m faults tests
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf .venv test-artifacts .pytest_cache

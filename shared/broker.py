@@ -1,0 +1,137 @@
+"""RabbitMQ topology and the consuming side of every service.
+
+- One durable topic exchange for domain events; routing key = message type.
+- One durable quorum queue per consumer and subscription (`<service>.<type>`), dead-lettered
+  to `<queue>.dlq` through the `<exchange>.dlx` exchange after `delivery_limit` attempts.
+- Failures are returned with basic.reject (requeue) after a backoff: on RabbitMQ 3.x and 4.x
+  alike a reject counts toward the quorum queue's delivery limit (a nack does not on 4.x), and
+  on the last attempt the consumer rejects without requeue itself, so the message dead-letters
+  whichever server version enforces the limit.
+- Publishing always goes through the outbox relay (`shared.outbox`): persistent, confirmed,
+  mandatory, with unroutable returns raised as errors.
+"""
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream.rabbit.annotations import RabbitMessage
+from pydantic import BaseModel, ValidationError
+
+from shared import metrics
+from shared.logs import log_context
+
+log = logging.getLogger(__name__)
+
+
+def make_broker(url: str, *, prefetch: int = 32) -> RabbitBroker:
+    channel = Channel(publisher_confirms=True, on_return_raises=True, prefetch_count=prefetch)
+    return RabbitBroker(url, default_channel=channel, logger=None)
+
+
+def events_exchange(name: str) -> RabbitExchange:
+    return RabbitExchange(name, type=ExchangeType.TOPIC, durable=True)
+
+
+def dead_letter_exchange(events: str) -> RabbitExchange:
+    return RabbitExchange(f"{events}.dlx", type=ExchangeType.DIRECT, durable=True)
+
+
+def consumer_queue(*, service: str, message_type: str, events: str, delivery_limit: int) -> RabbitQueue:
+    name = f"{service}.{message_type}"
+    return RabbitQueue(
+        name,
+        durable=True,
+        queue_type=QueueType.QUORUM,
+        routing_key=message_type,
+        arguments={
+            "x-dead-letter-exchange": f"{events}.dlx",
+            "x-dead-letter-routing-key": name,
+            "x-delivery-limit": delivery_limit,
+        },
+    )
+
+
+def dead_letter_queue(queue_name: str) -> RabbitQueue:
+    return RabbitQueue(f"{queue_name}.dlq", durable=True, queue_type=QueueType.QUORUM, routing_key=queue_name)
+
+
+async def declare_dead_letters(broker: RabbitBroker, *, events: str, queue_names: list[str]) -> None:
+    dlx = await broker.declare_exchange(dead_letter_exchange(events))
+    for name in queue_names:
+        dlq = await broker.declare_queue(dead_letter_queue(name))
+        await dlq.bind(dlx, routing_key=name)
+
+
+def _delivery_count(message: RabbitMessage) -> int:
+    headers = message.raw_message.headers or {}
+    try:
+        return int(headers.get("x-delivery-count", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+class Consumers:
+    """The explicit list of which handler takes which message, for one service."""
+
+    def __init__(self, broker: RabbitBroker, *, service: str, events: str, delivery_limit: int):
+        self.broker = broker
+        self.service = service
+        self.events = events
+        self.delivery_limit = delivery_limit
+        self.queue_names: list[str] = []
+
+    def on(self, model: type[BaseModel], handler: Callable[[Any], Awaitable[None]]) -> None:
+        message_type = model.TYPE  # type: ignore[attr-defined]
+        queue = consumer_queue(service=self.service, message_type=message_type, events=self.events,
+                               delivery_limit=self.delivery_limit)
+        self.queue_names.append(queue.name)
+        limit = self.delivery_limit
+        qname = queue.name
+
+        async def consume(body: Any, message: RabbitMessage) -> None:
+            started = time.perf_counter()
+            try:
+                event = model.model_validate_json(message.body)
+            except ValidationError as exc:
+                log.error("malformed message dead-lettered", extra={"queue": qname, "error": str(exc)[:500]})
+                metrics.MESSAGES_HANDLED.labels(qname, "malformed").inc()
+                metrics.DEAD_LETTERED.labels(qname).inc()
+                await message.reject(requeue=False)
+                return
+            token = log_context.set({"message_id": str(event.message_id), "message_type": message_type,
+                                     **_ids(event)})
+            try:
+                await handler(event)
+            except Exception:
+                attempt = _delivery_count(message) + 1
+                last = attempt >= limit
+                log.exception("message handling failed", extra={"queue": qname, "attempt": attempt,
+                                                               "dead_lettered": last})
+                metrics.MESSAGES_HANDLED.labels(qname, "failed").inc()
+                if last:
+                    metrics.DEAD_LETTERED.labels(qname).inc()
+                    await message.reject(requeue=False)
+                else:
+                    await asyncio.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
+                    await message.reject(requeue=True)
+                return
+            finally:
+                log_context.reset(token)
+                metrics.MESSAGE_DURATION.labels(qname).observe(time.perf_counter() - started)
+            metrics.MESSAGES_HANDLED.labels(qname, "ok").inc()
+            await message.ack()
+
+        consume.__name__ = f"consume_{qname.replace('.', '_')}"
+        self.broker.subscriber(queue, events_exchange(self.events), ack_policy=AckPolicy.MANUAL,
+                               no_reply=True)(consume)
+
+    async def declare_dead_letters(self) -> None:
+        await declare_dead_letters(self.broker, events=self.events, queue_names=self.queue_names)
+
+
+def _ids(event: BaseModel) -> dict:
+    return {k: str(getattr(event, k)) for k in ("tenant_id", "session_id", "browser_id") if getattr(event, k, None)}

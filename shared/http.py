@@ -1,0 +1,109 @@
+"""HTTP pieces every service shares: the JSON error shape, health, readiness and metrics."""
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared import metrics
+from shared.logs import log_context
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 422: "invalid_request",
+                 429: "rate_limited", 503: "unavailable"}
+
+
+def _describe(errors: list) -> str:
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def install(app: FastAPI, *, ready: Callable[[], Awaitable[dict[str, bool]]]) -> None:
+    """Error handlers, request metrics, /healthz, /readyz and /metrics."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", _describe(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        return error_response(503 if _is_unavailable(exc) else 500,
+                              "unavailable" if _is_unavailable(exc) else "internal_error",
+                              "a dependency is unavailable, retry later" if _is_unavailable(exc)
+                              else "internal error")
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        token = log_context.set({"request_id": request_id, "trace_id": request_id})
+        try:
+            response = await call_next(request)
+        finally:
+            log_context.reset(token)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, path, response.status_code).inc()
+        metrics.HTTP_DURATION.labels(request.method, path).observe(time.perf_counter() - started)
+        response.headers["x-request-id"] = request_id
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz():
+        checks = await ready()
+        ok = all(checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _is_unavailable(exc: Exception) -> bool:
+    import asyncpg
+    return isinstance(exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                            asyncpg.CannotConnectNowError, TimeoutError))
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_admin(request: Request, admin_token: str) -> None:
+    token = bearer_token(request)
+    if token is None or not hmac.compare_digest(token.encode(), admin_token.encode()):
+        raise APIError(401, "unauthorized", "admin token required")

@@ -1,0 +1,120 @@
+"""Versioned message contracts exchanged over RabbitMQ. Routing key = the message's `type`."""
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import ClassVar, Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.plans import Limits
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    TYPE: ClassVar[str] = ""
+
+    message_id: UUID = Field(default_factory=uuid4)
+    type: str = ""
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    def model_post_init(self, __context) -> None:
+        if not self.type:
+            self.type = self.TYPE
+
+
+class PaymentVerified(Event):
+    TYPE: ClassVar[str] = "billing.payment_verified"
+    tenant_id: UUID
+    stripe_customer_id: str | None = None
+    subscription_id: str
+    plan: str
+    period_start: datetime
+    period_end: datetime
+    credits: int
+    limits: Limits
+
+
+SubscriptionStatus = Literal["active", "past_due", "canceled"]
+
+
+class SubscriptionChanged(Event):
+    TYPE: ClassVar[str] = "billing.subscription_changed"
+    tenant_id: UUID
+    plan: str
+    status: SubscriptionStatus
+    limits: Limits | None = None
+
+
+class TenantProvisioned(Event):
+    TYPE: ClassVar[str] = "provisioner.tenant_provisioned"
+    tenant_id: UUID
+    namespace: str
+    plan: str
+    limits: Limits
+
+
+class TenantDeprovisioned(Event):
+    TYPE: ClassVar[str] = "provisioner.tenant_deprovisioned"
+    tenant_id: UUID
+    namespace: str
+
+
+class SessionStarted(Event):
+    TYPE: ClassVar[str] = "sessions.session_started"
+    session_id: UUID
+    tenant_id: UUID
+    browser_id: UUID
+    warm: bool
+    started_at: datetime
+
+
+EndReason = Literal["client", "timeout", "idle", "disconnected", "browser_crashed", "canceled"]
+
+
+class SessionCompleted(Event):
+    TYPE: ClassVar[str] = "sessions.session_completed"
+    session_id: UUID
+    tenant_id: UUID
+    browser_id: UUID | None = None
+    started_at: datetime
+    ended_at: datetime
+    duration_ms: int
+    end_reason: EndReason
+    cost: Decimal
+
+
+class BrowserCrashed(Event):
+    TYPE: ClassVar[str] = "warm_pool.browser_crashed"
+    browser_id: UUID
+    tenant_id: UUID
+    session_id: UUID | None = None
+    detected_at: datetime
+
+
+# Lease RPC (request/reply on the lease queue, not an event).
+LEASE_QUEUE = "warm_pool.lease"
+
+
+class LeaseRequest(BaseModel):
+    tenant_id: UUID
+    session_id: UUID
+
+
+class LeaseReply(BaseModel):
+    ok: bool
+    browser_id: UUID | None = None
+    cdp_ws_url: str | None = None
+    warm: bool = False
+    error: Literal["no_capacity", "unknown_tenant", "error"] | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.TYPE: cls
+    for cls in (PaymentVerified, SubscriptionChanged, TenantProvisioned, TenantDeprovisioned,
+                SessionStarted, SessionCompleted, BrowserCrashed)
+}

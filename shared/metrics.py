@@ -1,0 +1,13 @@
+"""Prometheus metrics common to every service (each service adds its own beside these)."""
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "route", "status"])
+HTTP_DURATION = Histogram("http_request_duration_seconds", "HTTP request duration", ["method", "route"])
+MESSAGES_HANDLED = Counter("messages_handled_total", "Messages handled per queue", ["queue", "result"])
+MESSAGE_DURATION = Histogram("message_handle_duration_seconds", "Message handling duration", ["queue"])
+DEAD_LETTERED = Counter("messages_dead_lettered_total", "Messages sent to the dead-letter queue", ["queue"])
+DLQ_DEPTH = Gauge("dlq_depth", "Messages waiting in each dead-letter queue", ["queue"])
+OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox messages published", ["routing_key"])
+OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Outbox publish attempts that failed")
+OUTBOX_PENDING = Gauge("outbox_pending", "Outbox messages not yet published")
+OUTBOX_LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox message")

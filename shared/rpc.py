@@ -1,0 +1,84 @@
+"""Request/reply over RabbitMQ that does not serialize concurrent callers.
+
+FastStream's `broker.request()` holds one lock per call; here every request is published with
+its own correlation id and awaited on a future, and all replies arrive on one direct reply-to
+consumer (`amq.rabbitmq.reply-to`), so any number of requests are in flight at once.
+"""
+import asyncio
+import uuid
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+
+class RpcTimeout(Exception):
+    pass
+
+
+class RpcUnroutable(Exception):
+    """No queue took the request (the server side has never declared it)."""
+
+
+class RpcClient:
+    REPLY_TO = "amq.rabbitmq.reply-to"
+
+    def __init__(self, url: str):
+        self.url = url
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._pending: dict[str, asyncio.Future] = {}
+        self._ready = asyncio.Lock()
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(self.url)
+        self._connection.reconnect_callbacks.add(lambda *_: self._fail_pending("reconnected"))
+        await self._open_channel()
+
+    async def _open_channel(self) -> None:
+        self._channel = await self._connection.channel(publisher_confirms=False, on_return_raises=False)
+        self._channel.return_callbacks.add(self._on_return)
+        # Direct reply-to: consume in no-ack mode on the pseudo-queue before publishing.
+        queue = await self._channel.get_queue(self.REPLY_TO, ensure=False)
+        await queue.consume(self._on_reply, no_ack=True)
+
+    def _fail_pending(self, why: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RpcTimeout(why))
+
+    def _on_reply(self, message: AbstractIncomingMessage):
+        future = self._pending.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result(message.body)
+
+    def _on_return(self, _channel, message) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_exception(RpcUnroutable(message.routing_key))
+
+    async def call(self, queue: str, body: bytes, *, timeout: float) -> bytes:
+        if self._channel is None or self._channel.is_closed:
+            async with self._ready:
+                if self._channel is None or self._channel.is_closed:
+                    await self._open_channel()
+        correlation_id = uuid.uuid4().hex
+        future = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        try:
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(body, correlation_id=correlation_id, reply_to=self.REPLY_TO,
+                                 content_type="application/json",
+                                 expiration=timeout),
+                routing_key=queue,
+                mandatory=True,
+            )
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise RpcTimeout(queue) from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    async def close(self) -> None:
+        self._fail_pending("closing")
+        if self._connection is not None:
+            await self._connection.close()

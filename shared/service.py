@@ -1,0 +1,131 @@
+"""Common process lifecycle: settings → migrations → broker + HTTP app → run until signalled.
+
+A service provides `build(runtime)` which registers its consumers on `runtime.consumers`,
+adds background tasks with `runtime.background(...)`, cleanups with `runtime.on_stop(...)`,
+and returns its FastAPI app.
+"""
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import uvicorn
+from fastapi import FastAPI
+from faststream.rabbit import RabbitBroker
+
+from shared import db, logs
+from shared.broker import Consumers, make_broker
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    name: str
+    settings: ServiceSettings
+    pool: asyncpg.Pool
+    broker: RabbitBroker
+    consumers: Consumers
+    stopping: asyncio.Event
+    _tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def background(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._tasks.append(fn)
+
+    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._cleanups.append(fn)
+
+    async def ready(self) -> dict[str, bool]:
+        broker_ok = False
+        with contextlib.suppress(Exception):
+            broker_ok = bool(await self.broker.ping(timeout=2))
+        return {"database": await db.check(self.pool), "broker": broker_ok}
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # signals are handled by `serve` below
+        yield
+
+
+async def _forever(name: str, fn: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop; restart it after an unexpected error instead of dying silently."""
+    while True:
+        try:
+            await fn()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task crashed, restarting", extra={"task": name})
+            await asyncio.sleep(1)
+
+
+async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations_dir: Path,
+                build: Callable[[Runtime], Awaitable[FastAPI]]) -> None:
+    logs.configure(name, settings.log_level, settings.log_format)
+    await _retry("database", lambda: db.migrate(settings.database_url, schema=schema, migrations_dir=migrations_dir))
+    pool = await db.create_pool(settings.database_url, schema=schema, max_size=settings.db_pool_max)
+    broker = make_broker(settings.rabbitmq_url)
+    consumers = Consumers(broker, service=name, events=settings.events_exchange,
+                          delivery_limit=settings.delivery_limit)
+    runtime = Runtime(name, settings, pool, broker, consumers, asyncio.Event())
+    app = await build(runtime)
+
+    await _retry("broker", broker.connect)
+    await consumers.declare_dead_letters()
+    await broker.start()
+    relay = OutboxRelay(pool, broker, exchange=settings.events_exchange, dsn=settings.database_url)
+    await relay.start()
+    tasks = [asyncio.create_task(_forever(fn.__name__, fn), name=fn.__name__) for fn in runtime._tasks]
+
+    server = _Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                                    log_config=None, access_log=False, ws="websockets",
+                                    ws_ping_interval=None, lifespan="off"))
+    loop = asyncio.get_running_loop()
+
+    def _stop(*_):
+        runtime.stopping.set()
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _stop)
+    log.info("service started", extra={"port": settings.http_port})
+    try:
+        await server.serve()
+    finally:
+        runtime.stopping.set()
+        log.info("service stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for cleanup in reversed(runtime._cleanups):
+            with contextlib.suppress(Exception):
+                await cleanup()
+        await relay.stop()
+        with contextlib.suppress(Exception):
+            await broker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pool.close(), 5)
+        log.info("service stopped")
+
+
+async def _retry(what: str, fn: Callable[[], Awaitable], attempts: int = 30) -> None:
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            await fn()
+            return
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, ConnectionError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("waiting for %s", what, extra={"error": repr(exc)[:200], "attempt": attempt})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
