@@ -1,0 +1,210 @@
+"""One function per command or message, given its ports (a pool or connection, the plans)."""
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from uuid import UUID
+
+import asyncpg
+
+from services.billing import domain, repository
+from services.billing.domain import (CheckoutCompleted, InvoiceFailed, InvoicePaid, Ignored, Ref,
+                                     SubscriptionState)
+from shared import outbox
+from shared.db import transaction
+from shared.inbox import first_delivery
+from shared.messages import PaymentVerified, SessionCompleted, SessionStarted, SubscriptionChanged
+from shared.plans import Plan
+
+log = logging.getLogger(__name__)
+CONSUMER = "billing"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    done: bool                 # False: keep the event and retry it later
+    reason: str = ""
+    tenant_linked: bool = False  # a tenant got its Stripe ids: waiting events may resolve now
+
+
+WAITING = Outcome(False, "tenant or plan not known yet")
+
+
+@dataclass
+class _Account:
+    tenant_id: UUID
+    row: asyncpg.Record
+    created: bool
+    plan: Plan | None
+
+
+async def _account_for(conn, ref: Ref, plans: dict[str, Plan]) -> _Account | None:
+    """Resolve and lock the tenant's account; None while the event cannot be tied to one."""
+    tenant_id = ref.tenant_id or await repository.find_tenant(conn, subscription=ref.subscription,
+                                                             customer=ref.customer)
+    if tenant_id is None:
+        return None
+    existing = await repository.lock_existing_account(conn, tenant_id=tenant_id)
+    plan = domain.plan_for(ref, plans, fallback=existing["plan"] if existing else None)
+    if existing is not None:
+        return _Account(tenant_id, existing, False, plan)
+    if plan is None:
+        return None
+    row = await repository.lock_account(conn, tenant_id=tenant_id, plan=plan.name)
+    return _Account(tenant_id, row, True, plan)
+
+
+def _is_stale(row: asyncpg.Record, created: datetime | None) -> bool:
+    return created is not None and row["status_event_at"] is not None and created < row["status_event_at"]
+
+
+async def _change(conn, acct: _Account, *, status: str, plan: Plan, created: datetime | None, **fields) -> None:
+    """Set status/plan (and other columns); tell the other services when status or plan changed."""
+    old = acct.row
+    await repository.update_account(conn, tenant_id=acct.tenant_id, status=status, plan=plan.name,
+                                    status_event_at=max(filter(None, [created, old["status_event_at"]]),
+                                                        default=None), **fields)
+    if not acct.created and (old["status"] != status or old["plan"] != plan.name):
+        await outbox.add(conn, SubscriptionChanged(tenant_id=acct.tenant_id, plan=plan.name, status=status,
+                                                   limits=plan.limits))
+
+
+async def checkout_completed(conn, ev: CheckoutCompleted, *, plans, created) -> Outcome:
+    acct = await _account_for(conn, ev.ref, plans)
+    if acct is None or acct.plan is None:
+        return WAITING
+    if acct.row["status"] == "canceled" and acct.row["subscription_id"] == ev.ref.subscription:
+        return Outcome(True, "subscription already canceled")
+    await _change(conn, acct, status="active", plan=acct.plan, created=created,
+                  stripe_customer_id=ev.ref.customer or acct.row["stripe_customer_id"],
+                  subscription_id=ev.ref.subscription or acct.row["subscription_id"])
+    return Outcome(True, tenant_linked=True)
+
+
+async def invoice_paid(conn, ev: InvoicePaid, *, plans, created) -> Outcome:
+    acct = await _account_for(conn, ev.ref, plans)
+    if acct is None or acct.plan is None:
+        return WAITING
+    row = acct.row
+    if row["subscription_id"] == ev.ref.subscription and row["status"] == "canceled":
+        return Outcome(True, "subscription already canceled")
+    if row["period_start"] is not None and ev.period_start < row["period_start"]:
+        return Outcome(True, "an older period than the account's")
+    reference = domain.grant_reference(ev.ref.subscription, ev.period_start)
+    ids = dict(stripe_customer_id=ev.ref.customer or row["stripe_customer_id"], subscription_id=ev.ref.subscription)
+    if await repository.entry_exists(conn, kind="grant", reference=reference):
+        await repository.update_account(conn, tenant_id=acct.tenant_id, **ids)
+        return Outcome(True, "period already granted", tenant_linked=True)
+    plan = acct.plan
+    for entry in domain.renewal_entries(balance=row["balance"], credits=plan.credits, reference=reference):
+        await repository.append_entry(conn, tenant_id=acct.tenant_id, entry=entry)
+    await _change(conn, acct, status="active", plan=plan, created=None, period_start=ev.period_start,
+                  period_end=ev.period_end, **ids)
+    await outbox.add(conn, PaymentVerified(
+        tenant_id=acct.tenant_id, stripe_customer_id=ids["stripe_customer_id"], subscription_id=ev.ref.subscription,
+        plan=plan.name, period_start=ev.period_start, period_end=ev.period_end, credits=plan.credits,
+        limits=plan.limits))
+    return Outcome(True, tenant_linked=True)
+
+
+async def invoice_failed(conn, ev: InvoiceFailed, *, plans, created) -> Outcome:
+    return await _set_status(conn, ev.ref, "past_due", plans=plans, created=created)
+
+
+async def subscription_state(conn, ev: SubscriptionState, *, plans, created) -> Outcome:
+    return await _set_status(conn, ev.ref, ev.status, plans=plans, created=created)
+
+
+async def _set_status(conn, ref: Ref, status: str, *, plans, created) -> Outcome:
+    acct = await _account_for(conn, ref, plans)
+    if acct is None or acct.plan is None:
+        return WAITING
+    row = acct.row
+    if row["subscription_id"] not in (None, ref.subscription):
+        return Outcome(True, "event for another subscription than the account's")
+    if _is_stale(row, created) or (row["status"] == "canceled" and status != "canceled" and not acct.created):
+        return Outcome(True, "older than the account's state")
+    await _change(conn, acct, status=status, plan=acct.plan, created=created,
+                  stripe_customer_id=ref.customer or row["stripe_customer_id"], subscription_id=ref.subscription)
+    return Outcome(True, tenant_linked=True)
+
+
+_HANDLERS = {CheckoutCompleted: checkout_completed, InvoicePaid: invoice_paid, InvoiceFailed: invoice_failed,
+             SubscriptionState: subscription_state}
+
+
+async def apply_stripe_event(conn, payload: dict, *, plans: dict[str, Plan]) -> Outcome:
+    """Apply one stored Stripe event inside the caller's transaction."""
+    event = domain.parse_event(payload)
+    if isinstance(event, Ignored):
+        return Outcome(True, f"ignored {event.type}")
+    created = datetime.fromtimestamp(int(payload["created"]), timezone.utc) if payload.get("created") else None
+    return await _HANDLERS[type(event)](conn, event, plans=plans, created=created)
+
+
+async def process_stripe_event(pool: asyncpg.Pool, event_id: str, *, plans: dict[str, Plan],
+                               max_backoff: float) -> Outcome | None:
+    """Claim a stored, unprocessed event and apply it; on failure or waiting, schedule a retry.
+
+    None when another worker holds it or it is already processed."""
+    async with transaction(pool) as conn:
+        row = await repository.claim_event(conn, event_id=event_id)
+        if row is None:
+            return None
+        try:
+            async with conn.transaction():  # a savepoint: a failed apply leaves no partial effects
+                outcome = await apply_stripe_event(conn, row["payload"], plans=plans)
+        except Exception as exc:
+            log.exception("stripe event processing failed", extra={"event_id": event_id, "type": row["type"]})
+            outcome = Outcome(False, f"error: {exc!r}")
+        if outcome.done:
+            await repository.mark_processed(conn, event_id=event_id)
+        else:
+            await repository.postpone_event(conn, event_id=event_id, error=outcome.reason,
+                                            delay_s=domain.backoff_seconds(row["attempts"], cap=max_backoff))
+        if outcome.tenant_linked:
+            await repository.wake_waiting_events(conn)
+    return outcome
+
+
+async def store_stripe_event(pool: asyncpg.Pool, *, payload: dict) -> bool:
+    async with pool.acquire() as conn:
+        return await repository.store_event(conn, event_id=payload["id"], type=payload["type"], payload=payload)
+
+
+# --- consumed messages -----------------------------------------------------------------------
+
+async def session_started(event: SessionStarted, *, pool: asyncpg.Pool) -> None:
+    async with transaction(pool) as conn:
+        if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+            return
+        account = await repository.lock_existing_account(conn, tenant_id=event.tenant_id)
+        if account is None:
+            raise LookupError(f"no billing account for tenant {event.tenant_id}")  # retried, then DLQ
+        entry = domain.debit_entry(balance=account["balance"], reference=str(event.session_id))
+        await repository.append_entry(conn, tenant_id=event.tenant_id, entry=entry)
+
+
+async def session_completed(event: SessionCompleted, *, pool: asyncpg.Pool, plans: dict[str, Plan],
+                            meter: bool = True) -> None:
+    async with transaction(pool) as conn:
+        if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+            return
+        account = await repository.get_account(conn, tenant_id=event.tenant_id)
+        plan = plans.get(account["plan"]) if account else None
+        cost = plan.session_cost(event.duration_ms) if plan else event.cost
+        recorded = await repository.record_usage(
+            conn, session_id=event.session_id, tenant_id=event.tenant_id, started_at=event.started_at,
+            ended_at=event.ended_at, duration_ms=event.duration_ms, end_reason=event.end_reason, cost=cost)
+        if recorded and meter:
+            await repository.enqueue_meter_report(conn, session_id=event.session_id, tenant_id=event.tenant_id,
+                                                  value=domain.meter_minutes(event.duration_ms),
+                                                  occurred_at=event.ended_at)
+
+
+async def check_ledger(pool: asyncpg.Pool) -> dict:
+    async with pool.acquire() as conn:
+        bad = await repository.inconsistent_accounts(conn)
+        total = await repository.count_accounts(conn)
+    return {"accounts": total, "consistent": not bad,
+            "mismatches": [{"tenant_id": str(r["tenant_id"]), "balance": r["balance"],
+                            "ledger_sum": int(r["ledger_sum"])} for r in bad]}

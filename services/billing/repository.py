@@ -1,0 +1,171 @@
+"""asyncpg queries for the billing schema."""
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+import asyncpg
+
+from services.billing.domain import Entry
+
+# --- stripe events ---------------------------------------------------------------------------
+
+async def store_event(conn, *, event_id: str, type: str, payload: dict) -> bool:
+    """True when stored now, False when this event id was already stored."""
+    return await conn.fetchval(
+        """INSERT INTO stripe_events (id, type, payload) VALUES ($1, $2, $3)
+           ON CONFLICT (id) DO NOTHING RETURNING true""",
+        event_id, type, payload,
+    ) is not None
+
+
+async def claim_event(conn, *, event_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM stripe_events WHERE id = $1 AND processed_at IS NULL FOR UPDATE SKIP LOCKED", event_id)
+
+
+async def mark_processed(conn, *, event_id: str) -> None:
+    await conn.execute(
+        "UPDATE stripe_events SET processed_at = clock_timestamp(), attempts = attempts + 1, last_error = NULL"
+        " WHERE id = $1", event_id)
+
+
+async def postpone_event(conn, *, event_id: str, delay_s: float, error: str) -> None:
+    await conn.execute(
+        """UPDATE stripe_events
+              SET attempts = attempts + 1, last_error = $3,
+                  next_attempt_at = clock_timestamp() + make_interval(secs => $2)
+            WHERE id = $1""",
+        event_id, delay_s, error[:500])
+
+
+async def due_events(conn, *, limit: int = 50) -> list[str]:
+    rows = await conn.fetch(
+        """SELECT id FROM stripe_events
+            WHERE processed_at IS NULL AND next_attempt_at <= clock_timestamp()
+            ORDER BY received_at LIMIT $1""", limit)
+    return [r["id"] for r in rows]
+
+
+async def wake_waiting_events(conn) -> None:
+    """A tenant became known: retry the events that were waiting for one, now."""
+    await conn.execute(
+        "UPDATE stripe_events SET next_attempt_at = clock_timestamp() WHERE processed_at IS NULL")
+
+
+# --- accounts and ledger ---------------------------------------------------------------------
+
+async def find_tenant(conn, *, subscription: str | None, customer: str | None) -> UUID | None:
+    if subscription:
+        found = await conn.fetchval("SELECT tenant_id FROM accounts WHERE subscription_id = $1", subscription)
+        if found:
+            return found
+    if customer:
+        return await conn.fetchval(
+            "SELECT tenant_id FROM accounts WHERE stripe_customer_id = $1 ORDER BY updated_at DESC LIMIT 1",
+            customer)
+    return None
+
+
+async def lock_account(conn, *, tenant_id: UUID, plan: str) -> asyncpg.Record:
+    """Open the account if new, then lock it: every balance change for a tenant is serialized."""
+    await conn.execute(
+        "INSERT INTO accounts (tenant_id, plan, status) VALUES ($1, $2, 'active') ON CONFLICT DO NOTHING",
+        tenant_id, plan)
+    return await conn.fetchrow("SELECT * FROM accounts WHERE tenant_id = $1 FOR UPDATE", tenant_id)
+
+
+async def lock_existing_account(conn, *, tenant_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM accounts WHERE tenant_id = $1 FOR UPDATE", tenant_id)
+
+
+async def update_account(conn, *, tenant_id: UUID, **fields) -> None:
+    """Set the given columns (only names from this module's callers, never user input)."""
+    sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
+    await conn.execute(f"UPDATE accounts SET {sets}, updated_at = now() WHERE tenant_id = $1",
+                       tenant_id, *fields.values())
+
+
+async def append_entry(conn, *, tenant_id: UUID, entry: Entry) -> bool:
+    """Append one ledger entry and move the balance with it; False if (kind, reference) exists."""
+    inserted = await conn.fetchval(
+        """INSERT INTO ledger (tenant_id, kind, reference, amount, balance_after)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (kind, reference) DO NOTHING RETURNING true""",
+        tenant_id, entry.kind, entry.reference, entry.amount, entry.balance_after)
+    if inserted:
+        await conn.execute("UPDATE accounts SET balance = $2, updated_at = now() WHERE tenant_id = $1",
+                           tenant_id, entry.balance_after)
+    return bool(inserted)
+
+
+async def entry_exists(conn, *, kind: str, reference: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM ledger WHERE kind = $1 AND reference = $2", kind, reference))
+
+
+async def get_account(conn, *, tenant_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM accounts WHERE tenant_id = $1", tenant_id)
+
+
+async def ledger_page(conn, *, tenant_id: UUID, limit: int, after_id: int | None) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT id, kind, reference, amount, balance_after, created_at FROM ledger
+            WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id > $2)
+            ORDER BY id LIMIT $3""", tenant_id, after_id, limit)
+
+
+async def inconsistent_accounts(conn) -> list[asyncpg.Record]:
+    """Accounts whose balance is not the sum of their ledger (should always be empty)."""
+    return await conn.fetch(
+        """SELECT a.tenant_id, a.balance, coalesce(sum(l.amount), 0) AS ledger_sum
+             FROM accounts a LEFT JOIN ledger l ON l.tenant_id = a.tenant_id
+            GROUP BY a.tenant_id, a.balance
+           HAVING a.balance <> coalesce(sum(l.amount), 0)""")
+
+
+async def count_accounts(conn) -> int:
+    return await conn.fetchval("SELECT count(*) FROM accounts")
+
+
+# --- usage and meter reports -----------------------------------------------------------------
+
+async def record_usage(conn, *, session_id: UUID, tenant_id: UUID, started_at: datetime, ended_at: datetime,
+                       duration_ms: int, end_reason: str, cost: Decimal) -> bool:
+    return await conn.fetchval(
+        """INSERT INTO usage (session_id, tenant_id, started_at, ended_at, duration_ms, end_reason, cost)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (session_id) DO NOTHING RETURNING true""",
+        session_id, tenant_id, started_at, ended_at, duration_ms, end_reason, cost) is not None
+
+
+async def usage_for(conn, *, tenant_id: UUID, since: datetime | None, until: datetime | None) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT session_id, started_at, ended_at, duration_ms, end_reason, cost FROM usage
+            WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR ended_at >= $2)
+              AND ($3::timestamptz IS NULL OR ended_at < $3)
+            ORDER BY ended_at""", tenant_id, since, until)
+
+
+async def enqueue_meter_report(conn, *, session_id: UUID, tenant_id: UUID, value: int, occurred_at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO meter_reports (session_id, tenant_id, value, occurred_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (session_id) DO NOTHING""", session_id, tenant_id, value, occurred_at)
+
+
+async def claim_meter_reports(conn, *, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT m.*, a.stripe_customer_id FROM meter_reports m
+             LEFT JOIN accounts a ON a.tenant_id = m.tenant_id
+            WHERE m.sent_at IS NULL AND m.next_attempt_at <= clock_timestamp()
+            ORDER BY m.next_attempt_at LIMIT $1
+              FOR UPDATE OF m SKIP LOCKED""", limit)
+
+
+async def mark_meter_sent(conn, *, session_id: UUID) -> None:
+    await conn.execute("UPDATE meter_reports SET sent_at = clock_timestamp(), attempts = attempts + 1,"
+                       " last_error = NULL WHERE session_id = $1", session_id)
+
+
+async def postpone_meter_report(conn, *, session_id: UUID, delay_s: float, error: str) -> None:
+    await conn.execute(
+        """UPDATE meter_reports SET attempts = attempts + 1, last_error = $3,
+                  next_attempt_at = clock_timestamp() + make_interval(secs => $2)
+            WHERE session_id = $1""", session_id, delay_s, error[:500])

@@ -1,0 +1,21 @@
+from pydantic import SecretStr
+
+from shared.settings import ServiceSettings
+
+
+class BillingSettings(ServiceSettings):
+    http_port: int = 8001
+    stripe_api_key: SecretStr = SecretStr("sk_test_dev")
+    stripe_api_base: str | None = None  # a Stripe test server (localstripe, a stand-in)
+    stripe_webhook_secret: SecretStr = SecretStr("whsec_dev")
+    stripe_webhook_tolerance_seconds: int = 300
+    stripe_webhook_max_bytes: int = 1024 * 1024
+    stripe_meter_event_name: str = "browser_session_minutes"
+    stripe_meter_enabled: bool = True
+    checkout_success_url: str = "http://localhost:8000/checkout/success?session_id={CHECKOUT_SESSION_ID}"
+    checkout_cancel_url: str = "http://localhost:8000/checkout/cancel"
+    # Stored-but-unprocessed webhook events and unsent meter reports are retried with backoff.
+    webhook_retry_interval_seconds: float = 1.0
+    webhook_retry_max_backoff_seconds: float = 300.0
+    meter_retry_interval_seconds: float = 1.0
+    meter_retry_max_backoff_seconds: float = 300.0

@@ -1,0 +1,14 @@
+from shared.settings import ServiceSettings
+
+
+class SessionsSettings(ServiceSettings):
+    http_port: int = 8000
+    # Base URL customers reach this service at; the CDP URL is its ws:// (wss://) form.
+    public_url: str = "http://127.0.0.1:8000"
+    lease_timeout_s: float = 10
+    disconnect_grace_s: float = 5
+    reaper_interval_s: float = 1
+    default_timeout_s: int = 300
+    default_idle_timeout_s: int = 60
+    # A revoked API key keeps working on other replicas for at most this long.
+    api_key_cache_s: float = 2

@@ -1,0 +1,42 @@
+import os
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+BROWSER_MIB = 200
+HEADROOM_MIB = 1024
+
+
+def default_max_browsers() -> int:
+    """Host cap from memory: ~200 MiB a browser, leaving headroom for everything else."""
+    try:
+        total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError):
+        total_mib = 4096
+    return max(1, (int(total_mib * 0.75) - HEADROOM_MIB) // BROWSER_MIB)
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class WarmPoolSettings(ServiceSettings):
+    http_port: int = 8003
+    warm_pool_backend: Literal["local", "kubernetes"] = "local"
+    chromium_path: str = "/usr/bin/chromium"
+    profile_root: Path = Path(tempfile.gettempdir()) / "browserfleet-browsers"
+    max_browsers: int = Field(default_factory=default_max_browsers, ge=1)
+    # Refills launched at once; on-demand launches for waiting sessions do not queue behind them.
+    launch_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    lease_confirm_timeout_s: float = 30
+    lease_workers: int = 64
+    launch_timeout_s: float = 20
+    replica_id: str = Field(default_factory=default_replica_id)
+    reconcile_interval_s: float = 1.0
+    monitor_interval_s: float = 0.25
