@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from faststream.rabbit import RabbitBroker
 
-from shared import db, logs
+from shared import db, dlq, logs
 from shared.broker import Consumers, make_broker
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
@@ -78,6 +78,10 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
                           delivery_limit=settings.delivery_limit)
     runtime = Runtime(name, settings, pool, broker, consumers, asyncio.Event())
     app = await build(runtime)
+    dead_letters = dlq.DeadLetters(settings.rabbitmq_url, consumers.queue_names)
+    app.include_router(dlq.router(dead_letters, settings.admin_token.get_secret_value()))
+    runtime.background(dead_letters.watch)
+    runtime.on_stop(dead_letters.close)
 
     await _retry("broker", broker.connect)
     await consumers.declare_dead_letters()
