@@ -1,10 +1,19 @@
-"""python -m services.provisioner — settings → migrations → broker + HTTP → run until signalled."""
-import asyncio
-from pathlib import Path
+"""python -m services.provisioner [render --plan P --tenant-id ID]
 
-from services.provisioner import http, subscribers
+No arguments: settings → migrations → broker + HTTP → run until signalled.
+`render`: print, as multi-document YAML, the Kubernetes objects the backend would apply.
+"""
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from uuid import UUID
+
+from services.provisioner import http, manifests, subscribers
 from services.provisioner.adapters.local import LocalBackend
+from services.provisioner.domain import TenantSpec, namespace_for
 from services.provisioner.settings import ProvisionerSettings
+from shared.plans import UnknownPlan, get_plan
 from shared.service import Runtime, serve
 
 
@@ -21,7 +30,28 @@ async def build(runtime: Runtime):
     return http.create_app(runtime)
 
 
-def main() -> None:
+def render(argv: list[str]) -> int:
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m services.provisioner render")
+    parser.add_argument("--plan", required=True)
+    parser.add_argument("--tenant-id", required=True, type=UUID)
+    args = parser.parse_args(argv)
+    settings = ProvisionerSettings()
+    try:
+        plan = get_plan(settings.plans_file, args.plan)
+    except UnknownPlan:
+        print(f"unknown plan: {args.plan}", file=sys.stderr)
+        return 2
+    spec = TenantSpec(args.tenant_id, namespace_for(args.tenant_id), plan.name, plan.limits)
+    yaml.safe_dump_all(manifests.build(spec, settings), sys.stdout, sort_keys=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "render":
+        sys.exit(render(argv[1:]))
     settings = ProvisionerSettings()
     asyncio.run(serve(name="provisioner", schema="provisioner", settings=settings,
                       migrations_dir=Path(__file__).with_name("migrations"), build=build))

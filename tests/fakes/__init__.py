@@ -1,0 +1,1 @@
+"""Fakes of outside APIs (Kubernetes) that real clients talk to over HTTP."""

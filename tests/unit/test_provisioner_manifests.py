@@ -1,0 +1,144 @@
+"""The objects a tenant gets: schema-valid on Kubernetes 1.30 and the newest schema shipped, and secure."""
+import ipaddress
+import subprocess
+import sys
+from uuid import UUID, uuid4
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.provisioner import manifests
+from services.provisioner.domain import TenantSpec, namespace_for
+from services.provisioner.settings import ProvisionerSettings
+from shared.plans import load_plans
+from tests.infra import ROOT
+
+SETTINGS = ProvisionerSettings(cluster_pod_cidr="10.244.0.0/16", cluster_service_cidr="10.96.0.0/12")
+PLANS = load_plans(SETTINGS.plans_file)
+TENANT = UUID("0b4c3a8e-8a55-4c1c-9f0e-3e7f6d1f2a10")
+
+
+def objects(plan: str, settings=SETTINGS, tenant=TENANT) -> list[dict]:
+    p = PLANS[plan]
+    return manifests.build(TenantSpec(tenant, namespace_for(tenant), p.name, p.limits), settings)
+
+
+def by_kind(objs, kind, name=None):
+    return next(o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name))
+
+
+@pytest.mark.parametrize("version", ["1.30.0", kubernetes_validate.latest_version()])
+@pytest.mark.parametrize("plan", sorted(PLANS))
+def test_every_object_is_valid_in_strict_mode(plan, version):
+    assert version in ("1.30.0", "1.37.0")
+    for obj in objects(plan):
+        kubernetes_validate.validate(obj, version, strict=True)  # raises on any error
+
+
+def test_strict_validation_rejects_an_unknown_field():
+    bad = by_kind(objects("professional"), "Deployment")
+    bad["spec"]["template"]["spec"]["containers"][0]["runAsRoot"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, "1.30.0", strict=True)
+
+
+def test_professional_quota_is_fifty_browsers():
+    hard = by_kind(objects("professional"), "ResourceQuota")["spec"]["hard"]
+    assert hard["pods"] == "50"
+    assert hard["requests.memory"] == hard["limits.memory"] == "6400Mi"
+    assert hard["requests.cpu"] == hard["limits.cpu"] == "5000m"
+
+
+def test_every_object_is_labelled_for_the_tenant_and_lives_in_its_namespace():
+    objs = objects("professional")
+    assert [o["kind"] for o in objs] == ["Namespace", "ResourceQuota", "LimitRange", "NetworkPolicy",
+                                         "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Deployment",
+                                         "HorizontalPodAutoscaler"]
+    for obj in objs:
+        labels = obj["metadata"]["labels"]
+        assert labels["browserfleet.io/tenant"] == str(TENANT)
+        assert labels["app.kubernetes.io/managed-by"] == "browserfleet-provisioner"
+        assert labels["app.kubernetes.io/part-of"] == "browserfleet"
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "tenant-0b4c3a8e8a55"
+    assert by_kind(objs, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_browser_pods_are_locked_down():
+    pod = by_kind(objects("professional"), "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    sc = container["securityContext"]
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True and sc["seccompProfile"]["type"] == "RuntimeDefault"
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert container["resources"]["limits"] == {"cpu": "100m", "memory": "128Mi"}
+    assert container["readinessProbe"]["httpGet"]["port"] == 9222
+
+
+def test_ingress_only_from_the_gateway_and_egress_never_to_private_or_cluster_ranges():
+    objs = objects("professional")
+    deny = by_kind(objs, "NetworkPolicy", "default-deny")["spec"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    (rule,) = by_kind(objs, "NetworkPolicy", "allow-gateway-ingress")["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": SETTINGS.gateway_namespace}}
+    assert peer["podSelector"] == {"matchLabels": SETTINGS.gateway_pod_labels}
+    (egress,) = by_kind(objs, "NetworkPolicy", "allow-internet-egress")["spec"]["egress"]
+    (block,) = egress["to"]
+    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+    denied = [ipaddress.ip_network(c) for c in block["ipBlock"]["except"]]
+    for must in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.169.254/32", "100.64.0.0/10",
+                 "10.244.3.7/32", "10.96.0.1/32"):
+        assert any(ipaddress.ip_network(must).subnet_of(d) for d in denied), must
+    assert not any(ipaddress.ip_network("8.8.8.8/32").subnet_of(d) for d in denied)
+
+
+def test_cluster_ranges_outside_rfc1918_are_denied_too():
+    settings = SETTINGS.model_copy(update={"cluster_pod_cidr": "198.18.0.0/15"})
+    egress = by_kind(objects("professional", settings), "NetworkPolicy", "allow-internet-egress")
+    assert "198.18.0.0/15" in egress["spec"]["egress"][0]["to"][0]["ipBlock"]["except"]
+
+
+def test_hpa_spans_prewarmed_to_concurrency_limit():
+    hpa = by_kind(objects("enterprise"), "HorizontalPodAutoscaler")["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (20, 500)
+    assert "replicas" not in by_kind(objects("enterprise"), "Deployment")["spec"]
+
+
+def test_a_plan_without_prewarmed_browsers_gets_no_hpa_and_zero_replicas():
+    objs = objects("starter")
+    assert not [o for o in objs if o["kind"] == "HorizontalPodAutoscaler"]
+    assert by_kind(objs, "Deployment")["spec"]["replicas"] == 0
+    assert by_kind(objs, "ResourceQuota")["spec"]["hard"]["pods"] == "1"
+
+
+def test_render_prints_exactly_the_objects_as_yaml():
+    tenant = uuid4()
+    out = subprocess.run([sys.executable, "-m", "services.provisioner", "render", "--plan", "professional",
+                          "--tenant-id", str(tenant)], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert list(yaml.safe_load_all(out.stdout)) == objects("professional", ProvisionerSettings(), tenant)
+    assert "&id" not in out.stdout
+
+
+def test_render_refuses_an_unknown_plan():
+    out = subprocess.run([sys.executable, "-m", "services.provisioner", "render", "--plan", "gold",
+                          "--tenant-id", str(uuid4())], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown plan" in out.stderr
+
+
+@pytest.mark.parametrize("concurrent,prewarm", [(0, 0), (1, 1), (3, 10), (2000, 0)])
+def test_operator_defined_plans_are_valid_too(concurrent, prewarm):
+    from shared.plans import Limits
+
+    limits = Limits(max_concurrent_sessions=concurrent, max_session_seconds=60, prewarm_browsers=prewarm)
+    objs = manifests.build(TenantSpec(TENANT, namespace_for(TENANT), "custom", limits), SETTINGS)
+    for obj in objs:
+        kubernetes_validate.validate(obj, "1.30.0", strict=True)
+        kubernetes_validate.validate(obj, "1.37.0", strict=True)
+    hpas = [o["spec"] for o in objs if o["kind"] == "HorizontalPodAutoscaler"]
+    assert all(1 <= h["minReplicas"] <= h["maxReplicas"] == concurrent for h in hpas)
