@@ -6,6 +6,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from uuid import UUID
 
 API_KEY_PREFIX = "bf_live_"
@@ -49,11 +50,32 @@ def mask_token(token: str, *, idempotency_key: str, session_id: UUID) -> bytes:
 
 def unmask_token(masked: bytes, *, idempotency_key: str, session_id: UUID) -> str:
     masked = bytes(masked)
-    return bytes(a ^ b for a, b in zip(masked, _pad(idempotency_key, session_id, len(masked)))).decode()
+    return bytes(a ^ b for a, b in zip(masked, _pad(idempotency_key, session_id, len(masked)))).decode(errors="replace")
 
 
 def request_fingerprint(body: dict) -> bytes:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).digest()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    code: str
+    message: str
+    retry_after_s: int | None = None
+
+
+def refuse_admission(*, status: str | None, provisioned: bool, live_sessions: int,
+                     max_concurrent: int) -> Refusal | None:
+    """Why a tenant may not start a session now (credits are checked by the atomic debit)."""
+    if status != "active":
+        return Refusal(403, "subscription_inactive", "the subscription is not active")
+    if not provisioned:
+        return Refusal(403, "subscription_inactive", "the tenant is still being provisioned, retry shortly")
+    if live_sessions >= max_concurrent:
+        return Refusal(429, "concurrency_limit", f"at most {max_concurrent} concurrent sessions on this plan",
+                       retry_after_s=5)
+    return None
 
 
 def ws_base(public_url: str) -> str:
@@ -93,6 +115,12 @@ class Cursor:
         return cls(datetime.fromisoformat(created_at), UUID(session_id))
 
 
+def money(amount: Decimal) -> str:
+    """Decimal as a plain string without trailing zeros: 0.010000 → "0.01"."""
+    text = format(amount, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def session_view(row) -> dict:
     """The public JSON of a session row (no browser URL, no token)."""
     return {
@@ -108,6 +136,6 @@ def session_view(row) -> dict:
         "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None,
         "ended_at": row["ended_at"].isoformat() if row["ended_at"] else None,
         "duration_ms": row["duration_ms"],
-        "cost": str(row["cost"]) if row["cost"] is not None else None,
+        "cost": money(row["cost"]) if row["cost"] is not None else None,
         "end_reason": row["end_reason"],
     }

@@ -1,0 +1,49 @@
+"""python -m services.sessions — settings → migrations → broker + HTTP → run until signalled."""
+import asyncio
+import logging
+from functools import partial
+from pathlib import Path
+
+from services.sessions import handlers, http, subscribers
+from services.sessions.adapters.lease import LeaseClient
+from services.sessions.gateway import RedactTokens, Relays
+from services.sessions.settings import SessionsSettings
+from shared.service import Runtime, serve
+
+
+async def build(runtime: Runtime):
+    settings: SessionsSettings = runtime.settings
+    relays = Relays()
+    for name in ("uvicorn.error", "uvicorn.access", "websockets"):
+        logging.getLogger(name).addFilter(RedactTokens())
+    lease = LeaseClient(settings.rabbitmq_url, timeout_s=settings.lease_timeout_s)
+    api_keys = handlers.ApiKeys(runtime.pool, ttl_s=settings.api_key_cache_s)
+    subscribers.register(runtime, relays=relays)
+    reap = partial(handlers.reap, pool=runtime.pool, plans_file=settings.plans_file, ended=relays.end,
+                   disconnect_grace_s=settings.disconnect_grace_s,
+                   stuck_after_s=settings.lease_timeout_s + 10)
+
+    async def reaper() -> None:
+        while True:
+            await reap()
+            await asyncio.sleep(settings.reaper_interval_s)
+
+    async def activity() -> None:
+        while True:
+            await relays.flush(runtime.pool)
+            await asyncio.sleep(1)
+
+    runtime.background(reaper)
+    runtime.background(activity)
+    runtime.on_stop(lease.close)
+    return http.create_app(runtime=runtime, settings=settings, lease=lease, api_keys=api_keys, relays=relays)
+
+
+def main() -> None:
+    settings = SessionsSettings()
+    asyncio.run(serve(name="sessions", schema="sessions", settings=settings,
+                      migrations_dir=Path(__file__).with_name("migrations"), build=build))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Lease a browser from warm_pool over the lease RPC queue."""
+import asyncio
+import time
+from uuid import UUID
+
+
+from shared.messages import LEASE_QUEUE, LeaseReply, LeaseRequest
+from services.sessions.metrics import LEASE_SECONDS
+from shared.rpc import RpcClient
+
+
+class LeaseClient:
+    def __init__(self, url: str, *, timeout_s: float):
+        self.rpc = RpcClient(url)
+        self.timeout_s = timeout_s
+        self._connected = False
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> None:
+        if not self._connected:
+            async with self._lock:
+                if not self._connected:
+                    await self.rpc.connect()
+                    self._connected = True
+
+    async def __call__(self, tenant_id: UUID, session_id: UUID) -> LeaseReply:
+        started, outcome = time.perf_counter(), "error"
+        try:
+            await self._ensure()
+            body = LeaseRequest(tenant_id=tenant_id, session_id=session_id).model_dump_json().encode()
+            reply = LeaseReply.model_validate_json(await self.rpc.call(LEASE_QUEUE, body, timeout=self.timeout_s))
+            outcome = "ok" if reply.ok else (reply.error or "error")
+            return reply
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            LEASE_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+
+    async def close(self) -> None:
+        if self._connected:
+            await self.rpc.close()

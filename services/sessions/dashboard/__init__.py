@@ -1,0 +1,1 @@
+"""The customer dashboard: HTML pages served from /dashboard and the few API routes they need."""

@@ -1,0 +1,352 @@
+"""One function per command or message. Ports: the pool, `lease` (ask warm_pool for a browser)
+and `ended` (close this replica's relays of a session that just ended)."""
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.sessions import domain, repository as repo
+from services.sessions.metrics import SESSIONS_CREATED, SESSIONS_ENDED
+from shared import outbox
+from shared.db import transaction
+from shared.http import APIError
+from shared.inbox import first_delivery
+from shared.messages import (BrowserCrashed, LeaseReply, PaymentVerified, SessionCompleted, SessionStarted,
+                             SubscriptionChanged, TenantProvisioned)
+from shared.plans import UnknownPlan, get_plan
+
+log = logging.getLogger(__name__)
+CONSUMER = "sessions"
+Lease = Callable[[UUID, UUID], Awaitable[LeaseReply]]
+Ended = Callable[[UUID, str], None]
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    browser: str = Field("chromium", pattern="^chromium$")
+    timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
+    idle_timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
+    keep_alive: bool = False
+
+
+def session_cost(plans_file: Path, plan: str, duration_ms: int) -> Decimal:
+    try:
+        return get_plan(plans_file, plan).session_cost(duration_ms)
+    except UnknownPlan:
+        log.warning("unknown plan %s, pricing with the default plans", plan)
+        return get_plan(Path(__file__).parents[2] / "shared" / "plans.json", "starter").session_cost(duration_ms)
+
+def _plan_limits(plans_file: Path, plan: str):
+    try:
+        return get_plan(plans_file, plan).limits
+    except UnknownPlan:
+        return None
+
+# --- tenants projection ---------------------------------------------------------------------
+
+
+async def payment_verified(event: PaymentVerified, *, pool: asyncpg.Pool) -> None:
+    async with transaction(pool) as conn:
+        if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+            return
+        await repo.upsert_tenant(conn, tenant_id=event.tenant_id, plan=event.plan,
+                                 max_concurrent=event.limits.max_concurrent_sessions,
+                                 max_session_seconds=event.limits.max_session_seconds)
+        await repo.open_period(conn, tenant_id=event.tenant_id, period_start=event.period_start,
+                               period_end=event.period_end, credits=event.credits)
+
+
+async def tenant_provisioned(event: TenantProvisioned, *, pool: asyncpg.Pool) -> None:
+    async with transaction(pool) as conn:
+        if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+            return
+        await repo.upsert_tenant(conn, tenant_id=event.tenant_id, plan=event.plan, provisioned=True,
+                                 max_concurrent=event.limits.max_concurrent_sessions,
+                                 max_session_seconds=event.limits.max_session_seconds)
+
+
+async def subscription_changed(event: SubscriptionChanged, *, pool: asyncpg.Pool, plans_file: Path,
+                               ended: Ended) -> None:
+    done: list[UUID] = []
+    async with transaction(pool) as conn:
+        if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+            return
+        limits = event.limits or _plan_limits(plans_file, event.plan)
+        if limits is not None:
+            await repo.upsert_tenant(conn, tenant_id=event.tenant_id, plan=event.plan,
+                                     max_concurrent=limits.max_concurrent_sessions,
+                                     max_session_seconds=limits.max_session_seconds)
+        await repo.set_tenant_status(conn, tenant_id=event.tenant_id, status=event.status)
+        if event.status == "canceled":
+            for session_id in await repo.running_ids(conn, tenant_id=event.tenant_id):
+                if await end_in_tx(conn, session_id=session_id, reason="canceled", plans_file=plans_file):
+                    done.append(session_id)
+    for session_id in done:
+        ended(session_id, "canceled")
+
+
+async def browser_crashed(event: BrowserCrashed, *, pool: asyncpg.Pool, plans_file: Path, ended: Ended) -> None:
+    row = None
+    async with transaction(pool) as conn:
+        if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+            return
+        session_id = event.session_id or await repo.session_for_browser(conn, browser_id=event.browser_id)
+        if session_id is not None:
+            row = await end_in_tx(conn, session_id=session_id, reason="browser_crashed", plans_file=plans_file)
+    if row is not None:
+        ended(row["id"], "browser_crashed")
+
+# --- API keys -------------------------------------------------------------------------------
+
+
+async def create_api_key(*, pool: asyncpg.Pool, tenant_id: UUID) -> dict:
+    key = domain.new_api_key()
+    key_id = uuid4()
+    async with transaction(pool) as conn:
+        if await repo.get_tenant(conn, tenant_id=tenant_id) is None:
+            raise APIError(404, "not_found", "tenant not known yet")
+        await repo.insert_api_key(conn, key_id=key_id, tenant_id=tenant_id, key_hash=domain.digest(key),
+                                  prefix=key[:12])
+    return {"id": str(key_id), "api_key": key}
+
+
+class ApiKeys:
+    """API key lookups, cached for `ttl_s` so a revoked key stops working within seconds."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float):
+        self.pool, self.ttl_s = pool, ttl_s
+        self._cache: dict[bytes, tuple[float, UUID]] = {}
+
+    async def tenant_for(self, key: str | None) -> UUID:
+        if not key:
+            raise APIError(401, "unauthorized", "API key required")
+        key_hash = domain.digest(key)
+        hit = self._cache.get(key_hash)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        async with self.pool.acquire() as conn:
+            row = await repo.use_api_key(conn, key_hash=key_hash)
+        if row is None:
+            self._cache.pop(key_hash, None)
+            raise APIError(401, "unauthorized", "invalid API key")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key_hash] = (time.monotonic() + self.ttl_s, row["tenant_id"])
+        return row["tenant_id"]
+
+    async def revoke(self, key_id: UUID) -> None:
+        async with transaction(self.pool) as conn:
+            key_hash = await repo.revoke_api_key(conn, key_id=key_id)
+        if key_hash is None:
+            raise APIError(404, "not_found", "API key not found")
+        self._cache.pop(bytes(key_hash), None)
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: Lease, tenant_id: UUID,
+                         idempotency_key: str | None, public_url: str, defaults: tuple[int, int],
+                         lease_timeout_s: float) -> dict:
+    session_id, token = uuid4(), domain.new_session_token()
+    replay = None
+    async with transaction(pool) as conn:
+        tenant = await repo.get_tenant(conn, tenant_id=tenant_id, for_update=True)
+        if idempotency_key:
+            key_hash = domain.digest(idempotency_key)
+            request_hash = domain.request_fingerprint(request.model_dump())
+            masked = domain.mask_token(token, idempotency_key=idempotency_key, session_id=session_id)
+            if not await repo.claim_idempotency_key(conn, tenant_id=tenant_id, key_hash=key_hash,
+                                                    request_hash=request_hash, session_id=session_id,
+                                                    token_masked=masked, ttl_s=domain.IDEMPOTENCY_TTL_S):
+                replay = await repo.get_idempotency_key(conn, tenant_id=tenant_id, key_hash=key_hash)
+                if bytes(replay["request_hash"]) != request_hash:
+                    raise APIError(409, "idempotency_conflict",
+                                   "this Idempotency-Key was used with a different request body")
+        if replay is None:
+            remaining = await _admit(conn, tenant)
+            await repo.insert_session(
+                conn, session_id=session_id, tenant_id=tenant_id, browser=request.browser, plan=tenant["plan"],
+                timeout_s=domain.effective_timeout(request.timeout_s or defaults[0], tenant["max_session_seconds"]),
+                idle_timeout_s=request.idle_timeout_s or defaults[1], keep_alive=request.keep_alive,
+                token_hash=domain.digest(token), period_start=tenant["current_period_start"],
+                remaining_credits=remaining)
+    if replay is not None:
+        return await _replay(pool, replay, idempotency_key, public_url, wait_s=lease_timeout_s + 5)
+
+    try:
+        reply = await lease(tenant_id, session_id)
+        error = None if reply.ok and reply.cdp_ws_url else (reply.error or "error")
+    except Exception as exc:  # timeout, unroutable, broker down: nothing charged, nothing leaked
+        reply, error = None, type(exc).__name__
+    if error is None:
+        async with transaction(pool) as conn:
+            row = await repo.mark_running(conn, session_id=session_id, browser_id=reply.browser_id,
+                                          browser_ws_url=reply.cdp_ws_url, warm=reply.warm)
+            if row is not None:
+                await outbox.add(conn, SessionStarted(session_id=session_id, tenant_id=tenant_id,
+                                                      browser_id=reply.browser_id, warm=reply.warm,
+                                                      started_at=row["started_at"]))
+        if row is not None:
+            SESSIONS_CREATED.labels("created").inc()
+            return _created(row, token, public_url)
+        error = "failed while starting"
+    await fail_and_refund(pool, session_id=session_id, failure=error)
+    SESSIONS_CREATED.labels("no_capacity").inc()
+    log.warning("session start failed", extra={"session_id": str(session_id), "error": error})
+    raise APIError(503, "no_capacity", "no browser available right now, retry later")
+
+
+async def _admit(conn: asyncpg.Connection, tenant) -> int:
+    live = 0 if tenant is None else await repo.count_live_sessions(conn, tenant_id=tenant["tenant_id"])
+    refusal = domain.refuse_admission(
+        status=tenant and tenant["status"], provisioned=bool(tenant and tenant["provisioned"]),
+        live_sessions=live, max_concurrent=tenant["max_concurrent_sessions"] if tenant else 0)
+    if refusal is not None:
+        headers = {"Retry-After": str(refusal.retry_after_s)} if refusal.retry_after_s else None
+        raise APIError(refusal.status, refusal.code, refusal.message, headers=headers)
+    remaining = None
+    if tenant["current_period_start"] is not None:
+        remaining = await repo.debit_credit(conn, tenant_id=tenant["tenant_id"],
+                                            period_start=tenant["current_period_start"])
+    if remaining is None:
+        raise APIError(402, "insufficient_credits", "no credits left in this period")
+    return remaining
+
+
+def _created(row, token: str, public_url: str) -> dict:
+    return {**domain.session_view(row), "cdp_url": domain.cdp_url(public_url, row["id"], token),
+            "remaining_credits": row["remaining_credits"]}
+
+
+async def _replay(pool: asyncpg.Pool, key_row, idempotency_key: str, public_url: str, wait_s: float) -> dict:
+    deadline = time.monotonic() + wait_s
+    while True:
+        async with pool.acquire() as conn:
+            row = await repo.get_session(conn, session_id=key_row["session_id"])
+        if row["status"] != "starting" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    if row["status"] in ("running", "completed"):
+        token = domain.unmask_token(key_row["token_masked"], idempotency_key=idempotency_key,
+                                    session_id=row["id"])
+        return _created(row, token, public_url)
+    raise APIError(503, "no_capacity", "no browser available right now, retry later")
+
+
+async def fail_and_refund(pool: asyncpg.Pool, *, session_id: UUID, failure: str) -> None:
+    async with transaction(pool) as conn:
+        await _fail_in_tx(conn, session_id=session_id, failure=failure)
+
+
+async def _fail_in_tx(conn: asyncpg.Connection, *, session_id: UUID, failure: str) -> None:
+    row = await repo.mark_failed(conn, session_id=session_id, failure=failure[:200])
+    if row is not None:
+        await repo.refund_credit(conn, tenant_id=row["tenant_id"], period_start=row["period_start"])
+        await repo.release_idempotency_key(conn, session_id=session_id)
+
+
+async def end_in_tx(conn: asyncpg.Connection, *, session_id: UUID, reason: str, plans_file: Path):
+    """End a running session inside the caller's transaction; None if it was not running."""
+    row = await repo.get_session(conn, session_id=session_id, for_update=True)
+    if row is None or row["status"] != "running":
+        return None
+    ended_at = datetime.now(timezone.utc)
+    duration_ms = max(int((ended_at - row["started_at"]).total_seconds() * 1000), 0)
+    cost = session_cost(plans_file, row["plan"], duration_ms)
+    done = await repo.complete_session(conn, session_id=session_id, ended_at=ended_at, duration_ms=duration_ms,
+                                       cost=cost, end_reason=reason)
+    await outbox.add(conn, SessionCompleted(session_id=session_id, tenant_id=row["tenant_id"],
+                                            browser_id=row["browser_id"], started_at=row["started_at"],
+                                            ended_at=ended_at, duration_ms=duration_ms, end_reason=reason,
+                                            cost=cost))
+    SESSIONS_ENDED.labels(reason).inc()
+    return done
+
+
+async def end_session(*, pool: asyncpg.Pool, tenant_id: UUID, session_id: UUID, plans_file: Path,
+                      ended: Ended) -> dict:
+    async with transaction(pool) as conn:
+        row = await repo.get_session(conn, session_id=session_id, tenant_id=tenant_id, for_update=True)
+        if row is None:
+            raise APIError(404, "not_found", "session not found")
+        if row["status"] == "starting":
+            raise APIError(409, "conflict", "the session is still starting")
+        done = await end_in_tx(conn, session_id=session_id, reason="client", plans_file=plans_file)
+    if done is not None:
+        ended(session_id, "client")
+        row = done
+    return domain.session_view(row)
+
+
+async def get_session(*, pool: asyncpg.Pool, tenant_id: UUID, session_id: UUID) -> dict:
+    async with pool.acquire() as conn:
+        row = await repo.get_session(conn, session_id=session_id, tenant_id=tenant_id)
+    if row is None:
+        raise APIError(404, "not_found", "session not found")
+    return domain.session_view(row)
+
+
+async def list_sessions(*, pool: asyncpg.Pool, tenant_id: UUID, status: str | None, limit: int,
+                        cursor: str | None) -> dict:
+    try:
+        after = domain.Cursor.decode(cursor) if cursor else None
+    except ValueError:
+        raise APIError(422, "invalid_request", "invalid cursor") from None
+    async with pool.acquire() as conn:
+        rows = await repo.list_sessions(conn, tenant_id=tenant_id, status=status, limit=limit + 1, after=after)
+    page = rows[:limit]
+    next_cursor = domain.Cursor(page[-1]["created_at"], page[-1]["id"]).encode() if len(rows) > limit else None
+    return {"data": [domain.session_view(r) for r in page], "next_cursor": next_cursor}
+
+
+async def usage(*, pool: asyncpg.Pool, tenant_id: UUID) -> dict:
+    async with pool.acquire() as conn:
+        tenant = await repo.get_tenant(conn, tenant_id=tenant_id)
+        allowance = await repo.current_allowance(conn, tenant_id=tenant_id)
+        running = await repo.count_live_sessions(conn, tenant_id=tenant_id)
+    granted = allowance["credits_granted"] if allowance else 0
+    used = allowance["credits_used"] if allowance else 0
+    return {"plan": tenant["plan"], "status": tenant["status"],
+            "period_start": allowance["period_start"].isoformat() if allowance else None,
+            "period_end": allowance["period_end"].isoformat() if allowance else None,
+            "credits_granted": granted, "credits_used": used, "credits_remaining": max(granted - used, 0),
+            "sessions_running": running}
+
+
+async def reap(*, pool: asyncpg.Pool, plans_file: Path, ended: Ended, disconnect_grace_s: float,
+               stuck_after_s: float, batch: int = 500) -> int:
+    """End sessions past their max duration, idle or abandoned; refund ones stuck starting.
+    Each is re-checked under its row lock, so traffic that just arrived is not cut off."""
+    async with pool.acquire() as conn:
+        await repo.delete_expired_idempotency_keys(conn, ttl_s=domain.IDEMPOTENCY_TTL_S)
+    for count in range(batch):
+        done = None
+        async with transaction(pool) as conn:
+            item = await repo.next_due(conn, disconnect_grace_s=float(disconnect_grace_s),
+                                       stuck_after_s=float(stuck_after_s))
+            if item is None:
+                return count
+            if item["why"] == "stuck":
+                await _fail_in_tx(conn, session_id=item["id"], failure="stuck while starting")
+            else:
+                done = await end_in_tx(conn, session_id=item["id"], reason=item["why"], plans_file=plans_file)
+        if done is not None:
+            ended(item["id"], item["why"])
+    return batch
+
+
+async def browser_url(*, pool: asyncpg.Pool, tenant_id: UUID, session_id: UUID) -> str:
+    async with pool.acquire() as conn:
+        row = await repo.get_session(conn, session_id=session_id, tenant_id=tenant_id)
+    if row is None:
+        raise APIError(404, "not_found", "session not found")
+    if row["status"] != "running":
+        raise APIError(409, "conflict", "the session is not running")
+    return row["browser_ws_url"]

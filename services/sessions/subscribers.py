@@ -1,0 +1,30 @@
+"""Who takes what: the sessions service's message subscriptions."""
+from functools import partial
+from uuid import UUID, uuid4
+
+from faststream.rabbit import RabbitQueue
+
+from services.sessions import handlers
+from services.sessions.gateway import Relays
+from shared.broker import events_exchange
+from shared.messages import BrowserCrashed, PaymentVerified, SessionCompleted, SubscriptionChanged, TenantProvisioned
+from shared.service import Runtime
+
+
+def register(runtime: Runtime, *, relays: Relays) -> None:
+    pool, plans_file = runtime.pool, runtime.settings.plans_file
+    runtime.consumers.on(PaymentVerified, partial(handlers.payment_verified, pool=pool))
+    runtime.consumers.on(TenantProvisioned, partial(handlers.tenant_provisioned, pool=pool))
+    runtime.consumers.on(SubscriptionChanged, partial(handlers.subscription_changed, pool=pool,
+                                                      plans_file=plans_file, ended=relays.end))
+    runtime.consumers.on(BrowserCrashed, partial(handlers.browser_crashed, pool=pool, plans_file=plans_file,
+                                                 ended=relays.end))
+
+    # Every replica hears every session end on a queue of its own, so the one holding a
+    # session's websocket closes it, whichever replica ended the session.
+    relay_ends = RabbitQueue(f"sessions.relay-ends.{uuid4().hex[:12]}", durable=False, exclusive=True,
+                             auto_delete=True, routing_key=SessionCompleted.TYPE)
+
+    @runtime.broker.subscriber(relay_ends, events_exchange(runtime.settings.events_exchange), no_reply=True)
+    async def session_ended(body: dict) -> None:
+        relays.end(UUID(body["session_id"]), body["end_reason"])

@@ -1,0 +1,213 @@
+"""Shared pieces of the sessions tests (no tests here): the sessions service as a process on its
+own database and vhost, a stand-in for warm_pool's lease RPC that launches real Chromium, and
+tenants fed in through the events exchange."""
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import aio_pika
+import httpx
+import pytest
+import pytest_asyncio
+
+from shared.messages import (LEASE_QUEUE, Event, LeaseReply, LeaseRequest, PaymentVerified, SubscriptionChanged,
+                             TenantProvisioned)
+from shared.plans import Limits
+from tests import infra
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--remote-debugging-port=0"]
+
+
+class Chromium:
+    def __init__(self, proc, profile: str, ws_url: str):
+        self.id, self.proc, self.profile, self.ws_url = uuid4(), proc, profile, ws_url
+
+    @classmethod
+    async def launch(cls) -> "Chromium":
+        profile = tempfile.mkdtemp(prefix="bf-sessions-test-")
+        proc = await asyncio.create_subprocess_exec(
+            "/usr/bin/chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        port_file = Path(profile) / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and len(port_file.read_text().splitlines()) >= 2:
+                port, path = port_file.read_text().splitlines()[:2]
+                return cls(proc, profile, f"ws://127.0.0.1:{port}{path}")
+            await asyncio.sleep(0.05)
+        proc.kill()
+        raise RuntimeError("chromium did not start")
+
+    async def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # with its helper processes
+        await self.proc.wait()
+        for _ in range(20):  # helpers may still be exiting
+            shutil.rmtree(self.profile, ignore_errors=True)
+            if not Path(self.profile).exists():
+                return
+            await asyncio.sleep(0.1)
+
+
+class LeaseResponder:
+    """Answers LeaseRequests like warm_pool: `mode` is chromium (launch one), fake (a browser
+    URL nobody listens on, for tests that never connect), no_capacity, or silent (no answer)."""
+
+    def __init__(self, url: str):
+        self.url, self.mode = url, "chromium"
+        self.browsers: dict[UUID, Chromium] = {}
+
+    async def start(self) -> None:
+        self.connection = await aio_pika.connect_robust(self.url)
+        self.channel = await self.connection.channel()
+        await self.channel.set_qos(prefetch_count=200)
+        queue = await self.channel.declare_queue(LEASE_QUEUE, durable=True)
+        await queue.consume(self._on_request)
+
+    async def _on_request(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            request = LeaseRequest.model_validate_json(message.body)
+            if self.mode == "silent":  # a warm_pool that took the request and died
+                return
+            if self.mode == "no_capacity":
+                reply = LeaseReply(ok=False, error="no_capacity")
+            elif self.mode == "fake":
+                reply = LeaseReply(ok=True, browser_id=uuid4(), cdp_ws_url="ws://127.0.0.1:9/devtools/none",
+                                   warm=True)
+            else:
+                browser = await Chromium.launch()
+                self.browsers[request.session_id] = browser
+                reply = LeaseReply(ok=True, browser_id=browser.id, cdp_ws_url=browser.ws_url, warm=False)
+            await self.channel.default_exchange.publish(
+                aio_pika.Message(reply.model_dump_json().encode(), correlation_id=message.correlation_id),
+                routing_key=message.reply_to)
+
+    async def stop(self) -> None:
+        for browser in self.browsers.values():
+            await browser.kill()
+        await self.connection.close()
+
+
+async def publish(url: str, event: Event) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange("browserfleet.events", aio_pika.ExchangeType.TOPIC, durable=True)
+        await exchange.publish(aio_pika.Message(event.model_dump_json().encode(), content_type="application/json"),
+                               routing_key=event.type)
+
+
+async def bind_event_sink(url: str) -> None:
+    """Stands in for billing's and warm_pool's queues, so session events are routable."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange("browserfleet.events", aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue("test.session-events", durable=True)
+        await queue.bind(exchange, routing_key="sessions.#")
+
+
+async def session_events(url: str) -> list[dict]:
+    """Drain the session events published so far."""
+    events = []
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("test.session-events", durable=True)
+        while (message := await queue.get(fail=False)) is not None:
+            await message.ack()
+            events.append(json.loads(message.body))
+    return events
+
+
+class Platform:
+    def __init__(self, mq_url: str, services: list[infra.ServiceProcess], lease: LeaseResponder):
+        self.mq_url, self.services, self.lease = mq_url, services, lease
+        self.url = services[0].url
+        self.http = httpx.AsyncClient(base_url=self.url, timeout=30)
+
+    async def tenant(self, *, credits: int = 100, max_concurrent: int = 50, max_session_seconds: int = 3600,
+                     plan: str = "professional", provisioned: bool = True) -> tuple[UUID, dict]:
+        """A paying tenant with one API key; returns (tenant id, auth headers)."""
+        tenant_id = uuid4()
+        limits = Limits(max_concurrent_sessions=max_concurrent, max_session_seconds=max_session_seconds,
+                        prewarm_browsers=0)
+        now = datetime.now(timezone.utc)
+        await publish(self.mq_url, PaymentVerified(
+            tenant_id=tenant_id, subscription_id="sub_test", plan=plan, period_start=now - timedelta(days=1),
+            period_end=now + timedelta(days=29), credits=credits, limits=limits))
+        if provisioned:
+            await publish(self.mq_url, TenantProvisioned(tenant_id=tenant_id, namespace="ns", plan=plan,
+                                                         limits=limits))
+        key = await self.api_key(tenant_id)
+        if provisioned:
+            await self.wait_for(lambda: self.usage_ok({"Authorization": f"Bearer {key}"}))
+        return tenant_id, {"Authorization": f"Bearer {key}"}
+
+    async def api_key(self, tenant_id: UUID) -> str:
+        async def created():
+            r = await self.http.post(f"/v1/admin/tenants/{tenant_id}/api-keys", headers=ADMIN)
+            return r.json()["api_key"] if r.status_code == 201 else None
+        return await self.wait_for(created)
+
+    async def usage_ok(self, headers: dict) -> bool:
+        r = await self.http.get("/v1/usage", headers=headers)
+        return r.status_code == 200 and r.json()["credits_granted"] > 0
+
+    async def change_subscription(self, tenant_id: UUID, status: str) -> None:
+        await publish(self.mq_url, SubscriptionChanged(tenant_id=tenant_id, plan="professional", status=status))
+
+    @staticmethod
+    async def wait_for(check, timeout: float = 20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = await check()
+            if result:
+                return result
+            await asyncio.sleep(0.1)
+        raise AssertionError("condition not met in time")
+
+
+def start_sessions(database_url: str, mq_url: str, log_dir: Path, *, name: str = "sessions", **extra) -> infra.ServiceProcess:
+    port = infra.free_port()
+    env = {"DATABASE_URL": database_url, "RABBITMQ_URL": mq_url, "HTTP_PORT": str(port),
+           "PUBLIC_URL": f"http://127.0.0.1:{port}", "ADMIN_TOKEN": "test-admin-token", "LOG_FORMAT": "text",
+           "LEASE_TIMEOUT_S": "5", "DISCONNECT_GRACE_S": "1", "REAPER_INTERVAL_S": "0.3",
+           **{k.upper(): str(v) for k, v in extra.items()}}
+    service = infra.ServiceProcess("sessions", env, log_dir)
+    service.log_path = log_dir / f"{name}.log"
+    service.start()
+    service.wait_ready()
+    return service
+
+
+@pytest.fixture(scope="module")
+def sessions_infra(pg_server, mq_server):
+    with infra.fresh_database(pg_server) as db_url, infra.fresh_vhost(mq_server) as mq_url:
+        yield db_url, mq_url
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def platform(sessions_infra, artifacts_dir):
+    db_url, mq_url = sessions_infra
+    lease = LeaseResponder(mq_url)
+    await lease.start()
+    await bind_event_sink(mq_url)
+    service = start_sessions(db_url, mq_url, artifacts_dir)
+    p = Platform(mq_url, [service], lease)
+    try:
+        yield p
+    finally:
+        await p.http.aclose()
+        service.stop(signal.SIGTERM)
+        await lease.stop()

@@ -1,0 +1,75 @@
+from datetime import datetime, timezone
+from uuid import uuid4
+
+from services.sessions import domain
+from services.sessions.gateway import RedactTokens
+
+
+def test_secrets_are_stored_as_hashes_and_checked():
+    key = domain.new_api_key()
+    assert key.startswith("bf_live_") and len(key) > 40
+    stored = domain.digest(key)
+    assert key.encode() not in stored
+    assert domain.secret_matches(key, stored)
+    assert not domain.secret_matches(key + "x", stored)
+    assert domain.new_session_token() != domain.new_session_token()
+
+
+def test_masked_token_is_recoverable_only_with_the_idempotency_key():
+    session_id, token = uuid4(), domain.new_session_token()
+    masked = domain.mask_token(token, idempotency_key="k1", session_id=session_id)
+    assert token.encode() not in masked
+    assert domain.unmask_token(masked, idempotency_key="k1", session_id=session_id) == token
+    assert domain.unmask_token(masked, idempotency_key="k2", session_id=session_id) != token
+
+
+def test_cdp_url_is_the_websocket_form_of_the_public_url():
+    sid = uuid4()
+    assert domain.cdp_url("http://127.0.0.1:8000", sid, "t") == f"ws://127.0.0.1:8000/v1/sessions/{sid}/cdp?token=t"
+    assert domain.cdp_url("https://api.example.com/", sid, "t").startswith("wss://api.example.com/v1/")
+
+
+def test_timeout_is_the_lower_of_request_and_plan():
+    assert domain.effective_timeout(300, 3600) == 300
+    assert domain.effective_timeout(7200, 3600) == 3600
+
+
+def test_close_codes_name_the_end_reason():
+    codes = {reason: domain.close_code(reason) for reason in domain.END_REASONS}
+    assert codes["client"] == 4001 and len(set(codes.values())) == len(codes)
+    assert all(4000 < code < 4100 for code in codes.values())
+
+
+def test_cursor_round_trips():
+    cursor = domain.Cursor(datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=timezone.utc), uuid4())
+    assert domain.Cursor.decode(cursor.encode()) == cursor
+
+
+def test_request_fingerprint_ignores_key_order():
+    assert domain.request_fingerprint({"a": 1, "b": 2}) == domain.request_fingerprint({"b": 2, "a": 1})
+    assert domain.request_fingerprint({"a": 1}) != domain.request_fingerprint({"a": 2})
+
+
+def test_tokens_are_redacted_from_logs():
+    import logging
+    record = logging.LogRecord("uvicorn.error", logging.INFO, "", 0, '%s - "WebSocket %s" [accepted]',
+                               ("127.0.0.1:1", "/v1/sessions/x/cdp?token=SECRET123&a=1"), None)
+    RedactTokens().filter(record)
+    assert "SECRET123" not in record.getMessage() and "token=[redacted]" in record.getMessage()
+
+
+def test_money_is_a_plain_decimal_string():
+    from decimal import Decimal
+    assert domain.money(Decimal("0.010000")) == "0.01"
+    assert domain.money(Decimal("10.000000")) == "10"
+    assert domain.money(Decimal("0.012000")) == "0.012"
+
+
+def test_admission_needs_an_active_provisioned_tenant_under_its_limit():
+    ok = dict(status="active", provisioned=True, live_sessions=1, max_concurrent=2)
+    assert domain.refuse_admission(**ok) is None
+    for status in ("past_due", "canceled", None):
+        assert domain.refuse_admission(**{**ok, "status": status}).code == "subscription_inactive"
+    assert domain.refuse_admission(**{**ok, "provisioned": False}).status == 403
+    busy = domain.refuse_admission(**{**ok, "live_sessions": 2})
+    assert (busy.status, busy.code, busy.retry_after_s) == (429, "concurrency_limit", 5)
