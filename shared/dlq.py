@@ -6,7 +6,7 @@ import aio_pika
 from fastapi import APIRouter, Request
 
 from shared import metrics
-from shared.http import APIError, require_admin
+from shared.http import APIError, error_responses, require_admin
 
 
 class DeadLetters:
@@ -74,13 +74,13 @@ class DeadLetters:
 def router(dead_letters: DeadLetters, admin_token: str) -> APIRouter:
     routes = APIRouter(prefix="/v1/admin/dlq", tags=["admin"])
 
-    @routes.get("")
+    @routes.get("", responses=error_responses())
     async def list_dead_letters(request: Request):
         require_admin(request, admin_token)
         depths = await dead_letters.depths()
         return {"data": [{"queue": q, "dead_letter_queue": f"{q}.dlq", "messages": n} for q, n in depths.items()]}
 
-    @routes.post("/{queue}/replay")
+    @routes.post("/{queue}/replay", responses=error_responses(404))
     async def replay(queue: str, request: Request, limit: int = 1000):
         require_admin(request, admin_token)
         try:

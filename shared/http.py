@@ -8,10 +8,26 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
 from shared.logs import log_context
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every service: {"error": {"code", "message"}}."""
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict:
+    """OpenAPI `responses=` documenting the error shape for these status codes (401 and 422 always)."""
+    return {code: {"model": ErrorBody} for code in (401, 422, *codes)}
 
 
 class APIError(Exception):

@@ -2,13 +2,15 @@
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from uuid import UUID
 
 from shared.plans import Plan
 
 STATUS_FROM_STRIPE = {
     "active": "active", "trialing": "active",
-    "past_due": "past_due", "unpaid": "past_due", "incomplete": "past_due", "paused": "past_due",
+    "past_due": "past_due", "unpaid": "past_due", "paused": "past_due",
+    "incomplete": None,  # created by Checkout, awaiting its first payment: not a status change
     "canceled": "canceled", "incomplete_expired": "canceled",
 }
 
@@ -43,7 +45,7 @@ class InvoiceFailed:
 @dataclass(frozen=True)
 class SubscriptionState:
     ref: Ref
-    status: str  # active | past_due | canceled
+    status: str | None  # active | past_due | canceled; None: no change
     period_start: datetime | None = None
     period_end: datetime | None = None
 
@@ -117,7 +119,7 @@ def _subscription_state(sub: dict, *, deleted: bool) -> SubscriptionState:
     first = items[0] if items else {}
     start = sub.get("current_period_start", first.get("current_period_start"))
     end = sub.get("current_period_end", first.get("current_period_end"))
-    status = "canceled" if deleted else STATUS_FROM_STRIPE.get(sub.get("status") or "active", "active")
+    status = "canceled" if deleted else STATUS_FROM_STRIPE.get(sub.get("status") or "active")
     return SubscriptionState(
         ref=Ref(tenant_id=_uuid(meta.get("tenant_id")), plan=meta.get("plan"), customer=_id(sub.get("customer")),
                 subscription=sub.get("id"), price_id=_line_price(first) if first else None),
@@ -152,15 +154,18 @@ def parse_event(event: dict) -> BillingEvent:
     return Ignored(etype)
 
 
-def plan_for(ref: Ref, plans: dict[str, Plan], *, fallback: str | None = None) -> Plan | None:
-    """Metadata first, then the configured price → plan map, then what the account had."""
+def plan_for(ref: Ref, plans: dict[str, Plan], *, fallback: str | None = None,
+             prefer_price: bool = False) -> Plan | None:
+    """Metadata first, then the configured price → plan map, then what the account had.
+
+    prefer_price: a subscription's price is the truth after a plan change (its metadata may
+    still name the plan it was created with)."""
+    by_price = next((p for p in plans.values() if ref.price_id and p.stripe_price_id == ref.price_id), None)
+    if prefer_price and by_price:
+        return by_price
     if ref.plan in plans:
         return plans[ref.plan]
-    if ref.price_id:
-        for plan in plans.values():
-            if plan.stripe_price_id == ref.price_id:
-                return plan
-    return plans.get(fallback) if fallback else None
+    return by_price or (plans.get(fallback) if fallback else None)
 
 
 def grant_reference(subscription_id: str, period_start: datetime) -> str:
@@ -189,8 +194,27 @@ def debit_entry(*, balance: int, reference: str, amount: int = 1) -> Entry:
     return Entry("debit", reference, -amount, balance - amount)
 
 
+def session_debit_entries(*, balance: int, session_id: str, started_at: datetime,
+                          period_start: datetime | None) -> list[Entry]:
+    """One credit per session. A session that started in a period already renewed here was paid
+    from that period's credits, which have expired since: the debit is recorded and offset by an
+    adjustment, so the new period's balance is untouched (as the sessions service counts it)."""
+    debit = debit_entry(balance=balance, reference=session_id)
+    if period_start is None or started_at >= period_start:
+        return [debit]
+    return [debit, Entry("adjustment", f"late-debit:{session_id}", 1, balance)]
+
+
 def meter_minutes(duration_ms: int) -> int:
     return max(1, math.ceil(max(duration_ms, 0) / 60_000))
+
+
+def money(value: Decimal) -> str:
+    """A decimal amount as a string without noise: 0.010000 → "0.01", 0.014000 → "0.014"."""
+    value = value.normalize()
+    if value.as_tuple().exponent > -2:
+        value = value.quantize(Decimal("0.01"))
+    return f"{value:f}"
 
 
 def backoff_seconds(attempts: int, *, cap: float) -> float:

@@ -1,6 +1,6 @@
 """One function per command or message, given its ports (a pool or connection, the plans)."""
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from uuid import UUID
 
@@ -24,6 +24,7 @@ class Outcome:
     done: bool                 # False: keep the event and retry it later
     reason: str = ""
     tenant_linked: bool = False  # a tenant got its Stripe ids: waiting events may resolve now
+    type: str = ""
 
 
 WAITING = Outcome(False, "tenant or plan not known yet")
@@ -37,14 +38,14 @@ class _Account:
     plan: Plan | None
 
 
-async def _account_for(conn, ref: Ref, plans: dict[str, Plan]) -> _Account | None:
+async def _account_for(conn, ref: Ref, plans: dict[str, Plan], *, prefer_price: bool = False) -> _Account | None:
     """Resolve and lock the tenant's account; None while the event cannot be tied to one."""
     tenant_id = ref.tenant_id or await repository.find_tenant(conn, subscription=ref.subscription,
                                                              customer=ref.customer)
     if tenant_id is None:
         return None
     existing = await repository.lock_existing_account(conn, tenant_id=tenant_id)
-    plan = domain.plan_for(ref, plans, fallback=existing["plan"] if existing else None)
+    plan = domain.plan_for(ref, plans, fallback=existing["plan"] if existing else None, prefer_price=prefer_price)
     if existing is not None:
         return _Account(tenant_id, existing, False, plan)
     if plan is None:
@@ -63,7 +64,9 @@ async def _change(conn, acct: _Account, *, status: str, plan: Plan, created: dat
     await repository.update_account(conn, tenant_id=acct.tenant_id, status=status, plan=plan.name,
                                     status_event_at=max(filter(None, [created, old["status_event_at"]]),
                                                         default=None), **fields)
-    if not acct.created and (old["status"] != status or old["plan"] != plan.name):
+    # Only a tenant already announced by a PaymentVerified is news to the other services.
+    announced = not acct.created and old["period_start"] is not None
+    if announced and (old["status"] != status or old["plan"] != plan.name):
         await outbox.add(conn, SubscriptionChanged(tenant_id=acct.tenant_id, plan=plan.name, status=status,
                                                    limits=plan.limits))
 
@@ -97,7 +100,8 @@ async def invoice_paid(conn, ev: InvoicePaid, *, plans, created) -> Outcome:
     plan = acct.plan
     for entry in domain.renewal_entries(balance=row["balance"], credits=plan.credits, reference=reference):
         await repository.append_entry(conn, tenant_id=acct.tenant_id, entry=entry)
-    await _change(conn, acct, status="active", plan=plan, created=None, period_start=ev.period_start,
+    status = acct.row["status"] if _is_stale(row, created) else "active"
+    await _change(conn, acct, status=status, plan=plan, created=created, period_start=ev.period_start,
                   period_end=ev.period_end, **ids)
     await outbox.add(conn, PaymentVerified(
         tenant_id=acct.tenant_id, stripe_customer_id=ids["stripe_customer_id"], subscription_id=ev.ref.subscription,
@@ -114,8 +118,9 @@ async def subscription_state(conn, ev: SubscriptionState, *, plans, created) -> 
     return await _set_status(conn, ev.ref, ev.status, plans=plans, created=created)
 
 
-async def _set_status(conn, ref: Ref, status: str, *, plans, created) -> Outcome:
-    acct = await _account_for(conn, ref, plans)
+async def _set_status(conn, ref: Ref, status: str | None, *, plans, created) -> Outcome:
+    """status None: the event only links ids and plan (e.g. a subscription awaiting its first payment)."""
+    acct = await _account_for(conn, ref, plans, prefer_price=True)
     if acct is None or acct.plan is None:
         return WAITING
     row = acct.row
@@ -123,6 +128,8 @@ async def _set_status(conn, ref: Ref, status: str, *, plans, created) -> Outcome
         return Outcome(True, "event for another subscription than the account's")
     if _is_stale(row, created) or (row["status"] == "canceled" and status != "canceled" and not acct.created):
         return Outcome(True, "older than the account's state")
+    if status is None:  # an unpaid (incomplete) subscription: not active until its invoice is paid
+        status = "past_due" if acct.created else row["status"]
     await _change(conn, acct, status=status, plan=acct.plan, created=created,
                   stripe_customer_id=ref.customer or row["stripe_customer_id"], subscription_id=ref.subscription)
     return Outcome(True, tenant_linked=True)
@@ -153,17 +160,21 @@ async def process_stripe_event(pool: asyncpg.Pool, event_id: str, *, plans: dict
         try:
             async with conn.transaction():  # a savepoint: a failed apply leaves no partial effects
                 outcome = await apply_stripe_event(conn, row["payload"], plans=plans)
+        except domain.MalformedEvent as exc:  # retrying cannot help: keep it, with the reason
+            log.warning("malformed stripe event set aside", extra={"event_id": event_id, "error": str(exc)})
+            outcome = Outcome(True, f"malformed: {exc}")
         except Exception as exc:
             log.exception("stripe event processing failed", extra={"event_id": event_id, "type": row["type"]})
             outcome = Outcome(False, f"error: {exc!r}")
         if outcome.done:
-            await repository.mark_processed(conn, event_id=event_id)
+            await repository.mark_processed(conn, event_id=event_id,
+                                            note=outcome.reason if outcome.reason.startswith("malformed") else None)
         else:
             await repository.postpone_event(conn, event_id=event_id, error=outcome.reason,
                                             delay_s=domain.backoff_seconds(row["attempts"], cap=max_backoff))
         if outcome.tenant_linked:
             await repository.wake_waiting_events(conn)
-    return outcome
+    return replace(outcome, type=row["type"])
 
 
 async def store_stripe_event(pool: asyncpg.Pool, *, payload: dict) -> bool:
@@ -180,8 +191,11 @@ async def session_started(event: SessionStarted, *, pool: asyncpg.Pool) -> None:
         account = await repository.lock_existing_account(conn, tenant_id=event.tenant_id)
         if account is None:
             raise LookupError(f"no billing account for tenant {event.tenant_id}")  # retried, then DLQ
-        entry = domain.debit_entry(balance=account["balance"], reference=str(event.session_id))
-        await repository.append_entry(conn, tenant_id=event.tenant_id, entry=entry)
+        entries = domain.session_debit_entries(balance=account["balance"], session_id=str(event.session_id),
+                                               started_at=event.started_at, period_start=account["period_start"])
+        for entry in entries:
+            if not await repository.append_entry(conn, tenant_id=event.tenant_id, entry=entry):
+                return  # this session was already debited
 
 
 async def session_completed(event: SessionCompleted, *, pool: asyncpg.Pool, plans: dict[str, Plan],

@@ -23,10 +23,10 @@ async def claim_event(conn, *, event_id: str) -> asyncpg.Record | None:
         "SELECT * FROM stripe_events WHERE id = $1 AND processed_at IS NULL FOR UPDATE SKIP LOCKED", event_id)
 
 
-async def mark_processed(conn, *, event_id: str) -> None:
+async def mark_processed(conn, *, event_id: str, note: str | None = None) -> None:
     await conn.execute(
-        "UPDATE stripe_events SET processed_at = clock_timestamp(), attempts = attempts + 1, last_error = NULL"
-        " WHERE id = $1", event_id)
+        "UPDATE stripe_events SET processed_at = clock_timestamp(), attempts = attempts + 1, last_error = $2"
+        " WHERE id = $1", event_id, note)
 
 
 async def postpone_event(conn, *, event_id: str, delay_s: float, error: str) -> None:
@@ -46,10 +46,20 @@ async def due_events(conn, *, limit: int = 50) -> list[str]:
     return [r["id"] for r in rows]
 
 
+async def pending_events(conn, *, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT id, type, received_at, attempts, next_attempt_at, last_error FROM stripe_events
+            WHERE processed_at IS NULL ORDER BY received_at LIMIT $1""", limit)
+
+
 async def wake_waiting_events(conn) -> None:
     """A tenant became known: retry the events that were waiting for one, now."""
+    # SKIP LOCKED: rows claimed by other workers are theirs (waiting on them could deadlock).
     await conn.execute(
-        "UPDATE stripe_events SET next_attempt_at = clock_timestamp() WHERE processed_at IS NULL")
+        """UPDATE stripe_events SET next_attempt_at = clock_timestamp()
+            WHERE id IN (SELECT id FROM stripe_events
+                          WHERE processed_at IS NULL AND next_attempt_at > clock_timestamp()
+                            FOR UPDATE SKIP LOCKED)""")
 
 
 # --- accounts and ledger ---------------------------------------------------------------------

@@ -11,16 +11,7 @@ from pydantic import BaseModel
 from services.sessions import gateway, handlers
 from services.sessions.adapters import cdp
 from shared import http
-from shared.http import APIError
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
+from shared.http import APIError, error_responses
 
 
 class SessionOut(BaseModel):
@@ -80,10 +71,6 @@ Without `keep_alive`, closing the socket ends the session after a short grace pe
 it, the same URL reconnects while the session runs."""
 
 
-def _errors(*codes: int) -> dict:
-    return {code: {"model": ErrorBody} for code in (401, 422, *codes)}
-
-
 def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: gateway.Relays) -> FastAPI:
     app = FastAPI(title="browserfleet sessions", version="1", description=DESCRIPTION)
     http.install(app, ready=runtime.ready)
@@ -96,18 +83,18 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
         http.require_admin(request, settings.admin_token.get_secret_value())
 
     @app.post("/v1/admin/tenants/{tenant_id}/api-keys", status_code=201, response_model=ApiKeyCreated,
-              responses=_errors(404), dependencies=[Depends(admin)], tags=["admin"])
+              responses=error_responses(404), dependencies=[Depends(admin)], tags=["admin"])
     async def create_api_key(tenant_id: UUID):
         return await handlers.create_api_key(pool=pool, tenant_id=tenant_id)
 
-    @app.delete("/v1/admin/api-keys/{key_id}", status_code=204, responses=_errors(404),
+    @app.delete("/v1/admin/api-keys/{key_id}", status_code=204, responses=error_responses(404),
                 dependencies=[Depends(admin)], tags=["admin"])
     async def revoke_api_key(key_id: UUID):
         await api_keys.revoke(key_id)
         return Response(status_code=204)
 
     @app.post("/v1/sessions", status_code=201, response_model=SessionCreated,
-              responses=_errors(402, 403, 409, 429, 503), tags=["sessions"])
+              responses=error_responses(402, 403, 409, 429, 503), tags=["sessions"])
     async def create_session(body: handlers.CreateSession | None = None, tenant_id: UUID = Depends(tenant),
                              idempotency_key: str | None = Header(None, min_length=1, max_length=255)):
         return await handlers.create_session(
@@ -116,25 +103,25 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
             defaults=(settings.default_timeout_s, settings.default_idle_timeout_s),
             lease_timeout_s=settings.lease_timeout_s)
 
-    @app.get("/v1/sessions", response_model=SessionPage, responses=_errors(), tags=["sessions"])
+    @app.get("/v1/sessions", response_model=SessionPage, responses=error_responses(), tags=["sessions"])
     async def list_sessions(tenant_id: UUID = Depends(tenant),
                             status: Literal["starting", "running", "completed", "failed"] | None = None,
                             limit: int = Query(50, ge=1, le=200), cursor: str | None = Query(None, max_length=200)):
         return await handlers.list_sessions(pool=pool, tenant_id=tenant_id, status=status, limit=limit,
                                             cursor=cursor)
 
-    @app.get("/v1/sessions/{session_id}", response_model=SessionOut, responses=_errors(404), tags=["sessions"])
+    @app.get("/v1/sessions/{session_id}", response_model=SessionOut, responses=error_responses(404), tags=["sessions"])
     async def get_session(session_id: UUID, tenant_id: UUID = Depends(tenant)):
         return await handlers.get_session(pool=pool, tenant_id=tenant_id, session_id=session_id)
 
-    @app.post("/v1/sessions/{session_id}/end", response_model=SessionOut, responses=_errors(404, 409),
+    @app.post("/v1/sessions/{session_id}/end", response_model=SessionOut, responses=error_responses(404, 409),
               tags=["sessions"])
     async def end_session(session_id: UUID, tenant_id: UUID = Depends(tenant)):
         return await handlers.end_session(pool=pool, tenant_id=tenant_id, session_id=session_id,
                                           plans_file=settings.plans_file, ended=relays.end)
 
     @app.get("/v1/sessions/{session_id}/screenshot", response_class=Response, tags=["sessions"],
-             responses={200: {"content": {"image/png": {}}}, **_errors(404, 409, 503)})
+             responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 503)})
     async def screenshot(session_id: UUID, tenant_id: UUID = Depends(tenant)):
         ws_url = await handlers.browser_url(pool=pool, tenant_id=tenant_id, session_id=session_id)
         try:
@@ -145,7 +132,7 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
             raise APIError(503, "unavailable", "the browser did not answer") from None
         return Response(png, media_type="image/png")
 
-    @app.get("/v1/usage", response_model=Usage, responses=_errors(), tags=["usage"])
+    @app.get("/v1/usage", response_model=Usage, responses=error_responses(), tags=["usage"])
     async def usage(tenant_id: UUID = Depends(tenant)):
         return await handlers.usage(pool=pool, tenant_id=tenant_id)
 

@@ -13,10 +13,10 @@ class StripeAPI(Protocol):
 
 
 class StripeGateway:
-    def __init__(self, api_key: str, api_base: str | None = None):
+    def __init__(self, api_key: str, api_base: str | None = None, *, timeout: float = 15.0):
         self.client = stripe.StripeClient(
             api_key, base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.HTTPXClient(), max_network_retries=0)
+            http_client=stripe.HTTPXClient(timeout=timeout), max_network_retries=0)
 
     async def create_checkout_session(self, *, price_id, tenant_id, plan, email, success_url, cancel_url) -> str:
         params = {

@@ -1,0 +1,38 @@
+"""python -m services.billing — settings → migrations → broker + HTTP → run until signalled."""
+import asyncio
+from pathlib import Path
+
+from services.billing import http, subscribers
+from services.billing.adapters.stripe import StripeGateway
+from services.billing.settings import BillingSettings
+from services.billing.workers import MeterReporter, StripeEventWorker
+from shared.plans import load_plans
+from shared.service import Runtime, serve
+
+
+async def build(runtime: Runtime):
+    settings: BillingSettings = runtime.settings
+    plans = load_plans(Path(settings.plans_file))
+    api = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
+    worker = StripeEventWorker(runtime.pool, plans=plans, interval=settings.webhook_retry_interval_seconds,
+                               max_backoff=settings.webhook_retry_max_backoff_seconds)
+    meter = MeterReporter(runtime.pool, api, event_name=settings.stripe_meter_event_name,
+                          interval=settings.meter_retry_interval_seconds,
+                          max_backoff=settings.meter_retry_max_backoff_seconds)
+    subscribers.register(runtime, plans=plans, on_usage=meter.wake.set)
+    runtime.background(worker.run)
+    if settings.stripe_meter_enabled:
+        runtime.background(meter.run)
+    runtime.on_stop(worker.drain)
+    return http.create_app(settings=settings, pool=runtime.pool, plans=plans, worker=worker, stripe_api=api,
+                           ready=runtime.ready)
+
+
+def main() -> None:
+    settings = BillingSettings()
+    asyncio.run(serve(name="billing", schema="billing", settings=settings,
+                      migrations_dir=Path(__file__).with_name("migrations"), build=build))
+
+
+if __name__ == "__main__":
+    main()
