@@ -83,7 +83,13 @@ async def migrate(dsn: str, *, schema: str, migrations_dir: Path) -> list[str]:
     try:
         await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"browserfleet.migrate.{schema}")
         try:
-            own_role = await _ensure_role(conn, role)
+            # Roles and database grants are cluster-wide rows: serialize across schemas too, or
+            # services migrating at once fail with "tuple concurrently updated".
+            await conn.execute("SELECT pg_advisory_lock(hashtext('browserfleet.migrate.roles'))")
+            try:
+                own_role = await _ensure_role(conn, role)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext('browserfleet.migrate.roles'))")
             owner = role if own_role else "CURRENT_USER"
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION {owner}')
             if own_role:

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import asyncpg
 from faststream.rabbit import RabbitBroker
 
+from shared import faults
 from shared import metrics
 from shared.broker import events_exchange
 from shared.logs import log_context
@@ -108,6 +109,7 @@ class OutboxRelay:
                 )
                 sent, failure = [], None
                 for row in rows:
+                    faults.point("outbox.before_publish")  # committed, not published
                     try:
                         await self.broker.publish(
                             json.dumps(row["body"]).encode(),
@@ -126,6 +128,7 @@ class OutboxRelay:
                         await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2"
                                            " WHERE id = $1", row["id"], repr(exc)[:500])
                         break
+                    faults.point("outbox.after_publish")  # published, not marked sent
                     sent.append(row["id"])
                     metrics.OUTBOX_PUBLISHED.labels(row["routing_key"]).inc()
                 if sent:

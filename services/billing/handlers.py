@@ -9,6 +9,7 @@ import asyncpg
 from services.billing import domain, repository
 from services.billing.domain import (CheckoutCompleted, InvoiceFailed, InvoicePaid, Ignored, Ref,
                                      SubscriptionState)
+from shared import faults
 from shared import outbox
 from shared.db import transaction
 from shared.inbox import first_delivery
@@ -174,6 +175,7 @@ async def process_stripe_event(pool: asyncpg.Pool, event_id: str, *, plans: dict
                                             delay_s=domain.backoff_seconds(row["attempts"], cap=max_backoff))
         if outcome.tenant_linked:
             await repository.wake_waiting_events(conn)
+    faults.point(f"billing.after_commit:{row['type']}")  # committed, not yet published
     return replace(outcome, type=row["type"])
 
 

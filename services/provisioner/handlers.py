@@ -17,6 +17,7 @@ import asyncpg
 from services.provisioner import repository
 from services.provisioner.domain import Action, TenantSpec, namespace_for, reconcile_actions, spec_of
 from services.provisioner.metrics import FAILURES, RECONCILE_ACTIONS, TENANTS
+from shared import faults
 from shared import outbox
 from shared.inbox import first_delivery
 from shared.messages import PaymentVerified, SubscriptionChanged, TenantDeprovisioned, TenantProvisioned
@@ -77,6 +78,7 @@ async def _apply(conn, spec: TenantSpec, *, backend: Backend, message_id) -> Non
     except Exception as exc:
         await _record_failure(conn, tenant_id=spec.tenant_id, operation="provision", exc=exc, message_id=message_id)
         return
+    faults.point("provisioner.after_apply")  # applied, not yet recorded nor acked
     async with conn.transaction():
         if await first_delivery(conn, message_id=message_id, consumer=CONSUMER):
             await _provisioned(conn, spec)

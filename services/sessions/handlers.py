@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.sessions import domain, repository as repo
 from services.sessions.metrics import SESSIONS_CREATED, SESSIONS_ENDED
+from shared import faults
 from shared import outbox
 from shared.db import transaction
 from shared.http import APIError
@@ -177,6 +178,7 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
                 idle_timeout_s=request.idle_timeout_s or defaults[1], keep_alive=request.keep_alive,
                 token_hash=domain.digest(token), period_start=tenant["current_period_start"],
                 remaining_credits=remaining)
+    faults.point("sessions.after_debit")  # debited, no browser yet, not answered
     if replay is not None:
         return await _replay(pool, replay, idempotency_key, public_url, wait_s=lease_timeout_s + 5)
 
@@ -185,6 +187,7 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
         error = None if reply.ok and reply.cdp_ws_url else (reply.error or "error")
     except Exception as exc:  # timeout, unroutable, broker down: nothing charged, nothing leaked
         reply, error = None, type(exc).__name__
+    faults.point("sessions.after_lease")  # browser leased, session not recorded running
     if error is None:
         async with transaction(pool) as conn:
             row = await repo.mark_running(conn, session_id=session_id, browser_id=reply.browser_id,
@@ -194,6 +197,7 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
                                                       browser_id=reply.browser_id, warm=reply.warm,
                                                       started_at=row["started_at"]))
         if row is not None:
+            faults.point("sessions.before_answer")  # running and recorded, not answered
             SESSIONS_CREATED.labels("created").inc()
             return _created(row, token, public_url)
         error = "failed while starting"

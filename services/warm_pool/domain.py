@@ -43,7 +43,7 @@ def pool_target(*, prewarm: int, max_concurrent: int, lease_rate: float, launch_
         return prewarm
     outstanding = lease_rate * refill_time(launch_seconds=launch_seconds, lease_rate=lease_rate,
                                            launch_slots=launch_slots)
-    wanted = math.ceil(outstanding + Z * math.sqrt(outstanding)) + 1
+    wanted = math.ceil(outstanding + Z * math.sqrt(outstanding) + 0.5)
     return max(prewarm, min(wanted, max(max_concurrent, prewarm)))
 
 

@@ -36,6 +36,9 @@ class WarmPoolSettings(ServiceSettings):
     launch_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     lease_confirm_timeout_s: float = 30
     lease_workers: int = 64
+    db_pool_max: int = 20
+    # At the host cap, how long a lease waits for a browser to free up before no_capacity.
+    lease_wait_s: float = 3.0
     launch_timeout_s: float = 20
     replica_id: str = Field(default_factory=default_replica_id)
     reconcile_interval_s: float = 1.0

@@ -1,6 +1,7 @@
 """What the dashboard's API routes do. Ports: the pool, the API-key lookups and the signing key."""
 import time
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from uuid import UUID
 
 import asyncpg
@@ -9,7 +10,7 @@ from services.sessions import domain as sessions_domain, handlers as sessions_ha
 from services.sessions.dashboard import domain, repository as dash_repo
 from shared.http import APIError
 
-MAX_CHART_DAYS = 62
+MIN_CHART_DAYS, MAX_CHART_DAYS = 14, 62
 
 
 class DashboardAuth:
@@ -34,15 +35,18 @@ async def usage_daily(*, pool: asyncpg.Pool, tenant_id: UUID) -> dict:
     today = datetime.now(timezone.utc).date()
     async with pool.acquire() as conn:
         allowance = await repo.current_allowance(conn, tenant_id=tenant_id)
-        first = allowance["period_start"].astimezone(timezone.utc).date() if allowance else today - timedelta(days=13)
+        # At least the last two weeks, so a new period still shows a readable chart.
+        first = today - timedelta(days=MIN_CHART_DAYS - 1)
+        if allowance:
+            first = min(first, allowance["period_start"].astimezone(timezone.utc).date())
         first = max(first, today - timedelta(days=MAX_CHART_DAYS - 1))
         since = datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
         rows = await dash_repo.sessions_per_day(conn, tenant_id=tenant_id, since=since)
         cost = (await dash_repo.period_cost(conn, tenant_id=tenant_id, period_start=allowance["period_start"])
-                if allowance else 0)
+                if allowance else Decimal(0))
     return {"period_start": allowance["period_start"].isoformat() if allowance else None,
             "period_end": allowance["period_end"].isoformat() if allowance else None,
-            "bill_estimate": sessions_domain.money(cost) if cost else "0",
+            "bill_estimate": sessions_domain.money(cost),
             "days": domain.daily_series([dict(r) for r in rows], first=first, last=today)}
 
 

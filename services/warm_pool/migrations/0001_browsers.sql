@@ -12,6 +12,7 @@ CREATE TABLE browsers (
     id            uuid PRIMARY KEY,
     tenant_id     uuid NOT NULL REFERENCES tenants (tenant_id),
     replica_id    text NOT NULL,
+    owner_pid     integer NOT NULL,
     host          text NOT NULL,
     state         text NOT NULL CHECK (state IN ('launching', 'idle', 'leased', 'retiring', 'dead')),
     warm          boolean,

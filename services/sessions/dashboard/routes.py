@@ -1,0 +1,187 @@
+"""/dashboard pages (static HTML shells filled by app.js) and the API routes they need."""
+import html
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.sessions import handlers as sessions_handlers
+from services.sessions.dashboard import domain, handlers
+from shared import http
+
+HERE = Path(__file__).parent
+PAGES = {"usage": "Usage", "sessions": "Sessions", "keys": "API keys", "quickstart": "Quick start"}
+STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
+SNIPPETS = ("curl.txt", "playwright-python.txt", "playwright-node.txt", "puppeteer.txt")
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
+                               "style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "referrer-policy": "no-referrer", "x-content-type-options": "nosniff", "cache-control": "no-store",
+}
+
+
+class _ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class _ErrorBody(BaseModel):
+    error: _ErrorDetail
+
+
+def _errors(*codes: int) -> dict:
+    return {code: {"model": _ErrorBody} for code in (401, 422, *codes)}
+
+
+class Day(BaseModel):
+    date: str
+    sessions: int
+    minutes: float
+
+
+class DailyUsage(BaseModel):
+    period_start: datetime | None
+    period_end: datetime | None
+    bill_estimate: str = Field(description="cost of this period's completed sessions, decimal string (USD)")
+    days: list[Day]
+
+
+class ApiKeyOut(BaseModel):
+    id: UUID
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    current: bool = Field(description="the key this request was made with")
+
+
+class ApiKeyList(BaseModel):
+    data: list[ApiKeyOut]
+
+
+class ApiKeyCreated(BaseModel):
+    id: UUID
+    api_key: str
+
+
+class LinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl_s: int = Field(domain.LINK_TTL_S, ge=60, le=24 * 3600)
+
+
+class Link(BaseModel):
+    url: str
+    expires_at: datetime
+
+
+class SignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    link: str = Field(min_length=1, max_length=512)
+
+
+class SignedIn(BaseModel):
+    credential: str
+    expires_at: datetime
+
+
+def auth(api_keys: sessions_handlers.ApiKeys, settings) -> handlers.DashboardAuth:
+    """API-key auth that also accepts dashboard sign-ins; use it for every customer route."""
+    return handlers.DashboardAuth(api_keys, domain.signing_key(settings.admin_token.get_secret_value()))
+
+
+@lru_cache(maxsize=32)
+def _template(name: str) -> str:
+    return (HERE / "templates" / name).read_text()
+
+
+def render(page: str, public_url: str) -> str:
+    """A page: the layout around the page's template, with the public URL and snippets filled in."""
+    fills = {"public_url": html.escape(public_url.rstrip("/")), "page": page,
+             "title": PAGES.get(page, "Sign in")}
+    for name in SNIPPETS:
+        fills[f"snippet:{name}"] = html.escape(_template(f"snippets/{name}").replace("{{public_url}}",
+                                                                                      public_url.rstrip("/")))
+    text = _template("layout.html").replace("{{content}}", _template(f"{page}.html"))
+    for key, value in fills.items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+def router(*, pool, settings, auth: handlers.DashboardAuth) -> APIRouter:
+    api = APIRouter()
+    bearer = HTTPBearer(auto_error=False)
+
+    async def credential(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str | None:
+        return creds.credentials if creds else None
+
+    async def tenant(token: str | None = Depends(credential)) -> UUID:
+        return await auth.tenant_for(token)
+
+    def admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        http.require_admin(request, settings.admin_token.get_secret_value())
+
+    def page(name: str) -> HTMLResponse:
+        return HTMLResponse(render(name, settings.public_url), headers=SECURITY_HEADERS)
+
+    @api.get("/dashboard", include_in_schema=False)
+    async def dashboard_root():
+        return RedirectResponse("/dashboard/", status_code=307)
+
+    @api.get("/dashboard/", include_in_schema=False)
+    async def sign_in_page():
+        return page("signin")
+
+    def page_route(name: str):
+        async def show() -> HTMLResponse:
+            return page(name)
+        return show
+
+    for name in PAGES:
+        api.add_api_route(f"/dashboard/{name}", page_route(name), methods=["GET"], include_in_schema=False)
+
+    @api.get("/dashboard/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        if name not in STATIC:
+            return Response(status_code=404)
+        return FileResponse(HERE / "static" / name, media_type=STATIC[name],
+                            headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"})
+
+    @api.get("/v1/usage/daily", response_model=DailyUsage, responses=_errors(), tags=["usage"])
+    async def usage_daily(tenant_id: UUID = Depends(tenant)):
+        """Sessions and minutes per UTC day this period, and the bill so far."""
+        return await handlers.usage_daily(pool=pool, tenant_id=tenant_id)
+
+    @api.get("/v1/api-keys", response_model=ApiKeyList, responses=_errors(), tags=["api-keys"])
+    async def list_api_keys(tenant_id: UUID = Depends(tenant), token: str | None = Depends(credential)):
+        """This tenant's API keys, without their secrets."""
+        return await handlers.list_api_keys(pool=pool, tenant_id=tenant_id, credential=token)
+
+    @api.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated, responses=_errors(),
+              tags=["api-keys"])
+    async def create_api_key(tenant_id: UUID = Depends(tenant)):
+        """A new key; its secret is in this answer only."""
+        return await sessions_handlers.create_api_key(pool=pool, tenant_id=tenant_id)
+
+    @api.delete("/v1/api-keys/{key_id}", status_code=204, responses=_errors(404), tags=["api-keys"])
+    async def revoke_api_key(key_id: UUID, tenant_id: UUID = Depends(tenant)):
+        await handlers.revoke_api_key(pool=pool, auth=auth, tenant_id=tenant_id, key_id=key_id)
+        return Response(status_code=204)
+
+    @api.post("/v1/admin/tenants/{tenant_id}/dashboard-links", status_code=201, response_model=Link,
+              responses=_errors(404), dependencies=[Depends(admin)], tags=["admin"])
+    async def mint_dashboard_link(tenant_id: UUID, body: LinkRequest | None = None):
+        """A dashboard sign-in link for this tenant, valid for `ttl_s` seconds (default 15 minutes)."""
+        return await handlers.mint_link(pool=pool, key=auth.key, tenant_id=tenant_id,
+                                        public_url=settings.public_url, ttl_s=(body or LinkRequest()).ttl_s)
+
+    @api.post("/v1/dashboard/sign-ins", response_model=SignedIn, responses=_errors(), tags=["dashboard"])
+    async def sign_in(body: SignIn):
+        """Exchange a dashboard link's token for a sign-in credential (8 hours) used as a Bearer token."""
+        return handlers.exchange_link(key=auth.key, link=body.link)
+
+    return api

@@ -1,0 +1,46 @@
+"""python -m services.warm_pool — settings → migrations → broker + HTTP → run until signalled."""
+import asyncio
+from functools import partial
+from pathlib import Path
+
+from services.warm_pool import handlers, http, subscribers
+from services.warm_pool.settings import WarmPoolSettings
+from shared.service import Runtime, serve
+
+
+def make_backend(settings: WarmPoolSettings):
+    if settings.warm_pool_backend == "kubernetes":
+        raise SystemExit("warm_pool: the kubernetes backend is not available yet; use WARM_POOL_BACKEND=local")
+    from services.warm_pool.adapters.local import LocalChromium
+    return LocalChromium(chromium_path=settings.chromium_path, profile_root=settings.profile_root,
+                         launch_timeout_s=settings.launch_timeout_s)
+
+
+def every(seconds: float, fn):
+    async def loop():
+        while True:
+            await fn()
+            await asyncio.sleep(seconds)
+    loop.__name__ = fn.func.__name__ if isinstance(fn, partial) else fn.__name__
+    return loop
+
+
+async def build(runtime: Runtime):
+    settings: WarmPoolSettings = runtime.settings
+    ports = handlers.PoolPorts(db=runtime.pool, backend=make_backend(settings), settings=settings)
+    await handlers.start_up(ports=ports)
+    subscribers.register(runtime, ports=ports)
+    runtime.background(every(settings.monitor_interval_s, partial(handlers.check_crashes, ports=ports)))
+    runtime.background(every(settings.reconcile_interval_s, partial(handlers.reconcile, ports=ports)))
+    runtime.on_stop(partial(handlers.shut_down, ports=ports))
+    return http.create_app(runtime)
+
+
+def main() -> None:
+    settings = WarmPoolSettings()
+    asyncio.run(serve(name="warm_pool", schema="warm_pool", settings=settings,
+                      migrations_dir=Path(__file__).with_name("migrations"), build=build))
+
+
+if __name__ == "__main__":
+    main()

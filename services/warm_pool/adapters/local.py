@@ -1,0 +1,211 @@
+"""Local backend: one Chromium process per browser on this host.
+
+Each browser gets `<profile_root>/<browser_id>/` holding its profile (`profile/`) and an
+`owner.json` naming the warm_pool process that started it and Chromium's pid, so a successor
+can find and remove what a crashed replica left behind.
+"""
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--mute-audio", "--no-default-browser-check",
+         "--disable-breakpad", "--disable-extensions", "--remote-debugging-port=0"]
+
+
+BROWSER_NICE = 5
+
+
+class LaunchFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Launched:
+    pid: int
+    port: int
+    profile_dir: str
+    cdp_ws_url: str
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _remove_dir(path: Path) -> None:
+    for _ in range(3):  # a dying child may still drop a file in while the tree is removed
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class LocalChromium:
+    def __init__(self, *, chromium_path: str, profile_root: Path, launch_timeout_s: float = 20):
+        self.chromium_path = chromium_path
+        self.profile_root = Path(profile_root)
+        self.launch_timeout_s = launch_timeout_s
+        self._procs: dict[UUID, subprocess.Popen] = {}
+        self._closed = False
+        self._http = httpx.AsyncClient(timeout=2, trust_env=False)
+
+    def _dir(self, browser_id: UUID) -> Path:
+        return self.profile_root / str(browser_id)
+
+    async def launch(self, browser_id: UUID) -> Launched:
+        if self._closed:
+            raise LaunchFailed("backend closed")
+        base = self._dir(browser_id)
+        profile = base / "profile"
+        base.mkdir(parents=True, exist_ok=False)
+        owner = base / "owner.json"
+        owner.write_text(json.dumps({"owner_pid": os.getpid()}))  # before the dir can look orphaned
+        profile.mkdir()
+        # fork+exec in a thread: forking this process can take tens of ms, which would stall leases.
+        spawn = asyncio.ensure_future(asyncio.to_thread(
+            subprocess.Popen, [self.chromium_path, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        ))
+        try:
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:  # the thread still starts it: kill what it started
+            self._procs[browser_id] = await spawn
+            await self.kill(browser_id)
+            raise
+        self._procs[browser_id] = proc
+        # Browsers yield the CPU to the control plane (leases stay fast while others launch);
+        # the processes Chromium forks later inherit this.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, proc.pid, BROWSER_NICE)
+        if self._closed:  # shut down while it was starting
+            await self.kill(browser_id)
+            raise LaunchFailed("backend closed")
+        owner.write_text(json.dumps({"owner_pid": os.getpid(), "pid": proc.pid}))
+        try:
+            port, url = await asyncio.wait_for(self._wait_ready(proc, profile), self.launch_timeout_s)
+        except BaseException as exc:
+            await self.kill(browser_id)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise LaunchFailed(f"chromium did not start: {exc!r}") from exc
+        return Launched(pid=proc.pid, port=port, profile_dir=str(base), cdp_ws_url=url)
+
+    async def _wait_ready(self, proc: subprocess.Popen, profile: Path) -> tuple[int, str]:
+        port_file = profile / "DevToolsActivePort"
+        while True:
+            if proc.poll() is not None:
+                raise LaunchFailed(f"exited with {proc.returncode}")
+            # The port file can lag the process start; /json/version answers once it is ready.
+            with contextlib.suppress(OSError, ValueError, IndexError, KeyError, httpx.HTTPError):
+                port = int(port_file.read_text().splitlines()[0])
+                resp = await self._http.get(f"http://127.0.0.1:{port}/json/version")
+                if resp.status_code == 200:
+                    return port, resp.json()["webSocketDebuggerUrl"]
+            await asyncio.sleep(0.03)
+
+    def exited(self) -> list[UUID]:
+        """Browsers started here whose process has died (and is now reaped)."""
+        return [bid for bid, proc in list(self._procs.items()) if proc.poll() is not None]
+
+    def owned(self) -> list[UUID]:
+        return list(self._procs)
+
+    async def kill(self, browser_id: UUID) -> None:
+        """SIGKILL the browser's whole process group, reap it, remove its directory."""
+        proc = self._procs.pop(browser_id, None)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        await asyncio.to_thread(_remove_dir, self._dir(browser_id))
+
+    async def kill_all(self) -> None:
+        await asyncio.gather(*(self.kill(bid) for bid in list(self._procs)))
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.kill_all()
+        await self._http.aclose()
+
+    def owner_alive(self, pid: int) -> bool:
+        """Is `pid` a live warm_pool process (this one or a sibling replica on this host)?"""
+        return pid == os.getpid() or (_pid_alive(pid) and "services.warm_pool" in _cmdline(pid))
+
+    async def remove_stale(self, browser_id: UUID, *, pid: int | None, profile_dir: str | None) -> None:
+        await asyncio.to_thread(kill_stale, pid, profile_dir or str(self._dir(browser_id)))
+        await asyncio.to_thread(_remove_dir, Path(profile_dir) if profile_dir else self._dir(browser_id))
+
+    async def remove_orphans(self) -> list[UUID]:
+        return await asyncio.to_thread(self._remove_orphans)
+
+    def _remove_orphans(self) -> list[UUID]:
+        """Kill browsers and remove directories under profile_root whose owner process is gone."""
+        removed = []
+        if not self.profile_root.is_dir():
+            return removed
+        for base in self.profile_root.iterdir():
+            if not base.is_dir():
+                continue
+            try:
+                browser_id = UUID(base.name)
+            except ValueError:
+                continue
+            if browser_id in self._procs:
+                continue
+            owner = {}
+            with contextlib.suppress(OSError, ValueError):
+                owner = json.loads((base / "owner.json").read_text())
+            if owner.get("owner_pid") and self.owner_alive(int(owner["owner_pid"])):
+                continue
+            kill_stale(owner.get("pid"), str(base))
+            _remove_dir(base)
+            removed.append(browser_id)
+        return removed
+
+
+def kill_stale(pid: int | None, profile_dir: str | None) -> None:
+    """Kill a browser left by a dead replica: its recorded pid's group if that pid still runs
+    this profile, and any other process whose command line names the profile."""
+    if not profile_dir:
+        return
+    groups = set()
+    if pid and _pid_alive(pid) and profile_dir in _cmdline(pid):
+        groups.add(pid)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and profile_dir in _cmdline(int(entry.name)):
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(int(entry.name)))
+    for group in groups - {os.getpgrp()}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+

@@ -1,0 +1,11 @@
+"""warm_pool's own Prometheus metrics (this replica's browsers)."""
+from prometheus_client import Counter, Gauge, Histogram
+
+IDLE = Gauge("warm_pool_idle_browsers", "Idle (pre-warmed) browsers run by this replica")
+LEASED = Gauge("warm_pool_leased_browsers", "Browsers serving a session on this replica")
+LAUNCHING = Gauge("warm_pool_launching_browsers", "Browsers starting on this replica")
+LAUNCH_SECONDS = Histogram("warm_pool_launch_duration_seconds", "Chromium launch until DevTools answers",
+                           buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20))
+LEASES = Counter("warm_pool_leases_total", "Lease requests answered", ["result"])  # warm | cold | no_capacity | ...
+WARM_HIT_RATIO = Gauge("warm_pool_warm_hit_ratio", "Share of the last 200 leases served from the idle pool")
+CRASHES = Counter("warm_pool_browser_crashes_total", "Browsers that died unasked", ["state"])

@@ -1,0 +1,86 @@
+"""Scenario 4: a poison message ends in the dead-letter queue after the delivery limit, shows in
+metrics and the admin DLQ view, and the service keeps consuming the rest."""
+import re
+import uuid
+from datetime import datetime, timezone
+
+import aio_pika
+import httpx
+import pytest
+
+from tests.faults.harness import FAST_ENV, Customer, audit, no_leaks
+from tests.helpers import eventually
+from shared.messages import SessionStarted
+
+pytestmark = pytest.mark.faults
+EXCHANGE = "browserfleet.events"
+
+
+async def publish(rabbitmq_url: str, routing_key: str, body: bytes) -> None:
+    connection = await aio_pika.connect(rabbitmq_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE, ensure=True)
+        await exchange.publish(aio_pika.Message(body, content_type="application/json", message_id=str(uuid.uuid4()),
+                                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                               routing_key=routing_key, mandatory=True)
+    finally:
+        await connection.close()
+
+
+def metric(text: str, name: str, queue: str) -> float:
+    match = re.search(rf'^{name}{{queue="{re.escape(queue)}"}} ([0-9.e+]+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_poison_message_goes_to_the_dead_letter_queue(fault_platform, report):
+    limit = int(FAST_ENV["DELIVERY_LIMIT"])
+    row = report("4. poison message",
+                 f"session.started for a tenant billing never heard of (handler fails every time; limit {limit}) "
+                 "and a malformed session.completed body")
+    platform = fault_platform()
+    billing = platform.urls["billing"]
+    failing_queue, malformed_queue = "billing.sessions.session_started", "billing.sessions.session_completed"
+    async with httpx.AsyncClient(timeout=30) as http:
+        customer = Customer(platform, http)
+        await customer.pay()
+        await customer.ready()
+
+        poison = SessionStarted(session_id=uuid.uuid4(), tenant_id=uuid.uuid4(), browser_id=uuid.uuid4(), warm=True,
+                                started_at=datetime.now(timezone.utc))
+        await publish(platform.rabbitmq_url, SessionStarted.TYPE, poison.model_dump_json().encode())
+        await publish(platform.rabbitmq_url, "sessions.session_completed", b'{"not": "a session"')
+
+        async def dead_lettered():
+            r = await http.get(f"{billing}/v1/admin/dlq", headers=platform.admin)
+            assert r.status_code == 200, r.text
+            depth = {q["queue"]: q["messages"] for q in r.json()["data"]}
+            return depth if depth[failing_queue] == 1 and depth[malformed_queue] == 1 else None
+
+        depth = await eventually(dead_lettered, timeout=60, what="both poison messages dead-lettered")
+        assert sum(depth.values()) == 2
+        text = (await http.get(f"{billing}/metrics")).text
+        assert metric(text, "messages_dead_lettered_total", failing_queue) == 1
+        assert metric(text, "messages_dead_lettered_total", malformed_queue) == 1
+        assert metric(text, "dlq_depth", failing_queue) == 1
+        failed = float(re.search(rf'^messages_handled_total{{queue="{failing_queue}",result="failed"}} ([0-9.]+)$',
+                                 text, re.M).group(1))
+        assert failed == limit  # tried exactly up to the delivery limit, then set aside
+
+        # The service keeps consuming: a real session afterwards is debited and billed.
+        created = await customer.create()
+        assert created.status_code == 201, created.text
+        session_id = created.json()["id"]
+        assert (await customer.end(session_id)).status_code == 200
+        await eventually(lambda: _billed(customer, session_id), timeout=30, what="next session billed")
+        await eventually(customer.reconciled, timeout=30, what="ledger reconciles")
+        still = (await http.get(f"{billing}/v1/admin/dlq", headers=platform.admin)).json()["data"]
+        assert sum(q["messages"] for q in still) == 2
+        await no_leaks(platform)
+        lost, doubled = await audit(platform)
+    row.done(f"both in billing's DLQs ({limit} attempts, then 1 for the malformed one); "
+             "dlq_depth + messages_dead_lettered_total = 1 each; later messages consumed", lost, doubled)
+
+
+async def _billed(customer: Customer, session_id: str) -> bool:
+    return session_id in await customer.billed_sessions()

@@ -1,0 +1,80 @@
+"""The local Chromium backend on its own: launch, kill, and clean-up of what a dead owner left."""
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import uuid
+
+import httpx
+import pytest
+
+from services.warm_pool.adapters.local import LocalChromium
+
+
+def pgrep(pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.fixture
+async def backend(tmp_path):
+    chromium = LocalChromium(chromium_path="/usr/bin/chromium", profile_root=tmp_path / "profiles")
+    yield chromium
+    await chromium.close()
+    for pid in pgrep(str(tmp_path)):
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+async def test_launch_gives_a_ready_browser_in_its_own_group_and_kill_removes_everything(backend):
+    browser_id = uuid.uuid4()
+    launched = await backend.launch(browser_id)
+    version = httpx.get(f"http://127.0.0.1:{launched.port}/json/version", timeout=2).json()
+    assert version["webSocketDebuggerUrl"] == launched.cdp_ws_url
+    assert os.getpgid(launched.pid) == launched.pid != os.getpgrp()
+    assert pgrep(launched.profile_dir)
+
+    await backend.kill(browser_id)
+    assert not pgrep(launched.profile_dir)
+    assert not os.path.exists(launched.profile_dir)
+    assert backend.owned() == []
+
+
+async def test_a_browser_that_dies_is_reported_as_exited(backend):
+    browser_id = uuid.uuid4()
+    launched = await backend.launch(browser_id)
+    os.kill(launched.pid, signal.SIGKILL)
+    for _ in range(100):
+        if backend.exited():
+            break
+        await asyncio.sleep(0.02)
+    assert backend.exited() == [browser_id]
+    await backend.kill(browser_id)
+    assert not pgrep(launched.profile_dir) and not os.path.exists(launched.profile_dir)
+
+
+async def test_orphans_of_a_dead_owner_are_removed_but_a_live_owners_are_kept(backend, tmp_path):
+    mine = await backend.launch(uuid.uuid4())
+    orphan_id = uuid.uuid4()
+    orphan = await backend.launch(orphan_id)
+    # Pretend the orphan was started by a warm_pool process that has since died.
+    backend._procs.pop(orphan_id)
+    dead_owner = subprocess.Popen(["true"])
+    dead_owner.wait()
+    owner_file = os.path.join(orphan.profile_dir, "owner.json")
+    with open(owner_file, "w") as f:
+        json.dump({"owner_pid": dead_owner.pid, "pid": orphan.pid}, f)
+
+    assert await backend.remove_orphans() == [orphan_id]
+    assert not pgrep(orphan.profile_dir) and not os.path.exists(orphan.profile_dir)
+    assert pgrep(mine.profile_dir) and os.path.exists(mine.profile_dir)
+
+
+async def test_a_cancelled_launch_leaves_no_process_or_directory(backend, tmp_path):
+    for delay in (0, 0.005, 0.05, 0.2):
+        task = asyncio.create_task(backend.launch(uuid.uuid4()))
+        await asyncio.sleep(delay)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert backend.owned() == []
+    assert not pgrep(str(tmp_path)) and not any((tmp_path / "profiles").iterdir())

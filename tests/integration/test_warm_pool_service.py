@@ -1,0 +1,343 @@
+"""warm_pool as a real process with real Chromium, Postgres and RabbitMQ."""
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import httpx
+import pytest
+
+from shared.messages import (LEASE_QUEUE, BrowserCrashed, LeaseReply, LeaseRequest, SessionCompleted,
+                             SessionStarted, SubscriptionChanged, TenantProvisioned)
+from shared.plans import Limits
+from shared.rpc import RpcClient
+from tests import infra
+
+ADMIN = {"authorization": "Bearer dev-admin-token"}
+EXCHANGE = "browserfleet.events"
+CDP_URL = re.compile(r"^ws://127\.0\.0\.1:(\d+)/devtools/browser/[0-9a-f-]+$")
+
+
+class WarmPool:
+    def __init__(self, *, db: str, mq: str, root: Path, logs: Path, **env):
+        self.db, self.mq, self.profile_root = db, mq, root / "profiles"
+        port = infra.free_port()
+        self.service = infra.ServiceProcess("warm_pool", {
+            "DATABASE_URL": db, "RABBITMQ_URL": mq, "HTTP_PORT": str(port), "PROFILE_ROOT": str(self.profile_root),
+            "LOG_FORMAT": "text", "MAX_BROWSERS": "8", "LAUNCH_CONCURRENCY": "2",
+            **{k.upper(): str(v) for k, v in env.items()}}, logs)
+        self.url = self.service.url
+
+    def start(self) -> "WarmPool":
+        self.service.start().wait_ready()
+        return self
+
+    async def pool(self, tenant_id) -> dict:
+        async with httpx.AsyncClient() as client:
+            body = (await client.get(f"{self.url}/v1/pool", headers=ADMIN)).json()
+        return next((t for t in body["tenants"] if t["tenant_id"] == str(tenant_id)),
+                    {"idle": 0, "leased": 0, "launching": 0})
+
+    async def wait_pool(self, tenant_id, timeout: float = 30, **want) -> dict:
+        state = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = await self.pool(tenant_id)
+            if all(state[k] == v for k, v in want.items()):
+                return state
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"pool never reached {want}: {state}")
+
+    def profile_dirs(self) -> set[str]:
+        return {p.name for p in self.profile_root.iterdir()} if self.profile_root.exists() else set()
+
+    def chromium_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-f", str(self.profile_root)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    async def browsers(self, **where) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.db)
+        try:
+            rows = await conn.fetch("SELECT * FROM warm_pool.browsers")
+        finally:
+            await conn.close()
+        return [r for r in rows if all(r[k] == v for k, v in where.items())]
+
+    def kill_leftovers(self) -> None:
+        for pid in self.chromium_pids():
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture
+def start_pool(fresh_db, fresh_mq, tmp_path, artifacts_dir):
+    started: list[WarmPool] = []
+
+    def start(**env) -> WarmPool:
+        wp = WarmPool(db=fresh_db, mq=fresh_mq, root=tmp_path, logs=artifacts_dir, **env)
+        started.append(wp)
+        return wp.start()
+
+    yield start
+    for wp in started:
+        wp.service.stop()
+        wp.kill_leftovers()
+
+
+@pytest.fixture
+async def rpc(fresh_mq):
+    client = RpcClient(fresh_mq)
+    await client.connect()
+    yield client
+    await client.close()
+
+
+async def publish(mq: str, event) -> None:
+    conn = await aio_pika.connect(mq)
+    async with conn:
+        channel = await conn.channel()
+        exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+        await exchange.publish(aio_pika.Message(event.model_dump_json().encode(), content_type="application/json",
+                                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                               routing_key=event.type)
+
+
+async def provision(mq: str, *, prewarm: int, max_concurrent: int = 50) -> uuid.UUID:
+    tenant_id = uuid.uuid4()
+    await publish(mq, TenantProvisioned(tenant_id=tenant_id, namespace=f"tenant-{tenant_id.hex[:12]}",
+                                        plan="professional",
+                                        limits=Limits(max_concurrent_sessions=max_concurrent,
+                                                      max_session_seconds=3600, prewarm_browsers=prewarm)))
+    return tenant_id
+
+
+async def lease(rpc: RpcClient, tenant_id, session_id=None) -> LeaseReply:
+    req = LeaseRequest(tenant_id=tenant_id, session_id=session_id or uuid.uuid4())
+    return LeaseReply.model_validate_json(await rpc.call(LEASE_QUEUE, req.model_dump_json().encode(), timeout=30))
+
+
+async def start_and_end_session(mq: str, tenant_id, browser_id, session_id) -> None:
+    now = datetime.now(timezone.utc)
+    await publish(mq, SessionStarted(session_id=session_id, tenant_id=tenant_id, browser_id=browser_id,
+                                     warm=True, started_at=now))
+    await publish(mq, SessionCompleted(session_id=session_id, tenant_id=tenant_id, browser_id=browser_id,
+                                       started_at=now, ended_at=now, duration_ms=1, end_reason="client",
+                                       cost=Decimal("0.01")))
+
+
+async def crash_events(mq: str):
+    conn = await aio_pika.connect(mq)
+    channel = await conn.channel()
+    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue(exclusive=True)
+    await queue.bind(exchange, routing_key=BrowserCrashed.TYPE)
+    return conn, queue
+
+
+async def next_crash(queue, timeout: float = 15) -> BrowserCrashed:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = await queue.get(fail=False)
+        if message is not None:
+            await message.ack()
+            return BrowserCrashed.model_validate_json(message.body)
+        await asyncio.sleep(0.1)
+    raise AssertionError("no browser_crashed event")
+
+
+def devtools_answers(cdp_ws_url: str) -> bool:
+    port = CDP_URL.match(cdp_ws_url).group(1)
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/json/version", timeout=2).json()["webSocketDebuggerUrl"] == cdp_ws_url
+    except httpx.HTTPError:
+        return False
+
+
+async def wait_until(predicate, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("condition never became true")
+
+
+async def test_lease_rpc_serves_a_warm_browser_and_refills(start_pool, fresh_mq, rpc):
+    wp = start_pool()
+    assert (await lease(rpc, uuid.uuid4())).error == "unknown_tenant"
+    tenant = await provision(fresh_mq, prewarm=2)
+    await wp.wait_pool(tenant, idle=2, launching=0)
+
+    session = uuid.uuid4()
+    reply = await lease(rpc, tenant, session)
+    assert reply.ok and reply.warm and CDP_URL.match(reply.cdp_ws_url)
+    assert devtools_answers(reply.cdp_ws_url)
+    assert await lease(rpc, tenant, session) == reply  # a retried request gets the same browser
+    await wp.wait_pool(tenant, idle=2, leased=1, launching=0)
+
+    await start_and_end_session(fresh_mq, tenant, reply.browser_id, session)
+    await wp.wait_pool(tenant, idle=2, leased=0, launching=0)
+
+    async def removed():
+        return str(reply.browser_id) not in wp.profile_dirs()
+    await wait_until(removed)
+    assert not devtools_answers(reply.cdp_ws_url)
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{wp.url}/metrics")).text
+    assert 'warm_pool_leases_total{result="warm"} 1.0' in metrics
+    assert "warm_pool_launch_duration_seconds_count" in metrics
+
+
+async def test_concurrent_leases_take_each_idle_browser_once(start_pool, fresh_mq, rpc):
+    wp = start_pool(max_browsers=10, lease_wait_s=0)
+    tenant = await provision(fresh_mq, prewarm=5)
+    await wp.wait_pool(tenant, idle=5, launching=0)
+
+    replies = await asyncio.gather(*(lease(rpc, tenant) for _ in range(20)))
+    ok = [r for r in replies if r.ok]
+    assert sum(r.warm for r in ok) == 5
+    assert len({r.browser_id for r in ok}) == len(ok) and len({r.cdp_ws_url for r in ok}) == len(ok)
+    assert 5 <= len(ok) <= 10
+    assert {r.error for r in replies if not r.ok} == {"no_capacity"}
+    assert len(await wp.browsers(state="leased")) == len(ok)
+
+
+async def test_a_killed_leased_browser_is_reported_and_replaced(start_pool, fresh_mq, rpc):
+    wp = start_pool()
+    conn, crashes = await crash_events(fresh_mq)
+    async with conn:
+        tenant = await provision(fresh_mq, prewarm=1)
+        await wp.wait_pool(tenant, idle=1, launching=0)
+        session = uuid.uuid4()
+        reply = await lease(rpc, tenant, session)
+        [row] = await wp.browsers(id=reply.browser_id)
+        os.kill(row["pid"], signal.SIGKILL)
+
+        event = await next_crash(crashes)
+        assert (event.browser_id, event.tenant_id, event.session_id) == (reply.browser_id, tenant, session)
+        await wp.wait_pool(tenant, idle=1, leased=0, launching=0)
+
+        async def removed():
+            return str(reply.browser_id) not in wp.profile_dirs()
+        await wait_until(removed)
+
+
+async def test_a_lease_whose_session_never_starts_is_reclaimed(start_pool, fresh_mq, rpc):
+    wp = start_pool(lease_confirm_timeout_s=1)
+    tenant = await provision(fresh_mq, prewarm=2)
+    await wp.wait_pool(tenant, idle=2, launching=0)
+    abandoned, used = await lease(rpc, tenant), await lease(rpc, tenant)
+    await publish(fresh_mq, SessionStarted(session_id=(await wp.browsers(id=used.browser_id))[0]["session_id"],
+                                           tenant_id=tenant, browser_id=used.browser_id, warm=True,
+                                           started_at=datetime.now(timezone.utc)))
+
+    async def reclaimed():
+        return [r["state"] for r in await wp.browsers(id=abandoned.browser_id)] == ["dead"]
+    await wait_until(reclaimed)
+    assert not devtools_answers(abandoned.cdp_ws_url)
+    assert [r["state"] for r in await wp.browsers(id=used.browser_id)] == ["leased"]
+    assert devtools_answers(used.cdp_ws_url)
+
+
+async def test_cancel_drains_the_tenants_idle_browsers(start_pool, fresh_mq, rpc):
+    wp = start_pool()
+    tenant = await provision(fresh_mq, prewarm=2)
+    await wp.wait_pool(tenant, idle=2, launching=0)
+    await publish(fresh_mq, SubscriptionChanged(tenant_id=tenant, plan="professional", status="canceled"))
+    await wp.wait_pool(tenant, idle=0, launching=0)
+
+    async def gone():
+        return not wp.profile_dirs() and not wp.chromium_pids()
+    await wait_until(gone)
+    assert (await lease(rpc, tenant)).error == "unknown_tenant"
+
+
+async def test_lease_cycles_leave_exactly_the_idle_pool_and_sigterm_leaves_nothing(start_pool, fresh_mq, rpc):
+    wp = start_pool()
+    tenant = await provision(fresh_mq, prewarm=2)
+    await wp.wait_pool(tenant, idle=2, launching=0)
+
+    async def cycle():
+        session = uuid.uuid4()
+        reply = await lease(rpc, tenant, session)
+        assert reply.ok
+        await start_and_end_session(fresh_mq, tenant, reply.browser_id, session)
+        return reply.browser_id
+
+    used = set()
+    for _ in range(10):
+        used |= set(await asyncio.gather(*(cycle() for _ in range(5))))
+    assert len(used) == 50  # never one browser twice
+
+    # The pool may have grown with the lease rate; what runs must be exactly its idle browsers.
+    await wp.wait_pool(tenant, leased=0, launching=0)
+
+    async def only_the_idle_pool():
+        idle = await wp.browsers(state="idle")
+        groups = {os.getpgid(pid) for pid in wp.chromium_pids() if os.path.exists(f"/proc/{pid}")}
+        return (len(idle) >= 2 and wp.profile_dirs() == {str(r["id"]) for r in idle}
+                and groups == {r["pid"] for r in idle}
+                and len(await wp.browsers()) == len(idle) + len(await wp.browsers(state="dead")))
+    await wait_until(only_the_idle_pool)
+
+    assert wp.service.stop(signal.SIGTERM) == 0
+    assert wp.chromium_pids() == [] and wp.profile_dirs() == set()
+
+
+async def test_start_up_removes_what_a_killed_predecessor_left(start_pool, fresh_mq, rpc):
+    first = start_pool()
+    conn, crashes = await crash_events(fresh_mq)
+    async with conn:
+        tenant = await provision(fresh_mq, prewarm=2)
+        await first.wait_pool(tenant, idle=2, launching=0)
+        session = uuid.uuid4()
+        leased = await lease(rpc, tenant, session)
+        await first.wait_pool(tenant, idle=2, leased=1, launching=0)
+        old_dirs = first.profile_dirs()
+        first.service.kill()  # SIGKILL: no clean-up ran, its browsers are still running
+        assert first.chromium_pids() and devtools_answers(leased.cdp_ws_url)
+
+        second = start_pool()
+        assert second.profile_root == first.profile_root
+        event = await next_crash(crashes)
+        assert (event.browser_id, event.session_id) == (leased.browser_id, session)
+        await second.wait_pool(tenant, idle=2, leased=0, launching=0)
+        assert not devtools_answers(leased.cdp_ws_url)
+        assert not (old_dirs & second.profile_dirs())
+        assert all(r["state"] == "dead" for r in await second.browsers() if str(r["id"]) in old_dirs)
+
+
+async def test_two_replicas_share_leases_and_each_kills_only_its_own_browsers(start_pool, fresh_mq, rpc):
+    first = start_pool()
+    second = start_pool()  # same database, vhost and host: competing consumers on the lease queue
+    tenant = await provision(fresh_mq, prewarm=4)
+    await first.wait_pool(tenant, idle=4, launching=0)
+
+    replies = await asyncio.gather(*(lease(rpc, tenant) for _ in range(8)))
+    assert all(r.ok for r in replies) and len({r.browser_id for r in replies}) == 8
+    for replica in (first, second):  # both replicas answered lease requests
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"{replica.url}/metrics")).text
+        assert re.search(r'^warm_pool_leases_total\{result="(warm|cold)"\} [1-9]', metrics, re.M)
+
+    for reply in replies:
+        [row] = await first.browsers(id=reply.browser_id)
+        await start_and_end_session(fresh_mq, tenant, reply.browser_id, row["session_id"])
+
+    async def all_ended():
+        rows = [(await first.browsers(id=r.browser_id))[0] for r in replies]
+        return all(row["state"] == "dead" for row in rows) and not any(devtools_answers(r.cdp_ws_url)
+                                                                       for r in replies)
+    await wait_until(all_ended, timeout=30)
+    await first.wait_pool(tenant, leased=0, launching=0)
+    assert not {str(r.browser_id) for r in replies} & first.profile_dirs()

@@ -1,0 +1,67 @@
+"""Pool sizing: a simulated steady load at 80 % of launch capacity gets >= 95 % warm leases."""
+import heapq
+import random
+
+import pytest
+
+from services.warm_pool import domain
+
+
+def simulate_warm_ratio(*, slots: int, launch_s: float, load: float, leases: int = 20_000, seed: int = 7) -> float:
+    """Poisson leases; each warm lease queues one refill launch on `slots` launchers."""
+    rng = random.Random(seed)
+    rate = load * slots / launch_s
+    target = domain.pool_target(prewarm=0, max_concurrent=10_000, lease_rate=rate, launch_seconds=launch_s,
+                                launch_slots=slots)
+    idle, warm, now = target, 0, 0.0
+    free_at = [0.0] * slots  # when each launcher is next free (a heap)
+    ready: list[float] = []  # refill completion times
+    for _ in range(leases):
+        now += rng.expovariate(rate)
+        while ready and ready[0] <= now:
+            heapq.heappop(ready)
+            idle += 1
+        if idle:
+            idle -= 1
+            warm += 1
+            start = max(now, heapq.heappop(free_at))
+            done = start + launch_s * rng.uniform(0.7, 1.3)
+            heapq.heappush(free_at, done)
+            heapq.heappush(ready, done)
+    return warm / leases
+
+
+@pytest.mark.parametrize("slots,launch_s", [(1, 0.3), (2, 0.3), (2, 1.0), (4, 0.5), (8, 2.0)])
+@pytest.mark.parametrize("load", [0.8, 0.5])
+def test_steady_load_up_to_80_percent_of_launch_capacity_is_served_warm(slots, launch_s, load):
+    assert simulate_warm_ratio(slots=slots, launch_s=launch_s, load=load) >= 0.95
+
+
+def test_no_recent_leases_means_the_plan_prewarm_count():
+    assert domain.pool_target(prewarm=5, max_concurrent=50, lease_rate=0, launch_seconds=0.3, launch_slots=2) == 5
+    assert domain.pool_target(prewarm=0, max_concurrent=1, lease_rate=0, launch_seconds=0.3, launch_slots=2) == 0
+
+
+def test_pool_grows_with_the_lease_rate_but_not_past_the_concurrency_limit():
+    sizes = [domain.pool_target(prewarm=5, max_concurrent=50, lease_rate=r, launch_seconds=0.5, launch_slots=2)
+             for r in (0.1, 1, 2, 3)]
+    assert sizes == sorted(sizes) and sizes[0] == 5 and sizes[-1] > 5
+    assert domain.pool_target(prewarm=5, max_concurrent=8, lease_rate=100, launch_seconds=1, launch_slots=1) == 8
+
+
+def test_launches_fill_up_to_the_target_within_the_host_cap():
+    assert domain.launches_needed(target=5, idle=2, launching=1, host_free=10) == 2
+    assert domain.launches_needed(target=5, idle=2, launching=1, host_free=1) == 1
+    assert domain.launches_needed(target=5, idle=6, launching=0, host_free=10) == 0
+
+
+def test_shrinking_retires_only_idle_browsers_beyond_the_target():
+    assert domain.excess_idle(target=5, idle=8, launching=0) == 3
+    assert domain.excess_idle(target=5, idle=4, launching=3) == 2
+    assert domain.excess_idle(target=5, idle=0, launching=9) == 0
+    assert domain.excess_idle(target=5, idle=5, launching=0) == 0
+
+
+def test_warm_hit_ratio():
+    assert domain.warm_hit_ratio(19, 1) == 0.95
+    assert domain.warm_hit_ratio(0, 0) == 1.0
