@@ -47,7 +47,7 @@ class RpcClient:
             if not future.done():
                 future.set_exception(RpcTimeout(why))
 
-    def _on_reply(self, message: AbstractIncomingMessage):
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.get(message.correlation_id or "")
         if future is not None and not future.done():
             future.set_result(message.body)

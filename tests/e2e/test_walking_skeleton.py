@@ -80,7 +80,13 @@ async def test_paying_customer_drives_a_real_browser(platform, artifacts_dir):
 
         usage = await eventually(allowance, timeout=30, what="allowance of 5000 credits")
         assert usage["plan"] == "professional" and usage["status"] == "active"
-        await eventually(lambda: len(profile_dirs(platform)) == 5, timeout=60, what="5 pre-warmed browsers")
+        async def pool_idle():
+            r = await http.get(f"{platform.urls['warm_pool']}/v1/pool", headers=platform.admin)
+            mine = [t for t in r.json()["tenants"] if t["tenant_id"] == tenant_id]
+            return mine and mine[0]["idle"] == 5 and mine[0]["launching"] == 0
+
+        await eventually(pool_idle, timeout=60, what="5 pre-warmed browsers idle")
+        assert len(profile_dirs(platform)) == 5
         timings["3_payment_to_pool_warm"] = time.perf_counter() - t0
         await eventually(lambda: len(chromium_pids(str(platform.profile_root))) >= 5, what="chromium running")
         warm_dirs = profile_dirs(platform)
