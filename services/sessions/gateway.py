@@ -20,6 +20,9 @@ from services.sessions.adapters import cdp
 from services.sessions.metrics import RELAYED_BYTES, RELAYED_FRAMES, RELAYS_OPEN
 
 log = logging.getLogger(__name__)
+# Label lookups once, not per frame: the relay is on the hot path of every CDP round trip.
+_FRAMES_IN, _BYTES_IN = RELAYED_FRAMES.labels("to_browser"), RELAYED_BYTES.labels("to_browser")
+_FRAMES_OUT, _BYTES_OUT = RELAYED_FRAMES.labels("to_client"), RELAYED_BYTES.labels("to_client")
 
 
 class RedactTokens(logging.Filter):
@@ -121,8 +124,8 @@ async def _client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: 
             if data is None:
                 continue
             await upstream.send(data)
-            RELAYED_FRAMES.labels("to_browser").inc()
-            RELAYED_BYTES.labels("to_browser").inc(len(data))
+            _FRAMES_IN.inc()
+            _BYTES_IN.inc(len(data))
             relays.touch(session_id)
 
 
@@ -133,6 +136,6 @@ async def _browser_to_client(ws: WebSocket, upstream, session_id: UUID, relays: 
                 await ws.send_text(data)
             else:
                 await ws.send_bytes(data)
-            RELAYED_FRAMES.labels("to_client").inc()
-            RELAYED_BYTES.labels("to_client").inc(len(data))
+            _FRAMES_OUT.inc()
+            _BYTES_OUT.inc(len(data))
             relays.touch(session_id)

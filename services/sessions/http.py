@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from services.sessions import gateway, handlers
 from services.sessions.adapters import cdp
+from services.sessions.dashboard import routes as dashboard
 from shared import http
 from shared.http import APIError, error_responses
 
@@ -75,6 +76,8 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
     app = FastAPI(title="browserfleet sessions", version="1", description=DESCRIPTION)
     http.install(app, ready=runtime.ready)
     pool, bearer = runtime.pool, HTTPBearer(auto_error=False)
+    api_keys = dashboard.auth(api_keys, settings)  # API keys, plus dashboard-link sign-ins
+    app.include_router(dashboard.router(pool=pool, settings=settings, auth=api_keys))
 
     async def tenant(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> UUID:
         return await api_keys.tenant_for(creds.credentials if creds else None)

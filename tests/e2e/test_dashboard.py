@@ -24,9 +24,21 @@ pytestmark = pytest.mark.e2e
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOWN_PAGE = b"""<!doctype html><html><head><title>Checkout flow</title></head>
-<body style="margin:0;font-family:sans-serif;background:linear-gradient(135deg,#3554d1,#e8590c);color:#fff">
+<body style="margin:0;min-height:100vh;font-family:sans-serif;background:linear-gradient(135deg,#3554d1,#e8590c);color:#fff">
 <h1 style="font-size:64px;padding:40px">Checkout flow</h1><p style="font-size:28px;padding:0 40px">step 2 of 3</p>
 </body></html>"""
+
+
+# True once the thumbnail is the remote page (its coloured background), not a blank one.
+SHOWS_THE_PAGE = """img => {
+    if (!img.complete || img.naturalWidth < 100) return false;
+    const canvas = document.createElement('canvas');
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const [r, g, b] = ctx.getImageData(5, img.naturalHeight - 5, 1, 1).data;
+    return !(r > 240 && g > 240 && b > 240);
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +153,7 @@ async def test_customer_signs_in_watches_and_ends_a_session(platform, tenants, b
     await expect(row.locator(".badge")).to_have_text("Running")
     thumb = row.locator(f"img[data-thumb='{session['id']}']")
     await expect(thumb).to_be_visible(timeout=20_000)
-    await eventually(lambda: thumb.evaluate("img => img.complete && img.naturalWidth > 100"), timeout=20,
-                     what="live thumbnail drawn")
+    await eventually(lambda: thumb.evaluate(SHOWS_THE_PAGE), timeout=30, what="thumbnail of the shown page")
     await page.screenshot(path=artifacts_dir / "dashboard-sessions-running.png")
     first_picture = await thumb.get_attribute("src")
 

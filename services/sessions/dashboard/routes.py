@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.sessions import handlers as sessions_handlers
 from services.sessions.dashboard import domain, handlers
 from shared import http
+from shared.http import error_responses
 
 HERE = Path(__file__).parent
 PAGES = {"usage": "Usage", "sessions": "Sessions", "keys": "API keys", "quickstart": "Quick start"}
@@ -23,19 +24,6 @@ SECURITY_HEADERS = {
                                "style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
     "referrer-policy": "no-referrer", "x-content-type-options": "nosniff", "cache-control": "no-store",
 }
-
-
-class _ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class _ErrorBody(BaseModel):
-    error: _ErrorDetail
-
-
-def _errors(*codes: int) -> dict:
-    return {code: {"model": _ErrorBody} for code in (401, 422, *codes)}
 
 
 class Day(BaseModel):
@@ -151,35 +139,35 @@ def router(*, pool, settings, auth: handlers.DashboardAuth) -> APIRouter:
         return FileResponse(HERE / "static" / name, media_type=STATIC[name],
                             headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"})
 
-    @api.get("/v1/usage/daily", response_model=DailyUsage, responses=_errors(), tags=["usage"])
+    @api.get("/v1/usage/daily", response_model=DailyUsage, responses=error_responses(), tags=["usage"])
     async def usage_daily(tenant_id: UUID = Depends(tenant)):
         """Sessions and minutes per UTC day this period, and the bill so far."""
         return await handlers.usage_daily(pool=pool, tenant_id=tenant_id)
 
-    @api.get("/v1/api-keys", response_model=ApiKeyList, responses=_errors(), tags=["api-keys"])
+    @api.get("/v1/api-keys", response_model=ApiKeyList, responses=error_responses(), tags=["api-keys"])
     async def list_api_keys(tenant_id: UUID = Depends(tenant), token: str | None = Depends(credential)):
         """This tenant's API keys, without their secrets."""
         return await handlers.list_api_keys(pool=pool, tenant_id=tenant_id, credential=token)
 
-    @api.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated, responses=_errors(),
+    @api.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated, responses=error_responses(),
               tags=["api-keys"])
     async def create_api_key(tenant_id: UUID = Depends(tenant)):
         """A new key; its secret is in this answer only."""
         return await sessions_handlers.create_api_key(pool=pool, tenant_id=tenant_id)
 
-    @api.delete("/v1/api-keys/{key_id}", status_code=204, responses=_errors(404), tags=["api-keys"])
+    @api.delete("/v1/api-keys/{key_id}", status_code=204, responses=error_responses(404), tags=["api-keys"])
     async def revoke_api_key(key_id: UUID, tenant_id: UUID = Depends(tenant)):
         await handlers.revoke_api_key(pool=pool, auth=auth, tenant_id=tenant_id, key_id=key_id)
         return Response(status_code=204)
 
     @api.post("/v1/admin/tenants/{tenant_id}/dashboard-links", status_code=201, response_model=Link,
-              responses=_errors(404), dependencies=[Depends(admin)], tags=["admin"])
+              responses=error_responses(404), dependencies=[Depends(admin)], tags=["admin"])
     async def mint_dashboard_link(tenant_id: UUID, body: LinkRequest | None = None):
         """A dashboard sign-in link for this tenant, valid for `ttl_s` seconds (default 15 minutes)."""
         return await handlers.mint_link(pool=pool, key=auth.key, tenant_id=tenant_id,
                                         public_url=settings.public_url, ttl_s=(body or LinkRequest()).ttl_s)
 
-    @api.post("/v1/dashboard/sign-ins", response_model=SignedIn, responses=_errors(), tags=["dashboard"])
+    @api.post("/v1/dashboard/sign-ins", response_model=SignedIn, responses=error_responses(), tags=["dashboard"])
     async def sign_in(body: SignIn):
         """Exchange a dashboard link's token for a sign-in credential (8 hours) used as a Bearer token."""
         return handlers.exchange_link(key=auth.key, link=body.link)
