@@ -102,8 +102,10 @@ class Consumers:
                 metrics.DEAD_LETTERED.labels(qname).inc()
                 await message.reject(requeue=False)
                 return
-            token = log_context.set({"message_id": str(event.message_id), "message_type": message_type,
-                                     **_ids(event)})
+            headers = message.raw_message.headers or {}
+            trace_id = str(headers.get("trace_id") or event.message_id)
+            token = log_context.set({"trace_id": trace_id, "message_id": str(event.message_id),
+                                     "message_type": message_type, **_ids(event)})
             try:
                 await handler(event)
             except Exception:

@@ -10,7 +10,8 @@ from shared.service import Runtime, serve
 
 def make_backend(settings: WarmPoolSettings):
     if settings.warm_pool_backend == "kubernetes":
-        raise SystemExit("warm_pool: the kubernetes backend is not available yet; use WARM_POOL_BACKEND=local")
+        from services.warm_pool.adapters.kubernetes import KubernetesPods
+        return KubernetesPods.from_settings(settings)
     from services.warm_pool.adapters.local import LocalChromium
     return LocalChromium(chromium_path=settings.chromium_path, profile_root=settings.profile_root,
                          launch_timeout_s=settings.launch_timeout_s)
@@ -30,7 +31,8 @@ async def build(runtime: Runtime):
     ports = handlers.PoolPorts(db=runtime.pool, backend=make_backend(settings), settings=settings)
     await handlers.start_up(ports=ports)
     subscribers.register(runtime, ports=ports)
-    runtime.background(every(settings.monitor_interval_s, partial(handlers.check_crashes, ports=ports)))
+    monitor_s = settings.kube_monitor_interval_s if ports.backend.cluster else settings.monitor_interval_s
+    runtime.background(every(monitor_s, partial(handlers.check_crashes, ports=ports)))
     runtime.background(every(settings.reconcile_interval_s, partial(handlers.reconcile, ports=ports)))
     runtime.on_stop(partial(handlers.shut_down, ports=ports))
     return http.create_app(runtime)

@@ -4,6 +4,10 @@ The database is the coordinator: every browser is a row whose state moves
 launching → idle → leased → retiring → dead (or launching → leased for on-demand launches).
 A replica only starts and kills its own processes; others ask it to by setting a row to
 'retiring', which its reconcile loop acts on.
+
+With a cluster backend (kubernetes) the tenant's Deployment is the pool: there are no idle rows
+and no refills; a lease claims one of its Ready pods and records it as a leased row, and every
+replica may destroy or watch any browser, since all of them reach the same cluster.
 """
 import asyncio
 import logging
@@ -40,6 +44,8 @@ class Launched(Protocol):
 
 
 class Backend(Protocol):
+    """Browsers as processes of this replica (local)."""
+    cluster: bool  # False
     async def launch(self, browser_id: UUID) -> Launched: ...
     async def kill(self, browser_id: UUID) -> None: ...
     def exited(self) -> list[UUID]: ...
@@ -49,10 +55,19 @@ class Backend(Protocol):
     async def remove_orphans(self) -> list[UUID]: ...
 
 
+class ClusterBackend(Protocol):
+    """Browsers as pods of the tenant's Deployment (kubernetes)."""
+    cluster: bool  # True
+    async def claim(self, browser_id: UUID, *, namespace: str, session_id: UUID, wait_s: float) -> Launched | None: ...
+    async def kill(self, browser_id: UUID) -> None: ...
+    async def leased(self) -> dict[UUID, bool]: ...  # every leased browser → still alive and ready
+    async def close(self) -> None: ...
+
+
 @dataclass
 class PoolPorts:
     db: asyncpg.Pool
-    backend: Backend
+    backend: Backend | ClusterBackend
     settings: WarmPoolSettings
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
@@ -129,7 +144,40 @@ async def lease(req: LeaseRequest, *, ports: PoolPorts) -> LeaseReply:
             if row["state"] == "leased":
                 return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=bool(row["warm"]))
             return LeaseReply(ok=False, error="error")
+    if ports.backend.cluster:
+        return await _lease_from_cluster(req, namespace=tenant["namespace"], ports=ports)
     return await _lease_cold(req, ports=ports)
+
+
+async def _lease_from_cluster(req: LeaseRequest, *, namespace: str, ports: PoolPorts) -> LeaseReply:
+    """Claim a Ready pod of the tenant's Deployment (waiting up to lease_wait_s for one)."""
+    browser_id = uuid4()
+    # The row comes first: a pod is never leased without one, so a replica dying mid-claim
+    # leaves a 'launching' row that the reconciler retires (deleting the pod, if it got one).
+    async with transaction(ports.db) as conn:
+        await repository.insert_browser(conn, browser_id=browser_id, tenant_id=req.tenant_id, replica_id=ports.replica,
+                                        owner_pid=ports.pid, host=ports.host, session_id=req.session_id, warm=True)
+    try:
+        claimed = await ports.backend.claim(browser_id, namespace=namespace, session_id=req.session_id,
+                                            wait_s=ports.settings.lease_wait_s)
+    except Exception as exc:
+        log.warning("claiming a pod failed", extra={"tenant_id": str(req.tenant_id), "error": repr(exc)[:300]})
+        await kill_browser(browser_id, ports=ports)
+        metrics.LEASES.labels("error").inc()
+        return LeaseReply(ok=False, error="error")
+    if claimed is None:
+        await _mark_dead(browser_id, ports=ports)
+        metrics.LEASES.labels("no_capacity").inc()
+        return LeaseReply(ok=False, error="no_capacity")
+    async with transaction(ports.db) as conn:
+        row = await repository.mark_ready(conn, browser_id=browser_id, state="leased", pid=claimed.pid,
+                                          port=claimed.port, profile_dir=claimed.profile_dir,
+                                          cdp_ws_url=claimed.cdp_ws_url)
+    if row is None:  # the tenant was drained meanwhile
+        await kill_browser(browser_id, ports=ports)
+        return LeaseReply(ok=False, error="unknown_tenant")
+    ports.record_lease(True)
+    return LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=claimed.cdp_ws_url, warm=True)
 
 
 async def _lease_cold(req: LeaseRequest, *, ports: PoolPorts) -> LeaseReply:
@@ -203,8 +251,9 @@ async def _launch(browser_id: UUID, state: str, *, ports: PoolPorts):
 
 async def refill(tenant_id: UUID, *, ports: PoolPorts) -> None:
     """Start browsers until the tenant's idle + launching count reaches its target (this host's cap
-    permitting). Launches run in the background, at most `launch_concurrency` at a time."""
-    if ports.stopping:
+    permitting). Launches run in the background, at most `launch_concurrency` at a time.
+    A cluster's pool is its Deployment, kept at size by the HPA: nothing to do here."""
+    if ports.stopping or ports.backend.cluster:
         return
     new: list[UUID] = []
     # Lock order everywhere: cap_lock, then a connection, then the tenant's advisory lock.
@@ -248,16 +297,21 @@ async def _mark_dead(browser_id: UUID, *, ports: PoolPorts):
         return await repository.mark_dead(conn, browser_id=browser_id)
 
 
+def _mine(row, *, ports: PoolPorts) -> bool:
+    """May this replica destroy the browser? Its own processes; any pod of the cluster."""
+    return ports.backend.cluster or row["replica_id"] == ports.replica
+
+
 async def _after_retire(rows, *, ports: PoolPorts) -> None:
-    """Kill the retired browsers this replica runs (the others' owners do it), then refill."""
-    await asyncio.gather(*(kill_browser(r["id"], ports=ports) for r in rows if r["replica_id"] == ports.replica))
+    """Kill the retired browsers this replica may kill (the others' owners do it), then refill."""
+    await asyncio.gather(*(kill_browser(r["id"], ports=ports) for r in rows if _mine(r, ports=ports)))
     for tenant_id in {r["tenant_id"] for r in rows}:
         ports.request_refill(tenant_id)
 
 
 async def check_crashes(*, ports: PoolPorts) -> None:
     """Browsers whose process died unasked: dead; a leased one is reported; the pool refills."""
-    for browser_id in ports.backend.exited():
+    for browser_id in await _died(ports=ports):
         await ports.backend.kill(browser_id)  # reap the group, remove the profile
         async with transaction(ports.db) as conn:
             before = await repository.mark_dead(conn, browser_id=browser_id)
@@ -271,18 +325,32 @@ async def check_crashes(*, ports: PoolPorts) -> None:
         ports.request_refill(before["tenant_id"])
 
 
+async def _died(*, ports: PoolPorts) -> list[UUID]:
+    if not ports.backend.cluster:
+        return ports.backend.exited()
+    # Rows before pods: a pod deleted after its row was read had its row retired first (which
+    # mark_dead then sees), so only pods gone or failing unasked count as crashes.
+    async with ports.db.acquire() as conn:
+        leased = await repository.ids_in_states(conn, states=["leased"])
+    if not leased:
+        return []
+    alive = await ports.backend.leased()
+    return [b for b in leased if not alive.get(b, False)]
+
+
 async def reconcile(*, ports: PoolPorts) -> None:
     """One pass: reclaim unconfirmed leases, kill this replica's retired browsers, resize pools."""
     async with transaction(ports.db) as conn:
         await repository.reclaim_unconfirmed(conn, timeout_s=ports.settings.lease_confirm_timeout_s)
-        retiring = await repository.own_in_state(conn, replica_id=ports.replica, state="retiring")
+        mine = None if ports.backend.cluster else ports.replica
+        retiring = await repository.own_in_state(conn, replica_id=mine, state="retiring")
         # A launch that never finished its bookkeeping (its task failed) must not leak a process.
-        retiring += await repository.own_in_state(conn, replica_id=ports.replica, state="launching",
+        retiring += await repository.own_in_state(conn, replica_id=mine, state="launching",
                                                   older_than_s=ports.settings.launch_timeout_s + 30)
         pools = await repository.tenant_pools(conn, rate_window_s=RATE_WINDOW_S)
     await asyncio.gather(*(kill_browser(b, ports=ports) for b in retiring))
     for p in pools:
-        if p["status"] != "active":
+        if p["status"] != "active" or ports.backend.cluster:
             continue
         excess = domain.excess_idle(target=target_for(p, ports=ports), idle=p["idle"], launching=p["launching"])
         if excess:
@@ -301,6 +369,8 @@ async def reconcile(*, ports: PoolPorts) -> None:
 
 async def start_up(*, ports: PoolPorts) -> None:
     """Remove what a crashed predecessor on this host left: its browsers, their rows, their dirs."""
+    if ports.backend.cluster:
+        return await _sweep_cluster(ports=ports)
     async with ports.db.acquire() as conn:
         stale = await repository.stale_on_host(conn, host=ports.host, replica_id=ports.replica)
     for row in stale:
@@ -311,6 +381,19 @@ async def start_up(*, ports: PoolPorts) -> None:
     removed = await ports.backend.remove_orphans()
     if stale or removed:
         log.info("removed browsers left by a previous run", extra={"rows": len(stale), "dirs": len(removed)})
+
+
+async def _sweep_cluster(*, ports: PoolPorts) -> None:
+    """Delete leased pods whose browser is no longer leased (or being leased) in the database.
+    Pods before rows: a row is written before its pod is claimed, so a pod listed here that
+    some replica is claiming right now already has its row."""
+    pods = await ports.backend.leased()
+    async with ports.db.acquire() as conn:
+        live = await repository.ids_in_states(conn, states=["launching", "leased"])
+    orphans = [b for b in pods if b not in live]
+    await asyncio.gather(*(ports.backend.kill(b) for b in orphans))
+    if orphans:
+        log.info("deleted leased pods without a lease", extra={"count": len(orphans)})
 
 
 async def _dead_and_reported(browser_id: UUID, *, ports: PoolPorts) -> None:
@@ -327,6 +410,9 @@ async def shut_down(*, ports: PoolPorts) -> None:
     for task in list(ports.tasks):
         task.cancel()
     await asyncio.gather(*ports.tasks, return_exceptions=True)
+    if ports.backend.cluster:  # the pods outlive this replica; the others watch and end them
+        await ports.backend.close()
+        return
     log.info("killing this replica's browsers")
     await ports.backend.close()
     async with ports.db.acquire() as conn:
@@ -344,7 +430,8 @@ async def tenant_provisioned(event: TenantProvisioned, *, ports: PoolPorts) -> N
             return
         await repository.upsert_tenant(conn, tenant_id=event.tenant_id, plan=event.plan,
                                        prewarm=event.limits.prewarm_browsers,
-                                       max_concurrent=event.limits.max_concurrent_sessions, status="active")
+                                       max_concurrent=event.limits.max_concurrent_sessions, status="active",
+                                       namespace=event.namespace)
     ports.request_refill(event.tenant_id)
 
 
@@ -373,7 +460,9 @@ async def subscription_changed(event: SubscriptionChanged, *, ports: PoolPorts) 
             return
         if event.status == "canceled":
             await repository.set_tenant_status(conn, tenant_id=event.tenant_id, status="draining")
-            rows = await repository.retire_tenant(conn, tenant_id=event.tenant_id)
+            # On a cluster the leased pods go too: nothing of a canceled tenant stays leased.
+            rows = await repository.retire_tenant(conn, tenant_id=event.tenant_id,
+                                                  with_leased=ports.backend.cluster)
         else:
             limits = event.limits or _plan_limits(event.plan, ports=ports)
             await repository.upsert_tenant(
@@ -381,7 +470,7 @@ async def subscription_changed(event: SubscriptionChanged, *, ports: PoolPorts) 
                 prewarm=limits.prewarm_browsers if limits else tenant["prewarm"],
                 max_concurrent=limits.max_concurrent_sessions if limits else tenant["max_concurrent"],
                 status="active")
-    await asyncio.gather(*(kill_browser(r["id"], ports=ports) for r in rows if r["replica_id"] == ports.replica))
+    await asyncio.gather(*(kill_browser(r["id"], ports=ports) for r in rows if _mine(r, ports=ports)))
     if event.status != "canceled":
         ports.request_refill(event.tenant_id)
 

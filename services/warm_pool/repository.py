@@ -5,16 +5,17 @@ import asyncpg
 
 
 async def upsert_tenant(conn: asyncpg.Connection, *, tenant_id: UUID, plan: str, prewarm: int,
-                        max_concurrent: int, status: str) -> None:
+                        max_concurrent: int, status: str, namespace: str | None = None) -> None:
     await conn.execute(
         """
-        INSERT INTO tenants (tenant_id, plan, prewarm, max_concurrent, status)
-        VALUES ($1, $2, $3, $4, $5)
+        INSERT INTO tenants (tenant_id, plan, prewarm, max_concurrent, status, namespace)
+        VALUES ($1, $2, $3, $4, $5, $6)
         ON CONFLICT (tenant_id) DO UPDATE
            SET plan = EXCLUDED.plan, prewarm = EXCLUDED.prewarm,
-               max_concurrent = EXCLUDED.max_concurrent, status = EXCLUDED.status, updated_at = now()
+               max_concurrent = EXCLUDED.max_concurrent, status = EXCLUDED.status,
+               namespace = coalesce(EXCLUDED.namespace, tenants.namespace), updated_at = now()
         """,
-        tenant_id, plan, prewarm, max_concurrent, status,
+        tenant_id, plan, prewarm, max_concurrent, status, namespace,
     )
 
 
@@ -57,17 +58,17 @@ async def count_live(conn: asyncpg.Connection, *, replica_id: str) -> int:
 
 
 async def insert_browser(conn: asyncpg.Connection, *, browser_id: UUID, tenant_id: UUID, replica_id: str,
-                         owner_pid: int, host: str, session_id: UUID | None = None) -> None:
+                         owner_pid: int, host: str, session_id: UUID | None = None, warm: bool = False) -> None:
     await conn.execute(
         """
         INSERT INTO browsers (id, tenant_id, replica_id, owner_pid, host, state, session_id, warm)
-        VALUES ($1, $2, $3, $4, $5, 'launching', $6, CASE WHEN $6::uuid IS NULL THEN NULL ELSE false END)
+        VALUES ($1, $2, $3, $4, $5, 'launching', $6, CASE WHEN $6::uuid IS NULL THEN NULL ELSE $7::boolean END)
         """,
-        browser_id, tenant_id, replica_id, owner_pid, host, session_id,
+        browser_id, tenant_id, replica_id, owner_pid, host, session_id, warm,
     )
 
 
-async def mark_ready(conn: asyncpg.Connection, *, browser_id: UUID, state: str, pid: int, port: int,
+async def mark_ready(conn: asyncpg.Connection, *, browser_id: UUID, state: str, pid: int | None, port: int,
                      profile_dir: str, cdp_ws_url: str) -> asyncpg.Record | None:
     """launching → idle (refill) or leased (on demand); None if it was retired meanwhile."""
     return await conn.fetchrow(
@@ -103,12 +104,14 @@ async def retire_session(conn: asyncpg.Connection, *, session_id: UUID,
     )
 
 
-async def retire_tenant(conn: asyncpg.Connection, *, tenant_id: UUID) -> list[asyncpg.Record]:
-    """Drain: every browser of the tenant not serving a session."""
+async def retire_tenant(conn: asyncpg.Connection, *, tenant_id: UUID,
+                        with_leased: bool = False) -> list[asyncpg.Record]:
+    """Drain: every browser of the tenant not serving a session (or every one, `with_leased`)."""
     return await conn.fetch(
         "UPDATE browsers SET state = 'retiring'"
-        " WHERE tenant_id = $1 AND state IN ('launching', 'idle') RETURNING id, tenant_id, replica_id",
-        tenant_id,
+        " WHERE tenant_id = $1 AND (state IN ('launching', 'idle') OR ($2 AND state = 'leased'))"
+        " RETURNING id, tenant_id, replica_id",
+        tenant_id, with_leased,
     )
 
 
@@ -152,13 +155,19 @@ async def reclaim_unconfirmed(conn: asyncpg.Connection, *, timeout_s: float) -> 
     )
 
 
-async def own_in_state(conn: asyncpg.Connection, *, replica_id: str, state: str,
+async def own_in_state(conn: asyncpg.Connection, *, replica_id: str | None, state: str,
                        older_than_s: float = 0) -> list[UUID]:
+    """This replica's browsers in `state` (every replica's when replica_id is None)."""
     rows = await conn.fetch(
-        "SELECT id FROM browsers WHERE replica_id = $1 AND state = $2"
+        "SELECT id FROM browsers WHERE ($1::text IS NULL OR replica_id = $1) AND state = $2"
         " AND created_at <= clock_timestamp() - make_interval(secs => $3)",
         replica_id, state, older_than_s)
     return [r["id"] for r in rows]
+
+
+async def ids_in_states(conn: asyncpg.Connection, *, states: list[str]) -> set[UUID]:
+    rows = await conn.fetch("SELECT id FROM browsers WHERE state = ANY($1::text[])", states)
+    return {r["id"] for r in rows}
 
 
 async def mark_dead(conn: asyncpg.Connection, *, browser_id: UUID) -> asyncpg.Record | None:

@@ -2,7 +2,8 @@
 
 Covers what browserfleet uses: core and named-group resources (cluster-scoped namespaces and
 any namespaced kind in KINDS), GET / LIST (labelSelector) / POST / PUT / PATCH (merge,
-strategic-merge treated as merge, server-side apply with fieldManager) / DELETE, Status bodies
+strategic-merge treated as merge, both conditional on a resourceVersion they carry; server-side
+apply with fieldManager) / DELETE, Status bodies
 (404 NotFound, 409 AlreadyExists / Conflict, 403 for a terminating namespace), resourceVersion
 that only moves on a real change, namespaces that stay `Terminating` for `terminating_seconds`
 before they vanish with everything in them, and switchable failures (`fail_next`, `latency`).
@@ -367,6 +368,11 @@ class FakeKubeAPI:
             return 200, self._store_update(key, old, new), {}
         if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
             old = self._must_get(group, plural, ns, name, kind)
+            rv = ((data or {}).get("metadata") or {}).get("resourceVersion")
+            if rv and rv != old["metadata"]["resourceVersion"]:  # a patch carrying resourceVersion is conditional
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}": the object has '
+                               "been modified; please apply your changes to the latest version and try again",
+                               {"name": name, "group": group, "kind": plural})
             return 200, self._store_update(key, old, merge_patch(old, data)), {}
         raise ApiError(415, "UnsupportedMediaType", f"the media type {content_type!r} is not supported")
 

@@ -1,28 +1,23 @@
 """Kubernetes backend: server-side apply of a tenant's objects, pruning, deletion that waits out Terminating.
 
 The official sync client runs in a worker thread (asyncio.to_thread). Requests go through
-`ApiClient.call_api` with a small kind → path table, so one code path serves every kind:
-apply = PATCH application/apply-patch+yaml with our field manager and force=true.
-Transient failures (connection errors, timeouts, 429, 5xx) are retried with capped exponential
-backoff and full jitter; anything else raises at once.
+shared.kube (retries of transient failures) with a small kind → path table, so one code path
+serves every kind: apply = PATCH application/apply-patch+yaml with our field manager and force=true.
 """
 import asyncio
-import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from uuid import UUID
 
-import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from services.provisioner import manifests
 from services.provisioner.domain import TenantSpec
+from shared.kube import KubeError, Rest, Retry, api_client
 
 log = logging.getLogger(__name__)
-RETRYABLE = {0, 429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -43,10 +38,6 @@ KINDS = {
 NAMESPACED = [k for k, v in KINDS.items() if v.namespaced]
 
 
-class KubeError(Exception):
-    """The API refused or stayed unavailable after retries."""
-
-
 @dataclass
 class ClusterTenant:
     namespace: str
@@ -59,20 +50,14 @@ class KubernetesBackend:
         self.api = api
         self.settings = settings
         self.field_manager = settings.kube_field_manager
+        self.rest = Rest(api, timeout_seconds=settings.kube_request_timeout_seconds,
+                         retry=Retry(settings.kube_retry_attempts, settings.kube_retry_base_seconds,
+                                     settings.kube_retry_max_seconds))
 
     @classmethod
     def from_settings(cls, settings) -> "KubernetesBackend":
-        if settings.kube_api_url:
-            conf = client.Configuration(host=settings.kube_api_url.rstrip("/"))
-        else:
-            conf = client.Configuration()
-            try:
-                config.load_kube_config(config_file=settings.kubeconfig, context=settings.kube_context,
-                                        client_configuration=conf)
-            except config.ConfigException:
-                config.load_incluster_config(client_configuration=conf)
-        conf.retries = False  # our own retry loop decides (urllib3 would retry silently otherwise)
-        return cls(client.ApiClient(conf), settings)
+        return cls(api_client(url=settings.kube_api_url, kubeconfig=settings.kubeconfig,
+                              context=settings.kube_context), settings)
 
     # ---- the Backend interface -----------------------------------------------------------
     async def apply(self, spec: TenantSpec) -> None:
@@ -170,33 +155,7 @@ class KubernetesBackend:
                 raise
 
     def _call(self, method: str, path: str, *, query=None, body=None, content_type="application/json"):
-        s = self.settings
-        for attempt in range(1, s.kube_retry_attempts + 1):
-            try:
-                return self._once(method, path, query, body, content_type)
-            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-                status = exc.status if isinstance(exc, ApiException) else 0
-                if status not in RETRYABLE:
-                    raise
-                if attempt == s.kube_retry_attempts:
-                    raise KubeError(f"{method} {path}: {_describe(exc)} after {attempt} attempts") from exc
-                delay = random.uniform(0, min(s.kube_retry_max_seconds, s.kube_retry_base_seconds * 2 ** attempt))
-                if status == 429:  # the server says how long to back off; still capped by our ceiling
-                    delay = max(delay, min(_retry_after(exc), s.kube_retry_max_seconds))
-                log.warning("kubernetes API call failed; retrying", extra={
-                    "method": method, "path": path, "error": _describe(exc), "attempt": attempt,
-                    "retry_in_s": round(delay, 3)})
-                time.sleep(delay)
-
-    def _once(self, method, path, query, body, content_type):
-        request = self.api.param_serialize(method, path, query_params=query or [],
-                                           header_params={"Accept": "application/json", "Content-Type": content_type},
-                                           body=body, auth_settings=["BearerToken"])
-        response = self.api.call_api(*request, _request_timeout=self.settings.kube_request_timeout_seconds)
-        response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=response.data.decode(errors="replace"), data=None)
-        return json.loads(response.data) if response.data else None
+        return self.rest.call(method, path, query=query, body=body, content_type=content_type)
 
 
 def _tenant_of(obj: dict) -> UUID | None:
@@ -205,19 +164,3 @@ def _tenant_of(obj: dict) -> UUID | None:
         return UUID(value) if value else None
     except ValueError:
         return None
-
-
-def _retry_after(exc: ApiException) -> float:
-    try:
-        return float((exc.headers or {}).get("Retry-After", 0))
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, ApiException):
-        try:
-            return f"{exc.status} {json.loads(exc.body).get('message', '')}"[:300]
-        except (TypeError, ValueError):
-            return f"{exc.status} {exc.reason}"
-    return repr(exc)[:300]

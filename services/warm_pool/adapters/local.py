@@ -68,6 +68,8 @@ def _cmdline(pid: int) -> str:
 
 
 class LocalChromium:
+    cluster = False  # browsers are this replica's own processes
+
     def __init__(self, *, chromium_path: str, profile_root: Path, launch_timeout_s: float = 20):
         self.chromium_path = chromium_path
         self.profile_root = Path(profile_root)
