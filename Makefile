@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup run test test-unit test-integration test-e2e test-faults bench clean
+.PHONY: setup run test test-unit test-integration test-e2e test-faults bench docs clean
 
 setup:
 	./scripts/setup.sh
@@ -29,6 +29,10 @@ test-faults: setup
 
 bench: setup
 	$(PY) -m bench
+
+## Regenerate docs/openapi/*.json and docs/asyncapi.yaml (tests/unit/test_docs_fresh.py checks them).
+docs: setup
+	$(PY) scripts/gen_docs.py
 
 clean:
 	rm -rf .venv test-artifacts .pytest_cache

@@ -108,6 +108,8 @@ class Consumers:
                                      "message_type": message_type, **_ids(event)})
             try:
                 await handler(event)
+                log.info("message handled", extra={"queue": qname, "attempt": _delivery_count(message) + 1,
+                                                   "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
             except Exception:
                 attempt = _delivery_count(message) + 1
                 last = attempt >= limit

@@ -5,11 +5,13 @@
     browserfleet sessions list [--tenant ID] [--status running] | sessions end SESSION_ID
     browserfleet dlq list | dlq replay SERVICE QUEUE
     browserfleet pool status
+    browserfleet dashboard-link TENANT_ID
 
 Service URLs: SESSIONS_URL, BILLING_URL, PROVISIONER_URL, WARM_POOL_URL (default: this host's ports).
 """
 import argparse
 import os
+import re
 import sys
 
 import httpx
@@ -31,13 +33,23 @@ class Admin:
                 raise SystemExit(f"{service}: {response.status_code} {error['code']}: {error['message']}")
             except (ValueError, KeyError):
                 raise SystemExit(f"{service}: {response.status_code} {response.text[:200]}") from None
-        return response.json()
+        return response.json() if response.content else None
+
+
+_ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]00:00)$")
+
+
+def cell(value) -> str:
+    """A table cell: empty for null, UTC timestamps to the second."""
+    if value is None:
+        return ""
+    return _ISO_TIME.sub(r"\1 \2", str(value))
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
     if not rows:
         return "(none)"
-    cells = [[str(row.get(c, "") if row.get(c) is not None else "") for c in columns] for row in rows]
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
     return "\n".join([line([c.upper() for c in columns]), line(["-" * w for w in widths])] + [line(r) for r in cells])
@@ -78,9 +90,15 @@ def run(args, admin: Admin) -> str:
         result = admin.call(args.service, "POST", f"/v1/admin/dlq/{args.queue}/replay")
         return f"replayed {result['replayed']} message(s) onto {result['queue']}"
     if args.group == "pool" and args.action == "status":
-        data = admin.call("warm_pool", "GET", "/v1/pool")
-        rows = data["data"] if isinstance(data, dict) and "data" in data else data
-        return table(rows, list(rows[0].keys()) if rows else ["tenant_id"])
+        pool = admin.call("warm_pool", "GET", "/v1/pool")
+        rows = pool["tenants"]
+        totals = {k: sum(r[k] for r in rows) for k in ("idle", "leased", "launching")}
+        head = (f"replica {pool['replica_id']}: {totals['idle']} idle, {totals['leased']} leased, "
+                f"{totals['launching']} launching (max {pool['max_browsers']} browsers)")
+        return head + "\n\n" + table(rows, ["tenant_id", "plan", "status", "prewarm", "idle", "leased", "launching"])
+    if args.group == "dashboard-link":
+        link = admin.call("sessions", "POST", f"/v1/admin/tenants/{args.id}/dashboard-links")
+        return pairs({"url": link["url"], "expires_at": link["expires_at"]})
     raise SystemExit(f"unknown command: {args.group} {args.action}")
 
 
@@ -105,6 +123,8 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("service", choices=list(DEFAULT_URLS))
     replay.add_argument("queue")
     groups.add_parser("pool").add_subparsers(dest="action", required=True).add_parser("status")
+    groups.add_parser("dashboard-link", help="a dashboard sign-in link for a tenant").add_argument(
+        "id", metavar="TENANT_ID")
     return p
 
 

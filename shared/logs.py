@@ -43,5 +43,6 @@ def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # library warnings become JSON lines too
     for noisy in ("aiormq", "aio_pika", "faststream", "uvicorn.access", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -58,19 +58,20 @@ def create_app(*, settings: BillingSettings, pool: asyncpg.Pool, plans: dict[str
                 settings.stripe_webhook_secret.get_secret_value(),
                 tolerance=settings.stripe_webhook_tolerance_seconds)
         except (stripe.SignatureVerificationError, UnicodeDecodeError):
-            metrics.WEBHOOKS.labels("bad_signature").inc()
+            metrics.WEBHOOKS.labels("unknown", "bad_signature").inc()
             raise APIError(400, "invalid_signature", "missing, invalid or stale Stripe-Signature")
         try:
             payload = json.loads(body)
         except ValueError:
-            raise APIError(400, "invalid_payload", "body is not JSON")
+            payload = None
         if not (isinstance(payload, dict) and all(isinstance(payload.get(k), str) for k in ("id", "type"))):
+            metrics.WEBHOOKS.labels("unknown", "invalid_payload").inc()
             raise APIError(400, "invalid_payload", "not a Stripe event")
         if await handlers.store_stripe_event(pool, payload=payload):
-            metrics.WEBHOOKS.labels("stored").inc()
+            metrics.WEBHOOKS.labels(payload["type"], "stored").inc()
             worker.submit(payload["id"])
         else:
-            metrics.WEBHOOKS.labels("duplicate").inc()
+            metrics.WEBHOOKS.labels(payload["type"], "duplicate").inc()
         return {"received": True}
 
     @app.post("/v1/checkout-sessions")

@@ -1,8 +1,11 @@
 """Billing's own Prometheus metrics (beside shared.metrics)."""
 from prometheus_client import Counter, Gauge
 
-WEBHOOKS = Counter("billing_stripe_webhooks_total", "Stripe webhook deliveries", ["result"])
+WEBHOOKS = Counter("billing_stripe_webhooks_total", "Stripe webhook deliveries, by event type and result",
+                   ["type", "result"])
 EVENTS_APPLIED = Counter("billing_stripe_events_total", "Stripe events applied or postponed", ["type", "result"])
 EVENTS_PENDING = Gauge("billing_stripe_events_pending", "Stored Stripe events not yet processed")
 METER_SENT = Counter("billing_meter_events_total", "Meter events sent to Stripe", ["result"])
 METER_PENDING = Gauge("billing_meter_reports_pending", "Meter reports not yet accepted by Stripe")
+# Counted as ledger entries are written (abs(amount) by kind: grant, debit, expire, adjustment).
+CREDITS = Counter("billing_credits_total", "Credits moved through the ledger, by entry kind", ["kind"])

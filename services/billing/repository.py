@@ -5,6 +5,7 @@ from uuid import UUID
 
 import asyncpg
 
+from services.billing import metrics
 from services.billing.domain import Entry
 
 # --- stripe events ---------------------------------------------------------------------------
@@ -105,6 +106,7 @@ async def append_entry(conn, *, tenant_id: UUID, entry: Entry) -> bool:
     if inserted:
         await conn.execute("UPDATE accounts SET balance = $2, updated_at = now() WHERE tenant_id = $1",
                            tenant_id, entry.balance_after)
+        metrics.CREDITS.labels(entry.kind).inc(abs(entry.amount))
     return bool(inserted)
 
 

@@ -9,6 +9,7 @@ acked; the reconciler then retries the tenant until it converges.
 """
 import logging
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Protocol
 from uuid import UUID
 
@@ -16,7 +17,7 @@ import asyncpg
 
 from services.provisioner import repository
 from services.provisioner.domain import Action, TenantSpec, namespace_for, reconcile_actions, spec_of
-from services.provisioner.metrics import FAILURES, RECONCILE_ACTIONS, TENANTS
+from services.provisioner.metrics import FAILURES, PROVISIONING_SECONDS, RECONCILE_ACTIONS, TENANTS
 from shared import faults
 from shared import outbox
 from shared.inbox import first_delivery
@@ -70,7 +71,7 @@ async def _deprovisioned(conn, tenant_id: UUID, namespace: str) -> None:
     await outbox.add(conn, TenantDeprovisioned(tenant_id=tenant_id, namespace=namespace))
 
 
-async def _apply(conn, spec: TenantSpec, *, backend: Backend, message_id) -> None:
+async def _apply(conn, spec: TenantSpec, *, backend: Backend, message_id, paid_at=None) -> None:
     """Record the wanted state, apply it, then mark provisioned and announce it (once per message)."""
     await repository.upsert_tenant(conn, spec=spec, status="provisioning")
     try:
@@ -80,8 +81,11 @@ async def _apply(conn, spec: TenantSpec, *, backend: Backend, message_id) -> Non
         return
     faults.point("provisioner.after_apply")  # applied, not yet recorded nor acked
     async with conn.transaction():
-        if await first_delivery(conn, message_id=message_id, consumer=CONSUMER):
+        provisioned = await first_delivery(conn, message_id=message_id, consumer=CONSUMER)
+        if provisioned:
             await _provisioned(conn, spec)
+    if provisioned and paid_at is not None:
+        PROVISIONING_SECONDS.observe(max((datetime.now(timezone.utc) - paid_at).total_seconds(), 0))
 
 
 async def provision(event: PaymentVerified, *, pool: asyncpg.Pool, backend: Backend) -> None:
@@ -93,7 +97,7 @@ async def provision(event: PaymentVerified, *, pool: asyncpg.Pool, backend: Back
         if tenant and tenant["canceled_at"] and event.occurred_at <= tenant["canceled_at"]:
             log.info("payment older than the cancel ignored", extra={"tenant_id": str(spec.tenant_id)})
             return await _just_record(conn, event.message_id)
-        await _apply(conn, spec, backend=backend, message_id=event.message_id)
+        await _apply(conn, spec, backend=backend, message_id=event.message_id, paid_at=event.occurred_at)
 
 
 async def _just_record(conn, message_id) -> None:

@@ -26,6 +26,7 @@ async def build(runtime: Runtime):
     async def reaper() -> None:
         while True:
             await reap()
+            await handlers.refresh_running_gauge(pool=runtime.pool)
             await asyncio.sleep(settings.reaper_interval_s)
 
     async def activity() -> None:

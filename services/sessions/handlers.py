@@ -13,7 +13,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.sessions import domain, repository as repo
-from services.sessions.metrics import SESSIONS_CREATED, SESSIONS_ENDED
+from services.sessions.metrics import CREDITS, RUNNING, SESSIONS_CREATED, SESSIONS_ENDED
 from shared import faults
 from shared import outbox
 from shared.db import transaction
@@ -199,6 +199,8 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
         if row is not None:
             faults.point("sessions.before_answer")  # running and recorded, not answered
             SESSIONS_CREATED.labels("created").inc()
+            log.info("session started", extra={"session_id": str(session_id), "tenant_id": str(tenant_id),
+                                               "warm": reply.warm})
             return _created(row, token, public_url)
         error = "failed while starting"
     await fail_and_refund(pool, session_id=session_id, failure=error)
@@ -221,6 +223,7 @@ async def _admit(conn: asyncpg.Connection, tenant) -> int:
                                             period_start=tenant["current_period_start"])
     if remaining is None:
         raise APIError(402, "insufficient_credits", "no credits left in this period")
+    CREDITS.labels("debited").inc()
     return remaining
 
 
@@ -253,6 +256,7 @@ async def _fail_in_tx(conn: asyncpg.Connection, *, session_id: UUID, failure: st
     row = await repo.mark_failed(conn, session_id=session_id, failure=failure[:200])
     if row is not None:
         await repo.refund_credit(conn, tenant_id=row["tenant_id"], period_start=row["period_start"])
+        CREDITS.labels("refunded").inc()
         await repo.release_idempotency_key(conn, session_id=session_id)
 
 
@@ -271,22 +275,57 @@ async def end_in_tx(conn: asyncpg.Connection, *, session_id: UUID, reason: str, 
                                             ended_at=ended_at, duration_ms=duration_ms, end_reason=reason,
                                             cost=cost))
     SESSIONS_ENDED.labels(reason).inc()
+    log.info("session ended", extra={"session_id": str(session_id), "tenant_id": str(row["tenant_id"]),
+                                     "end_reason": reason, "duration_ms": duration_ms})
     return done
 
 
-async def end_session(*, pool: asyncpg.Pool, tenant_id: UUID, session_id: UUID, plans_file: Path,
-                      ended: Ended) -> dict:
+async def end_session(*, pool: asyncpg.Pool, tenant_id: UUID | None, session_id: UUID, plans_file: Path,
+                      ended: Ended, reason: str = "client") -> dict:
+    """End a tenant's session (tenant_id None: any tenant's, for operators)."""
     async with transaction(pool) as conn:
         row = await repo.get_session(conn, session_id=session_id, tenant_id=tenant_id, for_update=True)
         if row is None:
             raise APIError(404, "not_found", "session not found")
         if row["status"] == "starting":
             raise APIError(409, "conflict", "the session is still starting")
-        done = await end_in_tx(conn, session_id=session_id, reason="client", plans_file=plans_file)
+        done = await end_in_tx(conn, session_id=session_id, reason=reason, plans_file=plans_file)
     if done is not None:
-        ended(session_id, "client")
+        ended(session_id, reason)
         row = done
-    return domain.session_view(row)
+    return {**domain.session_view(row), "tenant_id": str(row["tenant_id"])}
+
+
+async def admin_list_tenants(*, pool: asyncpg.Pool, limit: int) -> dict:
+    async with pool.acquire() as conn:
+        rows = await repo.list_tenants(conn, limit=limit)
+    return {"data": [_tenant_view(r) for r in rows]}
+
+
+async def admin_tenant(*, pool: asyncpg.Pool, tenant_id: UUID) -> dict:
+    async with pool.acquire() as conn:
+        row = await repo.tenant_overview(conn, tenant_id=tenant_id)
+    if row is None:
+        raise APIError(404, "not_found", "tenant not known")
+    return _tenant_view(row)
+
+
+def _tenant_view(row) -> dict:
+    return {"tenant_id": str(row["tenant_id"]), "plan": row["plan"], "status": row["status"],
+            "provisioned": row["provisioned"], "max_concurrent_sessions": row["max_concurrent_sessions"],
+            "max_session_seconds": row["max_session_seconds"],
+            "period_start": row["period_start"].isoformat() if row["period_start"] else None,
+            "period_end": row["period_end"].isoformat() if row["period_end"] else None,
+            "credits_granted": row["credits_granted"], "credits_used": row["credits_used"],
+            "credits_remaining": max(row["credits_granted"] - row["credits_used"], 0),
+            "sessions_running": row["sessions_running"], "api_keys": row["api_keys"]}
+
+
+async def admin_list_sessions(*, pool: asyncpg.Pool, tenant_id: UUID | None, status: str | None,
+                              limit: int) -> dict:
+    async with pool.acquire() as conn:
+        rows = await repo.list_all_sessions(conn, tenant_id=tenant_id, status=status, limit=limit)
+    return {"data": [{**domain.session_view(r), "tenant_id": str(r["tenant_id"])} for r in rows]}
 
 
 async def get_session(*, pool: asyncpg.Pool, tenant_id: UUID, session_id: UUID) -> dict:
@@ -344,6 +383,11 @@ async def reap(*, pool: asyncpg.Pool, plans_file: Path, ended: Ended, disconnect
         if done is not None:
             ended(item["id"], item["why"])
     return batch
+
+
+async def refresh_running_gauge(*, pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        RUNNING.set(await repo.count_running(conn))
 
 
 async def browser_url(*, pool: asyncpg.Pool, tenant_id: UUID, session_id: UUID) -> str:

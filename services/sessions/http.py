@@ -53,6 +53,34 @@ class Usage(BaseModel):
     sessions_running: int
 
 
+class TenantOut(BaseModel):
+    tenant_id: UUID
+    plan: str
+    status: str
+    provisioned: bool
+    max_concurrent_sessions: int
+    max_session_seconds: int
+    period_start: datetime | None
+    period_end: datetime | None
+    credits_granted: int
+    credits_used: int
+    credits_remaining: int
+    sessions_running: int
+    api_keys: int
+
+
+class TenantList(BaseModel):
+    data: list[TenantOut]
+
+
+class AdminSessionOut(SessionOut):
+    tenant_id: UUID
+
+
+class AdminSessionList(BaseModel):
+    data: list[AdminSessionOut]
+
+
 class ApiKeyCreated(BaseModel):
     id: UUID
     api_key: str
@@ -95,6 +123,31 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
     async def revoke_api_key(key_id: UUID):
         await api_keys.revoke(key_id)
         return Response(status_code=204)
+
+    @app.get("/v1/admin/tenants", response_model=TenantList, responses=error_responses(),
+             dependencies=[Depends(admin)], tags=["admin"])
+    async def admin_tenants(limit: int = Query(200, ge=1, le=1000)):
+        return await handlers.admin_list_tenants(pool=pool, limit=limit)
+
+    @app.get("/v1/admin/tenants/{tenant_id}", response_model=TenantOut, responses=error_responses(404),
+             dependencies=[Depends(admin)], tags=["admin"])
+    async def admin_tenant(tenant_id: UUID):
+        return await handlers.admin_tenant(pool=pool, tenant_id=tenant_id)
+
+    @app.get("/v1/admin/sessions", response_model=AdminSessionList, responses=error_responses(),
+             dependencies=[Depends(admin)], tags=["admin"])
+    async def admin_sessions(tenant_id: UUID | None = None,
+                             status: Literal["starting", "running", "completed", "failed"] | None = None,
+                             limit: int = Query(50, ge=1, le=1000)):
+        """Newest first, across tenants unless `tenant_id` is given."""
+        return await handlers.admin_list_sessions(pool=pool, tenant_id=tenant_id, status=status, limit=limit)
+
+    @app.post("/v1/admin/sessions/{session_id}/end", response_model=AdminSessionOut,
+              responses=error_responses(404, 409), dependencies=[Depends(admin)], tags=["admin"])
+    async def admin_end_session(session_id: UUID):
+        """End any tenant's session now (end reason `canceled`); ending an ended session returns it as is."""
+        return await handlers.end_session(pool=pool, tenant_id=None, session_id=session_id,
+                                          plans_file=settings.plans_file, ended=relays.end, reason="canceled")
 
     @app.post("/v1/sessions", status_code=201, response_model=SessionCreated,
               responses=error_responses(402, 403, 409, 429, 503), tags=["sessions"])

@@ -8,3 +8,6 @@ LEASE_SECONDS = Histogram("sessions_lease_seconds", "Lease RPC round trip, by ou
 RELAYS_OPEN = Gauge("sessions_cdp_relays_open", "CDP websockets relayed by this replica")
 RELAYED_BYTES = Counter("sessions_cdp_relayed_bytes_total", "CDP bytes relayed", ["direction"])
 RELAYED_FRAMES = Counter("sessions_cdp_relayed_frames_total", "CDP frames relayed", ["direction"])
+RUNNING = Gauge("sessions_running", "Sessions running on the platform (all replicas), from the database")
+CREDITS = Counter("sessions_credits_total", "Credits debited at session start or refunded on failure",
+                  ["operation"])

@@ -291,3 +291,42 @@ async def delete_expired_idempotency_keys(conn: asyncpg.Connection, *, ttl_s: in
 async def release_idempotency_key(conn: asyncpg.Connection, *, session_id: UUID) -> None:
     """A create that failed keeps no result: a retry with the same key tries again."""
     await conn.execute("DELETE FROM idempotency_keys WHERE session_id = $1", session_id)
+
+# --- operator views -----------------------------------------------------------------------
+
+_TENANT_OVERVIEW = """
+    SELECT t.tenant_id, t.plan, t.status, t.provisioned, t.max_concurrent_sessions, t.max_session_seconds,
+           a.period_start, a.period_end,
+           coalesce(a.credits_granted, 0) AS credits_granted, coalesce(a.credits_used, 0) AS credits_used,
+           (SELECT count(*) FROM sessions s
+             WHERE s.tenant_id = t.tenant_id AND s.status IN ('starting', 'running')) AS sessions_running,
+           (SELECT count(*) FROM api_keys k
+             WHERE k.tenant_id = t.tenant_id AND k.revoked_at IS NULL) AS api_keys
+      FROM tenants t
+      LEFT JOIN allowances a ON a.tenant_id = t.tenant_id AND a.period_start = t.current_period_start
+"""
+
+
+async def list_tenants(conn: asyncpg.Connection, *, limit: int):
+    return await conn.fetch(_TENANT_OVERVIEW + " ORDER BY t.updated_at DESC, t.tenant_id LIMIT $1", limit)
+
+
+async def tenant_overview(conn: asyncpg.Connection, *, tenant_id: UUID):
+    return await conn.fetchrow(_TENANT_OVERVIEW + " WHERE t.tenant_id = $1", tenant_id)
+
+
+async def list_all_sessions(conn: asyncpg.Connection, *, tenant_id: UUID | None, status: str | None, limit: int):
+    return await conn.fetch(
+        """
+        SELECT * FROM sessions
+         WHERE ($1::uuid IS NULL OR tenant_id = $1)
+           AND ($2::text IS NULL OR status = $2)
+         ORDER BY created_at DESC, id DESC
+         LIMIT $3
+        """,
+        tenant_id, status, limit,
+    )
+
+
+async def count_running(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT count(*) FROM sessions WHERE status = 'running'")
