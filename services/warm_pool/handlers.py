@@ -114,7 +114,9 @@ class PoolPorts:
         finally:
             self.refilling.discard(tenant_id)
 
-    def record_lease(self, warm: bool) -> None:
+    def record_lease(self, warm: bool, row=None) -> None:
+        if row is not None and not self.backend.cluster:
+            self.backend.prioritize(pid=row["pid"], host=row["host"])
         self.recent.append(warm)
         metrics.LEASES.labels("warm" if warm else "cold").inc()
         metrics.WARM_HIT_RATIO.set(domain.warm_hit_ratio(sum(self.recent), len(self.recent) - sum(self.recent)))
@@ -132,7 +134,7 @@ async def lease(req: LeaseRequest, *, ports: PoolPorts) -> LeaseReply:
             row = None
         if row is not None:
             faults.point("warm_pool.after_lease")  # leased in the database, not replied
-            ports.record_lease(True)
+            ports.record_lease(True, row)
             ports.request_refill(req.tenant_id)
             return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=True)
         tenant = await repository.get_tenant(conn, tenant_id=req.tenant_id)
@@ -194,7 +196,7 @@ async def _lease_cold(req: LeaseRequest, *, ports: PoolPorts) -> LeaseReply:
         async with ports.db.acquire() as conn:
             row = await repository.lease_idle(conn, tenant_id=req.tenant_id, session_id=req.session_id)
         if row is not None:
-            ports.record_lease(True)
+            ports.record_lease(True, row)
             ports.request_refill(req.tenant_id)
             return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=True)
     metrics.LEASES.labels("no_capacity").inc()
@@ -219,7 +221,7 @@ async def _launch_on_demand(req: LeaseRequest, *, ports: PoolPorts) -> LeaseRepl
     if row is None:
         metrics.LEASES.labels("error").inc()
         return LeaseReply(ok=False, error="error")
-    ports.record_lease(False)
+    ports.record_lease(False, row)
     return LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=row["cdp_ws_url"], warm=False)
 
 

@@ -26,11 +26,18 @@ def default_replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def _memory_backed_tmp() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
 class WarmPoolSettings(ServiceSettings):
     http_port: int = 8003
     warm_pool_backend: Literal["local", "kubernetes"] = "local"
     chromium_path: str = "/usr/bin/chromium"
-    profile_root: Path = Path(tempfile.gettempdir()) / "browserfleet-browsers"
+    # Memory-backed when the host has /dev/shm: profiles are small (~2 MiB), short-lived, and
+    # Chromium's SQLite fsyncs would otherwise queue behind the databases' on the same disk.
+    profile_root: Path = Field(default_factory=lambda: _memory_backed_tmp() / "browserfleet-browsers")
     max_browsers: int = Field(default_factory=default_max_browsers, ge=1)
     # Refills launched at once; on-demand launches for waiting sessions do not queue behind them.
     launch_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
