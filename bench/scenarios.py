@@ -146,17 +146,16 @@ async def cold(pw, page_url: str, concurrency: int, iterations: int):
 
 
 async def create_latency(http, tenant: Tenant, iterations: int, *, settle: float):
-    """POST /v1/sessions alone; `settle` lets the pool refill between creates (warm path)."""
-    lat, warm = [], 0
+    """POST /v1/sessions alone, split by the path it took; `settle` lets the pool refill between creates."""
+    by_path: dict[bool, list[float]] = {True: [], False: []}
     progress = Progress(f"create latency (settle {settle}s)", iterations)
     for _ in range(iterations):
         session, elapsed = await create(http, tenant)
-        lat.append(elapsed)
-        warm += bool(session["warm"])
+        by_path[bool(session["warm"])].append(elapsed)
         await end(http, tenant, session["id"])
         progress.step()
         await asyncio.sleep(settle)
-    return {**summary(lat), "warm": warm}
+    return {"warm": summary(by_path[True]), "on_demand": summary(by_path[False])}
 
 
 async def launch_capacity(samples: int = 8) -> float:

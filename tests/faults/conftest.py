@@ -93,7 +93,8 @@ def pytest_sessionfinish(session, exitstatus):
         f"Latest run: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {len(ROWS)} scenarios, {failed} failed, "
         f"{time.monotonic() - _started:.0f} s on {os.cpu_count()} cores "
         f"(FAULTS_SESSIONS={os.environ.get('FAULTS_SESSIONS', 'default')}).",
-        "", "Command: `make test-faults`, i.e.", "", "```", command, "```", "", table(), END])
+        "", "Produced by" + (" `make test-faults`, i.e." if sys.argv[1:] == ["-m", "faults", "tests"] else ":"),
+        "", "```", command, "```", "", table(), END])
     text = REPORT.read_text() if REPORT.exists() else f"# Reliability\n\n{BEGIN}\n{END}\n"
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + body + text[text.index(END) + len(END):]
@@ -106,5 +107,6 @@ def table() -> str:
     def cell(v) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in ROWS]
+    rows = sorted(ROWS, key=lambda r: r["scenario"].split(".")[0])  # by scenario number, stable
+    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ CRASH_ENV = "BROWSERFLEET_CRASH_AT"
 PREWARM = 2
 # Short timeouts so the system's own recovery (stuck sessions, unconfirmed leases, poison messages)
 # happens within a test; they are settings every deployment can tune the same way.
-FAST_ENV = {"DELIVERY_LIMIT": "4", "LEASE_TIMEOUT_S": "5", "LEASE_CONFIRM_TIMEOUT_S": "8",
+FAST_ENV = {"LEASE_TIMEOUT_S": "5", "LEASE_CONFIRM_TIMEOUT_S": "8",
             "WEBHOOK_RETRY_INTERVAL_SECONDS": "0.5", "WEBHOOK_RETRY_MAX_BACKOFF_SECONDS": "2"}
 
 
@@ -137,6 +137,9 @@ class Customer:
         r = await self.http.get(f"{self.p.urls['sessions']}/v1/usage", headers=self.auth)
         assert r.status_code == 200, r.text
         return r.json()
+
+    async def usage_response(self) -> httpx.Response:
+        return await self.http.get(f"{self.p.urls['sessions']}/v1/usage", headers=self.auth)
 
     async def remaining_is(self, credits: int) -> bool:
         r = await self.http.get(f"{self.p.urls['sessions']}/v1/usage", headers=self.auth)
