@@ -1,5 +1,6 @@
 """python -m services.warm_pool — settings → migrations → broker + HTTP → run until signalled."""
 import asyncio
+import socket
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +15,15 @@ def make_backend(settings: WarmPoolSettings):
         return KubernetesPods.from_settings(settings)
     from services.warm_pool.adapters.local import LocalChromium
     return LocalChromium(chromium_path=settings.chromium_path, profile_root=settings.profile_root,
-                         launch_timeout_s=settings.launch_timeout_s)
+                         launch_timeout_s=settings.launch_timeout_s,
+                         advertise_host=advertised_host(settings.browser_advertise_host))
+
+
+def advertised_host(setting: str | None) -> str | None:
+    """"auto" means this container's own address (one per replica under Compose)."""
+    if setting == "auto":
+        return socket.gethostbyname(socket.gethostname())
+    return setting
 
 
 def every(seconds: float, fn):

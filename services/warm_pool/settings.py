@@ -38,6 +38,10 @@ class WarmPoolSettings(ServiceSettings):
     # Memory-backed when the host has /dev/shm: profiles are small (~2 MiB), short-lived, and
     # Chromium's SQLite fsyncs would otherwise queue behind the databases' on the same disk.
     profile_root: Path = Field(default_factory=lambda: _memory_backed_tmp() / "browserfleet-browsers")
+    # Set when sessions runs on another host or container (Compose): DevTools ports are then
+    # forwarded on all interfaces and CDP URLs carry this host ("auto": this container's address).
+    # Trusted networks only.
+    browser_advertise_host: str | None = None
     max_browsers: int = Field(default_factory=default_max_browsers, ge=1)
     # Refills launched at once; on-demand launches for waiting sessions do not queue behind them.
     launch_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)

@@ -84,3 +84,29 @@ async def test_a_cancelled_launch_leaves_no_process_or_directory(backend, tmp_pa
             await backend.kill(browser_id)
     assert backend.owned() == []
     assert not pgrep(str(tmp_path)) and not any((tmp_path / "profiles").iterdir())
+
+
+async def test_browsers_can_be_exposed_beyond_loopback_for_sessions_in_another_container(tmp_path):
+    """Under Compose sessions reaches warm_pool's browsers by address; headless Chromium only
+    binds 127.0.0.1, so warm_pool forwards a port on all interfaces and advertises it."""
+    import json as _json
+
+    import websockets
+
+    chromium = LocalChromium(chromium_path="/usr/bin/chromium", profile_root=tmp_path / "profiles",
+                             advertise_host="127.0.0.2")  # any address of this host but the one Chromium binds
+    browser_id = uuid.uuid4()
+    try:
+        launched = await chromium.launch(browser_id)
+        assert launched.cdp_ws_url.startswith("ws://127.0.0.2:")
+        assert f":{launched.port}/" not in launched.cdp_ws_url
+        async with websockets.connect(launched.cdp_ws_url, max_size=None) as ws:
+            await ws.send(_json.dumps({"id": 1, "method": "Browser.getVersion"}))
+            reply = _json.loads(await ws.recv())
+        assert reply["id"] == 1 and "Chrome" in reply["result"]["product"]
+        await chromium.kill(browser_id)
+        port = int(launched.cdp_ws_url.split(":")[2].split("/")[0])
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.2", port)
+    finally:
+        await chromium.close()

@@ -20,6 +20,8 @@ from uuid import UUID
 
 import httpx
 
+from services.warm_pool.adapters.expose import PortForwarder
+
 log = logging.getLogger(__name__)
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -86,8 +88,11 @@ def _cmdline(pid: int) -> str:
 class LocalChromium:
     cluster = False  # browsers are this replica's own processes
 
-    def __init__(self, *, chromium_path: str, profile_root: Path, launch_timeout_s: float = 20):
+    def __init__(self, *, chromium_path: str, profile_root: Path, launch_timeout_s: float = 20,
+                 advertise_host: str | None = None):
         self.chromium_path = chromium_path
+        self.advertise_host = advertise_host
+        self._forwarder = PortForwarder() if advertise_host else None
         self.profile_root = Path(profile_root)
         self.launch_timeout_s = launch_timeout_s
         self._procs: dict[UUID, subprocess.Popen] = {}
@@ -131,6 +136,9 @@ class LocalChromium:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise LaunchFailed(f"chromium did not start: {exc!r}") from exc
+        if self._forwarder is not None:
+            exposed = await self._forwarder.open(browser_id, port)
+            url = url.replace(f"//127.0.0.1:{port}/", f"//{self.advertise_host}:{exposed}/", 1)
         return Launched(pid=proc.pid, port=port, profile_dir=str(base), cdp_ws_url=url)
 
     async def _wait_ready(self, proc: subprocess.Popen, profile: Path) -> tuple[int, str]:
@@ -164,6 +172,8 @@ class LocalChromium:
     async def kill(self, browser_id: UUID) -> None:
         """SIGKILL the browser's whole process group, reap it, remove its directory."""
         proc = self._procs.pop(browser_id, None)
+        if self._forwarder is not None:
+            await self._forwarder.close(browser_id)
         if proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
