@@ -30,10 +30,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-breakpad", "--disable-extensions", "--remote-debugging-port=0"]
 
 
-# Browsers start and wait in the pool at the lowest CPU priority, so launches refilling the pool
-# never starve the control plane or the sessions in use; a leased browser is raised back to
-# normal priority (`prioritize`), its whole process group at once.
-LAUNCH_NICE = 19
+# Browsers start and wait in the pool under SCHED_IDLE: they only get CPU nobody else wants, so
+# launches refilling the pool never starve the control plane or the sessions in use. (A nice
+# value is not enough: Chromium running as root re-nices its own processes.) A leased browser
+# is moved back to the normal policy (`prioritize`), every thread of its process group.
 
 
 class LaunchFailed(Exception):
@@ -78,6 +78,20 @@ async def _remove_dir_async(path: Path) -> None:
         await asyncio.sleep(0.05)
 
 
+def _normal_priority(pgid: int) -> None:
+    """SCHED_OTHER for every thread of every process in the group (the policy is per thread)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            for tid in os.listdir(f"/proc/{entry.name}/task"):
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+        except OSError:  # gone meanwhile, or not permitted (no CAP_SYS_NICE): stays idle-class
+            continue
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -113,7 +127,7 @@ class LocalChromium:
         profile.mkdir()
         # fork+exec in a thread: forking this process can take tens of ms, which would stall leases.
         spawn = asyncio.ensure_future(asyncio.to_thread(
-            subprocess.Popen, ["nice", "-n", str(LAUNCH_NICE), self.chromium_path, *FLAGS,
+            subprocess.Popen, ["chrt", "--idle", "0", self.chromium_path, *FLAGS,
                                f"--user-data-dir={profile}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
@@ -157,10 +171,7 @@ class LocalChromium:
     def prioritize(self, *, pid: int | None, host: str) -> None:
         """Give a leased browser normal CPU priority (needs CAP_SYS_NICE; without it, it stays low)."""
         if pid and host == socket.gethostname():
-            try:
-                os.setpriority(os.PRIO_PGRP, pid, 0)
-            except OSError as exc:
-                log.debug("cannot raise browser priority", extra={"error": str(exc)})
+            asyncio.get_running_loop().run_in_executor(None, _normal_priority, pid)
 
     def exited(self) -> list[UUID]:
         """Browsers started here whose process has died (and is now reaped)."""
