@@ -47,23 +47,23 @@ async def measure(args, platform, vhost: str, page_url: str) -> dict:
     results: dict = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     async with httpx.AsyncClient(timeout=60) as http, async_playwright() as pw:
         tenant = await scenarios.new_tenant(http, platform, "bench", WEBHOOK_SECRET, idle=10)
-        for c, iters in ((1, 200 // n), (10, 300 // n)):
+        for c, iters in ((1, 100 // n), (10, 200 // n)):
             results[f"lifecycle_c{c}"] = await scenarios.lifecycle(http, pw, tenant, page_url, c, iters)
             results[f"floor_c{c}"] = await scenarios.floor(pw, page_url, c, iters)
-            results[f"cold_c{c}"] = await scenarios.cold(pw, page_url, c, max(iters // 3, 10))
+            results[f"cold_c{c}"] = await scenarios.cold(pw, page_url, c, max(iters // 4, 10))
             await scenarios.wait_idle(platform, 10)
-        results["create_warm"] = await scenarios.create_latency(http, tenant, 200 // n, settle=0.3)
+        results["create_warm"] = await scenarios.create_latency(http, tenant, 150 // n, settle=0.3)
         cold_tenant = await scenarios.new_tenant(http, platform, "bench_cold", WEBHOOK_SECRET, idle=0)
-        results["create_on_demand"] = await scenarios.create_latency(http, cold_tenant, 40 // n, settle=0.2)
+        results["create_on_demand"] = await scenarios.create_latency(http, cold_tenant, 20 // n, settle=0.2)
         results["relay"] = await scenarios.relay_overhead(http, tenant, 1000 // n)
         capacity = await scenarios.launch_capacity()
         results["launch_capacity_per_s"] = capacity
         for load in (0.5, 0.8, 1.0):
             await scenarios.wait_idle(platform, 10)
             results[f"warm_hits_{int(load * 100)}"] = await scenarios.warm_hits(
-                http, tenant, capacity * load, 120 // n, hold_s=1.0)
+                http, tenant, capacity * load, 80 // n, hold_s=1.0)
         results["provisioning"] = await scenarios.provisioning_latency(
-            http, platform, "bench_cold", WEBHOOK_SECRET, vhost, 60 // n)
+            http, platform, "bench_cold", WEBHOOK_SECRET, vhost, 50 // n)
         results["memory"] = await scenarios.memory_and_cost(http, pw, tenant, page_url, 60 / n)
     return results
 

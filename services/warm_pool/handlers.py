@@ -232,7 +232,7 @@ async def _launch(browser_id: UUID, state: str, *, ports: PoolPorts):
         return None
     started = time.perf_counter()
     try:
-        launched = await ports.backend.launch(browser_id)
+        launched = await ports.backend.launch(browser_id, urgent=state == "leased")
     except Exception as exc:
         log.warning("browser launch failed", extra={"browser_id": str(browser_id), "error": repr(exc)[:300]})
         await _mark_dead(browser_id, ports=ports)

@@ -78,6 +78,9 @@ async def _remove_dir_async(path: Path) -> None:
         await asyncio.sleep(0.05)
 
 
+PROMOTE_AFTER_S = 3.0
+
+
 def _normal_priority(pgid: int) -> None:
     """SCHED_OTHER for every thread of every process in the group (the policy is per thread)."""
     for entry in os.scandir("/proc"):
@@ -116,7 +119,8 @@ class LocalChromium:
     def _dir(self, browser_id: UUID) -> Path:
         return self.profile_root / str(browser_id)
 
-    async def launch(self, browser_id: UUID) -> Launched:
+    async def launch(self, browser_id: UUID, *, urgent: bool = False) -> Launched:
+        """`urgent`: a session waits for this one, so it starts at normal priority."""
         if self._closed:
             raise LaunchFailed("backend closed")
         base = self._dir(browser_id)
@@ -127,7 +131,7 @@ class LocalChromium:
         profile.mkdir()
         # fork+exec in a thread: forking this process can take tens of ms, which would stall leases.
         spawn = asyncio.ensure_future(asyncio.to_thread(
-            subprocess.Popen, ["chrt", "--idle", "0", self.chromium_path, *FLAGS,
+            subprocess.Popen, [*([] if urgent else ["chrt", "--idle", "0"]), self.chromium_path, *FLAGS,
                                f"--user-data-dir={profile}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
@@ -157,7 +161,11 @@ class LocalChromium:
 
     async def _wait_ready(self, proc: subprocess.Popen, profile: Path) -> tuple[int, str]:
         port_file = profile / "DevToolsActivePort"
+        promote_at = time.monotonic() + PROMOTE_AFTER_S
         while True:
+            if promote_at and time.monotonic() > promote_at:  # a saturated host must not starve it forever
+                promote_at = 0
+                await asyncio.get_running_loop().run_in_executor(None, _normal_priority, proc.pid)
             if proc.poll() is not None:
                 raise LaunchFailed(f"exited with {proc.returncode}")
             # The port file can lag the process start; /json/version answers once it is ready.
