@@ -130,11 +130,17 @@ class Consumers:
             await message.ack()
 
         consume.__name__ = f"consume_{qname.replace('.', '_')}"
+        # The raw body: `consume` parses it, so a body that is not even JSON dead-letters too
+        # (FastStream's own decoding would fail before `consume` and leave it unacked forever).
         self.broker.subscriber(queue, events_exchange(self.events), ack_policy=AckPolicy.MANUAL,
-                               no_reply=True)(consume)
+                               no_reply=True, decoder=_raw_body)(consume)
 
     async def declare_dead_letters(self) -> None:
         await declare_dead_letters(self.broker, events=self.events, queue_names=self.queue_names)
+
+
+async def _raw_body(message: RabbitMessage) -> bytes:
+    return message.body
 
 
 def _ids(event: BaseModel) -> dict:

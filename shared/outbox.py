@@ -10,6 +10,7 @@ import json
 import logging
 from datetime import datetime, timezone
 
+import aio_pika.exceptions
 import asyncpg
 from faststream.rabbit import RabbitBroker
 
@@ -127,6 +128,8 @@ class OutboxRelay:
                         failure = exc
                         await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2"
                                            " WHERE id = $1", row["id"], repr(exc)[:500])
+                        if isinstance(exc, aio_pika.exceptions.PublishError):
+                            continue  # returned unroutable: an error, but it must not hold up the rows behind it
                         break
                     faults.point("outbox.after_publish")  # published, not marked sent
                     sent.append(row["id"])

@@ -32,7 +32,7 @@ class RpcClient:
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self.url)
-        self._connection.reconnect_callbacks.add(lambda *_: self._fail_pending("reconnected"))
+        self._connection.reconnect_callbacks.add(self._reconnected)
         await self._open_channel()
 
     async def _open_channel(self) -> None:
@@ -41,6 +41,12 @@ class RpcClient:
         # Direct reply-to: consume in no-ack mode on the pseudo-queue before publishing.
         queue = await self._channel.get_queue(self.REPLY_TO, ensure=False)
         await queue.consume(self._on_reply, no_ack=True)
+
+    def _reconnected(self, *_) -> None:
+        # The restored channel's direct reply-to consumer does not survive a broker restart
+        # (publishes then fail with PRECONDITION_FAILED): open a fresh channel on next call.
+        self._fail_pending("reconnected")
+        self._channel = None
 
     def _fail_pending(self, why: str) -> None:
         for future in self._pending.values():
@@ -73,6 +79,10 @@ class RpcClient:
             raise RpcTimeout(queue) from None
         except aio_pika.exceptions.DeliveryError:
             raise RpcUnroutable(queue) from None
+        except (aio_pika.exceptions.ChannelPreconditionFailed, aio_pika.exceptions.ChannelInvalidStateError,
+                RuntimeError):
+            self._channel = None  # a broken channel: the next call opens a fresh one
+            raise
         finally:
             self._pending.pop(correlation_id, None)
 

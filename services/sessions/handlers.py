@@ -20,7 +20,7 @@ from shared.db import transaction
 from shared.http import APIError
 from shared.inbox import first_delivery
 from shared.messages import (BrowserCrashed, LeaseReply, PaymentVerified, SessionCompleted, SessionStarted,
-                             SubscriptionChanged, TenantProvisioned)
+                             SubscriptionChanged, TenantDeprovisioned, TenantProvisioned)
 from shared.plans import UnknownPlan, get_plan
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,12 @@ async def tenant_provisioned(event: TenantProvisioned, *, pool: asyncpg.Pool) ->
         await repo.upsert_tenant(conn, tenant_id=event.tenant_id, plan=event.plan, provisioned=True,
                                  max_concurrent=event.limits.max_concurrent_sessions,
                                  max_session_seconds=event.limits.max_session_seconds)
+
+
+async def tenant_deprovisioned(event: TenantDeprovisioned, *, pool: asyncpg.Pool) -> None:
+    async with transaction(pool) as conn:
+        if await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+            await repo.mark_deprovisioned(conn, tenant_id=event.tenant_id)
 
 
 async def subscription_changed(event: SubscriptionChanged, *, pool: asyncpg.Pool, plans_file: Path,

@@ -48,6 +48,12 @@ async def open_period(conn: asyncpg.Connection, *, tenant_id: UUID, period_start
     )
 
 
+async def mark_deprovisioned(conn: asyncpg.Connection, *, tenant_id: UUID) -> None:
+    """Only while canceled: a tenant that subscribed again since is being provisioned anew."""
+    await conn.execute("UPDATE tenants SET provisioned = false, updated_at = now()"
+                       " WHERE tenant_id = $1 AND status = 'canceled'", tenant_id)
+
+
 async def set_tenant_status(conn: asyncpg.Connection, *, tenant_id: UUID, status: str) -> None:
     await conn.execute("UPDATE tenants SET status = $2, updated_at = now() WHERE tenant_id = $1",
                        tenant_id, status)

@@ -7,7 +7,8 @@ from faststream.rabbit import RabbitQueue
 from services.sessions import handlers
 from services.sessions.gateway import Relays
 from shared.broker import events_exchange
-from shared.messages import BrowserCrashed, PaymentVerified, SessionCompleted, SubscriptionChanged, TenantProvisioned
+from shared.messages import (BrowserCrashed, PaymentVerified, SessionCompleted, SubscriptionChanged,
+                             TenantDeprovisioned, TenantProvisioned)
 from shared.service import Runtime
 
 
@@ -15,6 +16,7 @@ def register(runtime: Runtime, *, relays: Relays) -> None:
     pool, plans_file = runtime.pool, runtime.settings.plans_file
     runtime.consumers.on(PaymentVerified, partial(handlers.payment_verified, pool=pool))
     runtime.consumers.on(TenantProvisioned, partial(handlers.tenant_provisioned, pool=pool))
+    runtime.consumers.on(TenantDeprovisioned, partial(handlers.tenant_deprovisioned, pool=pool))
     runtime.consumers.on(SubscriptionChanged, partial(handlers.subscription_changed, pool=pool,
                                                       plans_file=plans_file, ended=relays.end))
     runtime.consumers.on(BrowserCrashed, partial(handlers.browser_crashed, pool=pool, plans_file=plans_file,

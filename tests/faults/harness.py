@@ -195,7 +195,7 @@ CONSUMERS = {  # routing key → services with a queue for it (checked against R
     "billing.payment_verified": ("provisioner", "sessions"),
     "billing.subscription_changed": ("provisioner", "sessions", "warm_pool"),
     "provisioner.tenant_provisioned": ("sessions", "warm_pool"),
-    "provisioner.tenant_deprovisioned": (),
+    "provisioner.tenant_deprovisioned": ("sessions",),
     "sessions.session_started": ("billing", "warm_pool"),
     "sessions.session_completed": ("billing", "warm_pool"),
     "warm_pool.browser_crashed": ("sessions",),
