@@ -50,3 +50,16 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("TEST_ARTIFACTS", infra.ROOT / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def module_db(pg_server):
+    """A database for one test module (a platform shared by that module's tests only)."""
+    with infra.fresh_database(pg_server) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_mq(mq_server):
+    with infra.fresh_vhost(mq_server) as url:
+        yield url

@@ -34,8 +34,8 @@ def wait_for(check, *, timeout: float = 60, what: str = "condition"):
 
 
 @pytest.fixture(scope="module")
-def platform(database_url, rabbitmq_url, tmp_path_factory):
-    with running_platform(database_url, rabbitmq_url, tmp_path_factory.mktemp("ops")) as running:
+def platform(module_db, module_mq, tmp_path_factory):
+    with running_platform(module_db, module_mq, tmp_path_factory.mktemp("ops")) as running:
         yield running
 
 
@@ -134,7 +134,7 @@ def publish_to_dead_letters(rabbitmq_url: str, queue: str, body: dict) -> None:
     asyncio.run(publish())
 
 
-def test_operator_cli(platform, http, tenant_id, rabbitmq_url):
+def test_operator_cli(platform, http, tenant_id, module_mq):
     sessions = platform.urls["sessions"]
 
     listing = ok(platform, "tenants", "list")
@@ -179,7 +179,7 @@ def test_operator_cli(platform, http, tenant_id, rabbitmq_url):
     assert dead.splitlines()[0].split() == ["SERVICE", "QUEUE", "DEAD_LETTER_QUEUE", "MESSAGES"]
     assert {line.split()[0] for line in dead.splitlines()[2:]} == set(SERVICE_NAMES)
     assert row(dead, f"{queue}.dlq") == ["billing", queue, f"{queue}.dlq", "0"]
-    publish_to_dead_letters(rabbitmq_url, queue, {
+    publish_to_dead_letters(module_mq, queue, {
         "message_id": str(uuid.uuid4()), "type": "sessions.session_started", "version": 1,
         "occurred_at": session["started_at"], "session_id": session["id"], "tenant_id": tenant_id,
         "browser_id": str(uuid.uuid4()), "warm": True, "started_at": session["started_at"]})
@@ -248,7 +248,10 @@ def test_sessions_running_gauge_follows_the_database(platform, http, tenant_id):
     sessions = platform.urls["sessions"]
     key = http.post(f"{sessions}/v1/admin/tenants/{tenant_id}/api-keys", headers=platform.admin).json()["api_key"]
     auth = {"authorization": f"Bearer {key}"}
-    before = value(scrape(http, sessions), "sessions_running")
+    # The gauge is refreshed from the database every second: start from the database's count.
+    running = http.get(f"{sessions}/v1/admin/sessions", params={"status": "running"}, headers=platform.admin)
+    before = len(running.json()["data"])
+    wait_for(lambda: value(scrape(http, sessions), "sessions_running") == before, what="gauge settled")
     session = http.post(f"{sessions}/v1/sessions", json={"keep_alive": True}, headers=auth).json()
     wait_for(lambda: value(scrape(http, sessions), "sessions_running") == before + 1, what="gauge up")
     http.post(f"{sessions}/v1/sessions/{session['id']}/end", headers=auth)

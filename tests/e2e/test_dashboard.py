@@ -42,12 +42,12 @@ SHOWS_THE_PAGE = """img => {
 
 
 @pytest.fixture(scope="module")
-def platform(database_url, rabbitmq_url, tmp_path_factory):
+def platform(module_db, module_mq, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("dashboard")
     plans = json.loads(DEFAULT_PLANS_FILE.read_text())
     plans["professional"]["prewarm_browsers"] = 2  # two tenants on a 2-core box
     (workdir / "plans.json").write_text(json.dumps(plans))
-    with running_platform(database_url, rabbitmq_url, workdir, PLANS_FILE=str(workdir / "plans.json")) as running:
+    with running_platform(module_db, module_mq, workdir, PLANS_FILE=str(workdir / "plans.json")) as running:
         yield running
 
 

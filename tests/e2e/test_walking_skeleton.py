@@ -19,8 +19,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def platform(database_url, rabbitmq_url, tmp_path):
-    with running_platform(database_url, rabbitmq_url, tmp_path) as running:
+def platform(fresh_db, fresh_mq, tmp_path):
+    # A database and vhost of its own: other tests' tenants would otherwise get pools here too.
+    with running_platform(fresh_db, fresh_mq, tmp_path) as running:
         yield running
     # Stopping the platform (SIGTERM, like Ctrl-C) leaves no browser and no profile directory.
     assert chromium_pids(str(running.profile_root)) == []
