@@ -12,6 +12,7 @@ from playwright.async_api import Playwright
 
 from bench import chromium, procs
 from bench.stats import Progress, summary
+from shared.cdp import CdpCommands
 from tests import stripe_fakes
 
 
@@ -222,17 +223,7 @@ async def provisioning_latency(http, platform, plan: str, secret: str, rabbitmq_
 
 async def _evaluate_loop(ws_url: str, n: int) -> list[float]:
     async with websockets.connect(ws_url, max_size=None, compression=None) as ws:
-        async def call(method, params=None, session=None, _ids=iter(range(1, 10**9))):
-            msg_id = next(_ids)
-            payload = {"id": msg_id, "method": method, "params": params or {}}
-            if session:
-                payload["sessionId"] = session
-            await ws.send(json.dumps(payload))
-            while True:
-                reply = json.loads(await ws.recv())
-                if reply.get("id") == msg_id:
-                    return reply.get("result", {})
-
+        call = CdpCommands(ws).call
         target = (await call("Target.createTarget", {"url": "about:blank"}))["targetId"]
         session = (await call("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
         lat = []

@@ -18,31 +18,32 @@ def mq_server():
         yield url
 
 
-@pytest.fixture(scope="session")
-def database_url(pg_server):
-    """A database of this test run's own, dropped at the end."""
-    with infra.fresh_database(pg_server) as url:
-        yield url
+def _fresh_database(scope: str, doc: str):
+    @pytest.fixture(scope=scope)
+    def fixture(pg_server):
+        with infra.fresh_database(pg_server) as url:
+            yield url
+    fixture.__doc__ = doc
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def rabbitmq_url(mq_server):
-    """A RabbitMQ vhost of this test run's own, deleted at the end."""
-    with infra.fresh_vhost(mq_server) as url:
-        yield url
+def _fresh_vhost(scope: str, doc: str):
+    @pytest.fixture(scope=scope)
+    def fixture(mq_server):
+        with infra.fresh_vhost(mq_server) as url:
+            yield url
+    fixture.__doc__ = doc
+    return fixture
 
 
-@pytest.fixture
-def fresh_db(pg_server):
-    """A database for one test, for tests that need an empty schema."""
-    with infra.fresh_database(pg_server) as url:
-        yield url
-
-
-@pytest.fixture
-def fresh_mq(mq_server):
-    with infra.fresh_vhost(mq_server) as url:
-        yield url
+# A database and a RabbitMQ vhost of their own, removed afterwards, at three scopes:
+# the whole run, one test module (a platform shared by that module's tests), one test.
+database_url = _fresh_database("session", "A database of this test run's own.")
+rabbitmq_url = _fresh_vhost("session", "A RabbitMQ vhost of this test run's own.")
+module_db = _fresh_database("module", "A database for one test module.")
+module_mq = _fresh_vhost("module", "A RabbitMQ vhost for one test module.")
+fresh_db = _fresh_database("function", "A database for one test, for tests that need an empty schema.")
+fresh_mq = _fresh_vhost("function", "A RabbitMQ vhost for one test.")
 
 
 @pytest.fixture(scope="session")
@@ -50,16 +51,3 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("TEST_ARTIFACTS", infra.ROOT / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@pytest.fixture(scope="module")
-def module_db(pg_server):
-    """A database for one test module (a platform shared by that module's tests only)."""
-    with infra.fresh_database(pg_server) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def module_mq(mq_server):
-    with infra.fresh_vhost(mq_server) as url:
-        yield url

@@ -1,9 +1,9 @@
 """Talking CDP to a browser: connect for relaying, and take a screenshot of its first page."""
 import base64
-import itertools
-import json
 
 import websockets
+
+from shared.cdp import CdpCommands
 
 
 def connect(ws_url: str):
@@ -17,21 +17,8 @@ class NoPage(Exception):
 
 async def screenshot(ws_url: str) -> bytes:
     """PNG of the browser's first page target, via a flat-session attach on the browser endpoint."""
-    ids = itertools.count(1)
     async with connect(ws_url) as ws:
-        async def call(method: str, params: dict | None = None, session_id: str | None = None) -> dict:
-            msg_id = next(ids)
-            msg = {"id": msg_id, "method": method, "params": params or {}}
-            if session_id:
-                msg["sessionId"] = session_id
-            await ws.send(json.dumps(msg))
-            while True:
-                answer = json.loads(await ws.recv())
-                if answer.get("id") == msg_id:
-                    if "error" in answer:
-                        raise RuntimeError(answer["error"].get("message", "CDP error"))
-                    return answer.get("result", {})
-
+        call = CdpCommands(ws).call
         targets = (await call("Target.getTargets"))["targetInfos"]
         pages = [t for t in targets if t.get("type") == "page"]
         if not pages:
