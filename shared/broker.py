@@ -7,6 +7,9 @@
   alike a reject counts toward the quorum queue's delivery limit (a nack does not on 4.x), and
   on the last attempt the consumer rejects without requeue itself, so the message dead-letters
   whichever server version enforces the limit.
+- A handler that fails because a dependency is down (Postgres restarting, a socket refused) is
+  retried in place, holding the unacked message, for up to `outage_retry_s`: an outage is not
+  the message's fault and must not use up its delivery attempts and dead-letter good work.
 - Publishing always goes through the outbox relay (`shared.outbox`): persistent, confirmed,
   mandatory, with unroutable returns raised as errors.
 """
@@ -22,6 +25,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
+from shared.db import is_outage
 from shared.logs import log_context
 
 log = logging.getLogger(__name__)
@@ -77,8 +81,10 @@ def _delivery_count(message: RabbitMessage) -> int:
 class Consumers:
     """The explicit list of which handler takes which message, for one service."""
 
-    def __init__(self, broker: RabbitBroker, *, service: str, events: str, delivery_limit: int):
+    def __init__(self, broker: RabbitBroker, *, service: str, events: str, delivery_limit: int,
+                 outage_retry_s: float = 300.0):
         self.broker = broker
+        self.outage_retry_s = outage_retry_s
         self.service = service
         self.events = events
         self.delivery_limit = delivery_limit
@@ -107,7 +113,7 @@ class Consumers:
             token = log_context.set({"trace_id": trace_id, "message_id": str(event.message_id),
                                      "message_type": message_type, **_ids(event)})
             try:
-                await handler(event)
+                await self._handle_through_outages(handler, event, qname)
                 log.info("message handled", extra={"queue": qname, "attempt": _delivery_count(message) + 1,
                                                    "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
             except Exception:
@@ -134,6 +140,21 @@ class Consumers:
         # (FastStream's own decoding would fail before `consume` and leave it unacked forever).
         self.broker.subscriber(queue, events_exchange(self.events), ack_policy=AckPolicy.MANUAL,
                                no_reply=True, decoder=_raw_body)(consume)
+
+    async def _handle_through_outages(self, handler, event: BaseModel, qname: str) -> None:
+        deadline = time.monotonic() + self.outage_retry_s
+        pause = 0.2
+        while True:
+            try:
+                return await handler(event)
+            except Exception as exc:
+                if not is_outage(exc) or time.monotonic() + pause > deadline:
+                    raise
+                log.warning("dependency unavailable, retrying in place",
+                            extra={"queue": qname, "error": repr(exc)[:300], "retry_in_s": pause})
+                metrics.MESSAGES_HANDLED.labels(qname, "outage_retry").inc()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def declare_dead_letters(self) -> None:
         await declare_dead_letters(self.broker, events=self.events, queue_names=self.queue_names)

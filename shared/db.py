@@ -39,6 +39,14 @@ def _json_default(value):
     return str(value)
 
 
+def is_outage(exc: BaseException) -> bool:
+    """A dependency (Postgres, a socket) is down or restarting: retry later, this is not the input's fault."""
+    return isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                            asyncpg.exceptions.ConnectionDoesNotExistError,
+                            asyncpg.exceptions.OperatorInterventionError,
+                            asyncpg.exceptions.TooManyConnectionsError))
+
+
 async def _can_use_role(dsn: str, schema: str) -> bool:
     conn = await asyncpg.connect(dsn)
     try:

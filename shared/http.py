@@ -1,5 +1,6 @@
 """HTTP pieces every service shares: the JSON error shape, health, readiness and metrics."""
 import hmac
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,10 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
+from shared.db import is_outage
 from shared.logs import log_context
+
+log = logging.getLogger(__name__)
 
 
 class ErrorDetail(BaseModel):
@@ -68,28 +72,7 @@ def install(app: FastAPI, *, ready: Callable[[], Awaitable[dict[str, bool]]]) ->
     async def _http(_: Request, exc: StarletteHTTPException):
         return error_response(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
-        return error_response(503 if _is_unavailable(exc) else 500,
-                              "unavailable" if _is_unavailable(exc) else "internal_error",
-                              "a dependency is unavailable, retry later" if _is_unavailable(exc)
-                              else "internal error")
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        token = log_context.set({"request_id": request_id, "trace_id": request_id})
-        try:
-            response = await call_next(request)
-        finally:
-            log_context.reset(token)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.HTTP_REQUESTS.labels(request.method, path, response.status_code).inc()
-        metrics.HTTP_DURATION.labels(request.method, path).observe(time.perf_counter() - started)
-        response.headers["x-request-id"] = request_id
-        return response
+    app.add_middleware(_Observe)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():
@@ -107,10 +90,55 @@ def install(app: FastAPI, *, ready: Callable[[], Awaitable[dict[str, bool]]]) ->
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _is_unavailable(exc: Exception) -> bool:
-    import asyncpg
-    return isinstance(exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                            asyncpg.CannotConnectNowError, TimeoutError))
+class _Observe:
+    """Request ids, log context, metrics, and the last word on errors.
+
+    A pure ASGI middleware, outermost of the app's own: an exception no handler took becomes
+    the JSON error (503 when a dependency is down) here, so the client gets an answer on a
+    connection that stays usable (Starlette's ServerErrorMiddleware would answer and then
+    re-raise, and uvicorn closes the connection under the next keep-alive request)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        status = 500
+        response_started = False
+
+        async def send_observed(message):
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        token = log_context.set({"request_id": request_id, "trace_id": request_id})
+        try:
+            await self.app(scope, receive, send_observed)
+        except Exception as exc:
+            if response_started:
+                raise
+            log.exception("request failed", extra={"path": scope.get("path"), "outage": is_outage(exc)})
+            response = (error_response(503, "unavailable", "a dependency is unavailable, retry later")
+                        if is_outage(exc) else error_response(500, "internal_error", "internal error"))
+            await response(scope, receive, send_observed)
+        finally:
+            log_context.reset(token)
+            path = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(scope["method"], path, status).inc()
+            metrics.HTTP_DURATION.labels(scope["method"], path).observe(time.perf_counter() - started)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def bearer_token(request: Request) -> str | None:

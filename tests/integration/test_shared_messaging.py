@@ -92,6 +92,34 @@ async def test_poison_message_is_dead_lettered_after_the_delivery_limit_and_the_
         await broker.stop()
 
 
+async def test_a_database_outage_longer_than_the_delivery_limit_does_not_dead_letter(schema_pool, fresh_db, fresh_mq):
+    """Ten failures with Postgres 'down' against a delivery limit of 2: the message waits, then is handled."""
+    import asyncpg
+    attempts = []
+
+    async def handler(event):
+        attempts.append(event.namespace)
+        if len(attempts) <= 10:
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+
+    broker, consumers = await _consumer(fresh_mq, handler, limit=2)
+    consumers.outage_retry_s = 60
+    relay = OutboxRelay(schema_pool, broker, exchange=EXCHANGE, dsn=fresh_db)
+    await relay.start()
+    dead = DeadLetters(fresh_mq, consumers.queue_names)
+    try:
+        async with db.transaction(schema_pool) as conn:
+            await outbox.add(conn, TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="during-outage"))
+        await eventually(lambda: len(attempts) == 11, timeout=40, what="handled once the database is back")
+        await asyncio.sleep(0.5)
+        assert len(attempts) == 11
+        assert (await dead.depths())[consumers.queue_names[0]] == 0
+    finally:
+        await dead.close()
+        await relay.stop()
+        await broker.stop()
+
+
 async def _depth(dead: DeadLetters, queue: str) -> bool:
     return (await dead.depths())[queue] == 1
 
