@@ -10,9 +10,10 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--mute-audio", "--remote-debugging-port=0"]
+from services.warm_pool.adapters.local import FLAGS as POOL_FLAGS
+
+# The same flags as the platform's pool, so the baselines are as lean as the platform's browsers.
+FLAGS = POOL_FLAGS
 
 
 @dataclass

@@ -1,5 +1,4 @@
 """python -m services.billing — settings → migrations → broker + HTTP → run until signalled."""
-import asyncio
 from pathlib import Path
 
 from services.billing import http, subscribers
@@ -7,7 +6,7 @@ from services.billing.adapters.stripe import StripeGateway
 from services.billing.settings import BillingSettings
 from services.billing.workers import MeterReporter, StripeEventWorker
 from shared.plans import load_plans
-from shared.service import Runtime, serve
+from shared.service import Runtime, run, serve
 
 
 async def build(runtime: Runtime):
@@ -30,8 +29,8 @@ async def build(runtime: Runtime):
 
 def main() -> None:
     settings = BillingSettings()
-    asyncio.run(serve(name="billing", schema="billing", settings=settings,
-                      migrations_dir=Path(__file__).with_name("migrations"), build=build))
+    run(serve(name="billing", schema="billing", settings=settings,
+               migrations_dir=Path(__file__).with_name("migrations"), build=build))
 
 
 if __name__ == "__main__":

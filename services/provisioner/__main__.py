@@ -4,7 +4,6 @@ No arguments: settings → migrations → broker + HTTP → run until signalled.
 `render`: print, as multi-document YAML, the Kubernetes objects the backend would apply.
 """
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from uuid import UUID
@@ -14,7 +13,7 @@ from services.provisioner.adapters.local import LocalBackend
 from services.provisioner.domain import TenantSpec, namespace_for
 from services.provisioner.settings import ProvisionerSettings
 from shared.plans import UnknownPlan, get_plan
-from shared.service import Runtime, serve
+from shared.service import Runtime, run, serve
 
 
 def make_backend(settings: ProvisionerSettings):
@@ -53,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "render":
         sys.exit(render(argv[1:]))
     settings = ProvisionerSettings()
-    asyncio.run(serve(name="provisioner", schema="provisioner", settings=settings,
-                      migrations_dir=Path(__file__).with_name("migrations"), build=build))
+    run(serve(name="provisioner", schema="provisioner", settings=settings,
+               migrations_dir=Path(__file__).with_name("migrations"), build=build))
 
 
 if __name__ == "__main__":

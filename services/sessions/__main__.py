@@ -8,7 +8,7 @@ from services.sessions import handlers, http, subscribers
 from services.sessions.adapters.lease import LeaseClient
 from services.sessions.gateway import RedactTokens, Relays
 from services.sessions.settings import SessionsSettings
-from shared.service import Runtime, serve
+from shared.service import Runtime, run, serve
 
 
 async def build(runtime: Runtime):
@@ -42,8 +42,8 @@ async def build(runtime: Runtime):
 
 def main() -> None:
     settings = SessionsSettings()
-    asyncio.run(serve(name="sessions", schema="sessions", settings=settings,
-                      migrations_dir=Path(__file__).with_name("migrations"), build=build))
+    run(serve(name="sessions", schema="sessions", settings=settings,
+               migrations_dir=Path(__file__).with_name("migrations"), build=build))
 
 
 if __name__ == "__main__":

@@ -82,19 +82,15 @@ async def serve(ws: WebSocket, *, session_id: UUID, token: str | None, pool: asy
         await ws.close(code=1011)
         return
     ended = relays.add(session_id)
-    async with pool.acquire() as conn:
-        running = await repo.client_connected(conn, session_id=session_id)
-    if not running:  # ended between the check and the registration
-        relays.remove(session_id, ended)
-        await upstream.close()
-        await ws.close(code=1008)
-        return
     RELAYS_OPEN.inc()
-    tasks = []
+    tasks, counted = [], None
     try:
         await ws.accept()
         tasks = [asyncio.create_task(_client_to_browser(ws, upstream, session_id, relays)),
                  asyncio.create_task(_browser_to_client(ws, upstream, session_id, relays))]
+        # Counting the client in is a write; the relay does not wait for it. A session that ended
+        # between the check above and the registration is closed as soon as the write says so.
+        counted = asyncio.create_task(_count_in(pool, session_id, ended))
         done, _ = await asyncio.wait([*tasks, ended], return_when=asyncio.FIRST_COMPLETED)
         with contextlib.suppress(Exception):
             if ended in done:
@@ -110,8 +106,19 @@ async def serve(ws: WebSocket, *, session_id: UUID, token: str | None, pool: asy
         relays.remove(session_id, ended)
         with contextlib.suppress(Exception):
             await upstream.close()
-        async with pool.acquire() as conn:
-            await repo.client_disconnected(conn, session_id=session_id)
+        if counted is not None and await asyncio.gather(counted, return_exceptions=True) == [True]:
+            async with pool.acquire() as conn:
+                await repo.client_disconnected(conn, session_id=session_id)
+
+
+async def _count_in(pool: asyncpg.Pool, session_id: UUID, ended: asyncio.Future) -> bool:
+    async with pool.acquire() as conn:
+        if await repo.client_connected(conn, session_id=session_id):
+            return True
+        row = await repo.get_session(conn, session_id=session_id)
+    if not ended.done():
+        ended.set_result((row and row["end_reason"]) or "ended")
+    return False
 
 
 async def _client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: Relays) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from services.warm_pool import handlers, http, subscribers
 from services.warm_pool.settings import WarmPoolSettings
-from shared.service import Runtime, serve
+from shared.service import Runtime, run, serve
 
 
 def make_backend(settings: WarmPoolSettings):
@@ -49,8 +49,8 @@ async def build(runtime: Runtime):
 
 def main() -> None:
     settings = WarmPoolSettings()
-    asyncio.run(serve(name="warm_pool", schema="warm_pool", settings=settings,
-                      migrations_dir=Path(__file__).with_name("migrations"), build=build))
+    run(serve(name="warm_pool", schema="warm_pool", settings=settings,
+               migrations_dir=Path(__file__).with_name("migrations"), build=build))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ log = logging.getLogger(__name__)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--mute-audio", "--no-default-browser-check",
-         "--disable-breakpad", "--disable-extensions", "--remote-debugging-port=0"]
+         "--disable-breakpad", "--disable-extensions", "--disable-default-apps",
+         "--disable-component-extensions-with-background-pages", "--disable-field-trial-config",
+         # Headless Chromium 15x still preloads the omnibox popup's WebUI in a renderer of its own:
+         # ~0.8 of the ~1.2 CPU-seconds a launch costs, for a UI nobody sees (measured: launch →
+         # +2 s, 1.2 → 0.4 CPU-s). Unknown feature names are ignored by older versions.
+         "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup,"
+         "OmniboxAimPopup,AiModeOmniboxEntryPoint,OmniboxFullPopup",
+         "--remote-debugging-port=0"]
 
 
 # Browsers start and wait in the pool under SCHED_IDLE: they only get CPU nobody else wants, so
