@@ -56,6 +56,9 @@ async def measure(args, platform, vhost: str, page_url: str) -> dict:
         cold_tenant = await scenarios.new_tenant(http, platform, "bench_cold", WEBHOOK_SECRET, idle=0)
         results["create_on_demand"] = await scenarios.create_latency(http, cold_tenant, 20 // n, settle=0.2)
         results["relay"] = await scenarios.relay_overhead(http, tenant, 1000 // n)
+        await scenarios.wait_idle(platform, 10)
+        results["relay_share"] = await scenarios.relay_share(http, pw, tenant, page_url, platform.database_url,
+                                                             60 // n * 2)
         capacity = await scenarios.launch_capacity()
         results["launch_capacity_per_s"] = capacity
         for load in (0.5, 0.8, 1.0):

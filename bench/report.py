@@ -67,6 +67,16 @@ def write(results: dict, out: Path, png: Path, *, command: str, machine: str) ->
               f"| through the gateway | {r['relayed']['n']} | {r['relayed']['p50']:.3f} | {r['relayed']['p99']:.3f} |",
               "", f"Added per round trip (p50): {added:.3f} ms; ratio {r['relayed']['p50'] / r['direct']['p50']:.2f}×.",
               ""]
+    if "relay_share" in results:
+        rs = results["relay_share"]
+        share = (rs["relayed"]["p50"] - rs["direct"]["p50"]) / rs["relayed"]["p50"]
+        lines += ["Share of a page-load lifecycle (connect_over_cdp → goto → title → close on a leased browser, "
+                  "alternately through the gateway and straight to the browser):", "",
+                  "| path | n | p50 ms | p90 ms |", "|---|---|---|---|",
+                  f"| through the gateway | {rs['relayed']['n']} | {rs['relayed']['p50']:.1f} | {rs['relayed']['p90']:.1f} |",
+                  f"| direct to the browser | {rs['direct']['n']} | {rs['direct']['p50']:.1f} | {rs['direct']['p90']:.1f} |",
+                  "", f"The relay's share of the relayed p50: {share * 100:.1f} % (the handshake's token check and "
+                  "upstream connect included).", ""]
     m = results["memory"]
     idle = sorted(m["idle_pss_mib"])
     idle_med = idle[len(idle) // 2] if idle else float("nan")

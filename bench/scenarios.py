@@ -248,6 +248,29 @@ async def relay_overhead(http, tenant: Tenant, n: int):
     return {"direct": summary(direct), "relayed": summary(relayed)}
 
 
+async def relay_share(http, pw, tenant: Tenant, page_url: str, database_url: str, iterations: int):
+    """The relay's share of a page-load lifecycle: the same connect → goto → title on leased
+    browsers, alternately through the gateway and straight to the browser's own DevTools URL."""
+    import asyncpg
+    conn = await asyncpg.connect(database_url)
+    by_path: dict[str, list[float]] = {"relayed": [], "direct": []}
+    progress = Progress("relay share of a page load", iterations)
+    try:
+        for i in range(iterations):
+            session, _ = await create(http, tenant)
+            path = "direct" if i % 2 else "relayed"
+            url = session["cdp_url"] if path == "relayed" else await conn.fetchval(
+                "SELECT browser_ws_url FROM sessions.sessions WHERE id = $1::text::uuid", session["id"])
+            t = time.perf_counter()
+            await drive(pw, url, page_url)
+            by_path[path].append(time.perf_counter() - t)
+            await end(http, tenant, session["id"])
+            progress.step()
+    finally:
+        await conn.close()
+    return {k: summary(v) for k, v in by_path.items()}
+
+
 async def memory_and_cost(http, pw, tenant: Tenant, page_url: str, active_seconds: float):
     marker = str(tenant.platform.profile_root)
     groups = procs.browser_groups(marker)

@@ -11,7 +11,7 @@ ADMIN_TOKEN = "e2e-admin-token"
 
 class Platform:
     def __init__(self, database_url: str, rabbitmq_url: str, workdir: Path, **extra_env):
-        self.workdir = workdir
+        self.workdir, self.database_url = workdir, database_url
         self.profile_root = workdir / "browsers"
         self.profile_root.mkdir(parents=True, exist_ok=True)
         self.logs = workdir / "logs"

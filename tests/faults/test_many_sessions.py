@@ -1,4 +1,4 @@
-"""Scenario 6: many sessions (FAULTS_SESSIONS, default 150; the issue asks for 1,000) while
+"""Scenario 6: many sessions (FAULTS_SESSIONS, default 1,000) while
 browsers are SIGKILLed at random and every service is kill -9'd and restarted mid-run. Afterwards:
 0 zombie processes, 0 leftover profile directories, and billing's balance equals the sessions
 service's remaining credits for every tenant."""
@@ -18,7 +18,7 @@ from tests.helpers import eventually
 
 pytestmark = pytest.mark.faults
 
-SESSIONS = int(os.environ.get("FAULTS_SESSIONS", "150"))
+SESSIONS = int(os.environ.get("FAULTS_SESSIONS", "1000"))
 TENANTS, WORKERS = 3, 10
 SERVICE_KILLS = ("warm_pool", "sessions", "billing", "provisioner", "sessions", "warm_pool")
 
