@@ -96,5 +96,37 @@ def write(results: dict, out: Path, png: Path, *, command: str, machine: str) ->
               f"At AWS Fargate us-east-1 list prices (${VCPU_HOUR}/vCPU-hour, ${GB_HOUR}/GB-hour): "
               f"${cost:.6f} per session, beside the ${ESTIMATE} estimate ({cost / ESTIMATE:.2f}×).", "",
               "![latency percentiles against concurrency](bench/latency.png)", ""]
+    lines += targets(results)
+    analysis = Path(__file__).with_name("ANALYSIS.md")
+    if analysis.exists():  # hand-written: what limits each miss, from profiling
+        lines += ["", analysis.read_text().strip(), ""]
     out.write_text("\n".join(lines))
     plot(results, png)
+
+
+def targets(results: dict) -> list[str]:
+    """The issue's targets for this 2-core host, each against this run's numbers."""
+    def status(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+    rows = []
+    one, ten = (results[f"lifecycle_c{c}"]["p50"] / results[f"floor_c{c}"]["p50"] for c in (1, 10))
+    cold10 = results["cold_c10"]["p50"] / results["lifecycle_c10"]["p50"]
+    rows.append(("lifecycle p50 ≤ 1.25× floor, 1 client", f"{one:.2f}×", status(one <= 1.25)))
+    rows.append(("lifecycle p50 ≤ 1.5× floor and ≥ 3× faster than cold, 10 clients",
+                 f"{ten:.2f}× floor; cold {cold10:.2f}× slower", status(ten <= 1.5 and cold10 >= 3)))
+    w = results["create_warm"]["warm"]
+    rows.append(("create p50 ≤ 8 ms, p99 ≤ 25 ms on a warm hit", f"p50 {w['p50']:.1f} ms, p99 {w['p99']:.1f} ms",
+                 status(w["p50"] <= 8 and w["p99"] <= 25)))
+    hits = results["warm_hits_80"]
+    rows.append(("≥ 95 % warm hits at 80 % load", f"{hits * 100:.1f} %", status(hits >= 0.95)))
+    prov = results["provisioning"]["p99"]
+    rows.append(("provisioning p99 ≤ 250 ms", f"{prov:.1f} ms", status(prov <= 250)))
+    r = results["relay"]
+    added = r["relayed"]["p50"] - r["direct"]["p50"]
+    rows.append(("relay adds ≤ 0.1 ms p50 per round trip", f"{added:.3f} ms", status(added <= 0.1)))
+    if "relay_share" in results:
+        rs = results["relay_share"]
+        share = (rs["relayed"]["p50"] - rs["direct"]["p50"]) / rs["relayed"]["p50"]
+        rows.append(("relay ≤ 5 % of a page-load lifecycle", f"{share * 100:.1f} %", status(share <= 0.05)))
+    return ["## Against the targets", "", "| target | measured (this run) | status |", "|---|---|---|",
+            *(f"| {a} | {b} | {c} |" for a, b, c in rows)]

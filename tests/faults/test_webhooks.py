@@ -82,6 +82,10 @@ async def test_reordered_webhooks(fault_platform, report):
         assert (await customer.webhook(deleted)).status_code == 200
         assert (await customer.webhook(updated)).status_code == 200
         await eventually(lambda: _status_is(customer, "canceled"), timeout=30, what="account canceled")
+        # Billing knows first; sessions learns of the cancel from subscription_changed a moment later.
+        async with Db(platform.database_url) as db:
+            await eventually(lambda: _sessions_sees(db, customer.tenant_id, "canceled"), timeout=30,
+                             what="sessions knows of the cancel")
 
         refused = await customer.create()
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "subscription_inactive"
@@ -134,6 +138,11 @@ async def test_replayed_forged_and_stale_webhooks(fault_platform, report):
 async def _account_period_is(customer: Customer, start) -> bool:
     account = await customer.account()
     return account["period_start"] is not None and account["period_start"].startswith(start.isoformat()[:19])
+
+
+async def _sessions_sees(db: Db, tenant_id: str, status: str) -> bool:
+    return await db.count("SELECT count(*) FROM sessions.tenants WHERE tenant_id = $1::text::uuid AND status = $2",
+                          tenant_id, status) == 1
 
 
 async def _status_is(customer: Customer, status: str) -> bool:
