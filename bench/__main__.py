@@ -68,6 +68,7 @@ async def measure(args, platform, vhost: str, page_url: str) -> dict:
         results["provisioning"] = await scenarios.provisioning_latency(
             http, platform, "bench_cold", WEBHOOK_SECRET, vhost, 50 // n)
         results["memory"] = await scenarios.memory_and_cost(http, pw, tenant, page_url, 60 / n)
+        results["creates_retried_after_503"] = scenarios.RETRIED_503[0]
     return results
 
 

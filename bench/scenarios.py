@@ -61,9 +61,19 @@ async def wait_idle(platform, idle: int, timeout: float = 120) -> None:
     raise TimeoutError(f"pool never reached {idle} browsers")
 
 
+RETRIED_503: list[int] = [0]
+
+
 async def create(http, tenant: Tenant) -> tuple[dict, float]:
+    """One create as a client would do it: a 503 (no browser right now) is retried after a
+    short pause, and its time counts in the latency."""
     t = time.perf_counter()
-    r = await http.post(f"{tenant.sessions}/v1/sessions", json={}, headers=tenant.auth)
+    for attempt in range(20):
+        r = await http.post(f"{tenant.sessions}/v1/sessions", json={}, headers=tenant.auth)
+        if r.status_code != 503 or attempt == 19:
+            break
+        RETRIED_503[0] += 1
+        await asyncio.sleep(0.2)
     elapsed = time.perf_counter() - t
     r.raise_for_status()
     return r.json(), elapsed

@@ -374,7 +374,8 @@ def rabbitmqctl(*args: str) -> None:
 
 
 def pg_ctl(action: str) -> None:
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", action],
+    version = sorted(os.listdir("/etc/postgresql"))[-1]  # the installed cluster's version, e.g. 15
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
                    check=True, capture_output=True, timeout=120)
 
 
