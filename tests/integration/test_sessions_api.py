@@ -137,10 +137,11 @@ async def test_tenant_isolation(platform):
     _, auth_b = await platform.tenant()
     platform.lease.mode = "fake"
     try:
-        b_session = (await platform.http.post("/v1/sessions", headers=auth_b)).json()
+        created = await platform.http.post("/v1/sessions", headers=auth_b)
     finally:
         platform.lease.mode = "chromium"
-    sid = b_session["id"]
+    assert created.status_code == 201, created.text
+    sid = created.json()["id"]
     assert (await platform.http.get(f"/v1/sessions/{sid}", headers=auth_a)).status_code == 404
     assert (await platform.http.post(f"/v1/sessions/{sid}/end", headers=auth_a)).status_code == 404
     assert (await platform.http.get(f"/v1/sessions/{sid}/screenshot", headers=auth_a)).status_code == 404

@@ -150,8 +150,9 @@ class Platform:
             await publish(self.mq_url, TenantProvisioned(tenant_id=tenant_id, namespace="ns", plan=plan,
                                                          limits=limits))
         key = await self.api_key(tenant_id)
-        if provisioned:
-            await self.wait_for(lambda: self.usage_ok({"Authorization": f"Bearer {key}"}))
+        # The two events travel on separate queues: wait for both, or a create can still meet
+        # an unprovisioned tenant (403).
+        await self.wait_for(lambda: self.tenant_ready(tenant_id, provisioned=provisioned))
         return tenant_id, {"Authorization": f"Bearer {key}"}
 
     async def api_key(self, tenant_id: UUID) -> str:
@@ -160,9 +161,10 @@ class Platform:
             return r.json()["api_key"] if r.status_code == 201 else None
         return await self.wait_for(created)
 
-    async def usage_ok(self, headers: dict) -> bool:
-        r = await self.http.get("/v1/usage", headers=headers)
-        return r.status_code == 200 and r.json()["credits_granted"] > 0
+    async def tenant_ready(self, tenant_id: UUID, *, provisioned: bool) -> bool:
+        r = await self.http.get(f"/v1/admin/tenants/{tenant_id}", headers=ADMIN)
+        return (r.status_code == 200 and r.json()["credits_granted"] > 0
+                and r.json()["provisioned"] == provisioned)
 
     async def change_subscription(self, tenant_id: UUID, status: str) -> None:
         await publish(self.mq_url, SubscriptionChanged(tenant_id=tenant_id, plan="professional", status=status))
