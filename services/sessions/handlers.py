@@ -163,7 +163,9 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
                          lease_timeout_s: float) -> dict:
     session_id, token = uuid4(), domain.new_session_token()
     replay = None
-    async with transaction(pool) as conn:
+    # Not flushed on its own: the client hears of this debit only after the running-state (or
+    # refund) commit below, whose flush covers it. Saves one WAL flush per create.
+    async with transaction(pool, flush=False) as conn:
         tenant = await repo.get_tenant(conn, tenant_id=tenant_id, for_update=True)
         if idempotency_key:
             key_hash = domain.digest(idempotency_key)

@@ -34,6 +34,7 @@ from shared.plans import UnknownPlan, get_plan
 log = logging.getLogger(__name__)
 CONSUMER = "warm_pool"
 RATE_WINDOW_S = 60.0
+REFILL_DELAY_S = 0.02
 
 
 class Launched(Protocol):
@@ -106,6 +107,8 @@ class PoolPorts:
 
     async def _refill_loop(self, tenant_id: UUID) -> None:
         try:
+            # Lets the lease reply go out first, and gathers a burst of leases into one pass.
+            await asyncio.sleep(REFILL_DELAY_S)
             while True:
                 self.refill_again.discard(tenant_id)
                 await refill(tenant_id, ports=self)

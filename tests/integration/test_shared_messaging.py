@@ -12,6 +12,7 @@ from shared.broker import Consumers, events_exchange, make_broker
 from shared.dlq import DeadLetters
 from shared.messages import TenantDeprovisioned
 from shared.outbox import OutboxRelay
+from shared.rpc import RpcClient, RpcTimeout, RpcUnroutable
 from tests.helpers import eventually
 
 EXCHANGE = "test.events"
@@ -178,3 +179,37 @@ async def test_quorum_queue_counts_reject_with_requeue_toward_the_limit(fresh_mq
     await connection.close()
     assert counts == [0, 1, 2]
     assert dead is not None and dead.body == b"x"
+
+
+async def _echo_server(url: str, queue_name: str, *, answer: bool = True):
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    queue = await channel.declare_queue(queue_name, durable=True)
+
+    async def on_request(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            if answer:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(b"echo:" + message.body, correlation_id=message.correlation_id),
+                    routing_key=message.reply_to)
+    await queue.consume(on_request)
+    return connection
+
+
+async def test_rpc_calls_get_their_own_replies_and_fail_clearly_without_a_server(fresh_mq):
+    client = RpcClient(fresh_mq)
+    await client.connect()
+    server = await _echo_server(fresh_mq, "test.echo")
+    silent = await _echo_server(fresh_mq, "test.silent", answer=False)
+    try:
+        replies = await asyncio.gather(*(client.call("test.echo", str(i).encode(), timeout=5) for i in range(50)))
+        assert replies == [f"echo:{i}".encode() for i in range(50)]
+        with pytest.raises(RpcUnroutable):  # nobody declared the queue: told so, not left waiting
+            await client.call("test.nobody", b"x", timeout=30)
+        with pytest.raises(RpcTimeout):
+            await client.call("test.silent", b"x", timeout=0.5)
+        assert await client.call("test.echo", b"after", timeout=5) == b"echo:after"
+    finally:
+        await client.close()
+        await server.close()
+        await silent.close()
