@@ -20,11 +20,6 @@ class RpcUnroutable(Exception):
     """No queue took the request (the server side has never declared it)."""
 
 
-def _observe(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
 class RpcClient:
     REPLY_TO = "amq.rabbitmq.reply-to"
 
@@ -71,22 +66,15 @@ class RpcClient:
         correlation_id = uuid.uuid4().hex
         future = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
-        # The confirm is awaited beside the reply, not before it: a reply proves delivery, and
-        # only a request nobody can take (no server queue) fails on the confirm.
-        confirmed = asyncio.ensure_future(self._channel.default_exchange.publish(
-            aio_pika.Message(body, correlation_id=correlation_id, reply_to=self.REPLY_TO,
-                             content_type="application/json", expiration=timeout),
-            routing_key=queue, mandatory=True))
-        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            done, _ = await asyncio.wait((confirmed, future), timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if future in done:
-                return future.result()
-            if confirmed in done:
-                confirmed.result()
-                return await asyncio.wait_for(future, deadline - asyncio.get_running_loop().time())
-            raise asyncio.TimeoutError
+            await self._channel.default_exchange.publish(
+                aio_pika.Message(body, correlation_id=correlation_id, reply_to=self.REPLY_TO,
+                                 content_type="application/json",
+                                 expiration=timeout),
+                routing_key=queue,
+                mandatory=True,
+            )
+            return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise RpcTimeout(queue) from None
         except aio_pika.exceptions.DeliveryError:
@@ -97,8 +85,6 @@ class RpcClient:
             raise
         finally:
             self._pending.pop(correlation_id, None)
-            if not confirmed.done():  # answered first: the confirm's outcome no longer matters
-                confirmed.add_done_callback(_observe)
 
     async def close(self) -> None:
         self._fail_pending("closing")
