@@ -35,7 +35,7 @@ def launch(binary: str = "/usr/bin/chromium", timeout: float = 20) -> Browser:
     profile = tempfile.mkdtemp(prefix="bf-bench-")
     proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "HOME": profile, "XDG_CONFIG_HOME": profile})
+                            env={**os.environ, "HOME": profile, "XDG_CONFIG_HOME": profile, "TMPDIR": profile})
     deadline = time.monotonic() + timeout
     port_file = os.path.join(profile, "DevToolsActivePort")
     while time.monotonic() < deadline:

@@ -38,7 +38,8 @@ def one_launch(flags: list[str], binary: str = "/usr/bin/chromium") -> tuple[flo
     profile = tempfile.mkdtemp(prefix="bf-launch-")
     started = time.perf_counter()
     proc = subprocess.Popen([binary, *flags, f"--user-data-dir={profile}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "TMPDIR": profile})
     try:
         while True:
             try:

@@ -38,7 +38,8 @@ class Chromium:
         profile = tempfile.mkdtemp(prefix="bf-sessions-test-")
         proc = await asyncio.create_subprocess_exec(
             "/usr/bin/chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "TMPDIR": profile})  # its temp files go when the profile does
         port_file = Path(profile) / "DevToolsActivePort"
         for _ in range(300):
             if port_file.exists() and len(port_file.read_text().splitlines()) >= 2:

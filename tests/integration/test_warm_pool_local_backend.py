@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -33,10 +34,15 @@ async def test_launch_gives_a_ready_browser_in_its_own_group_and_kill_removes_ev
     assert version["webSocketDebuggerUrl"] == launched.cdp_ws_url
     assert os.getpgid(launched.pid) == launched.pid != os.getpgrp()
     assert pgrep(launched.profile_dir)
+    # Chromium's singleton socket lives in a directory of its own in /tmp, which a SIGKILLed
+    # browser never removes: kill removes it too.
+    singleton = os.readlink(Path(launched.profile_dir) / "profile" / "SingletonSocket")
+    assert os.path.exists(singleton)
 
     await backend.kill(browser_id)
     assert not pgrep(launched.profile_dir)
     assert not os.path.exists(launched.profile_dir)
+    assert not os.path.exists(os.path.dirname(singleton))
     assert backend.owned() == []
 
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,23 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _singleton_dir(browser_dir: Path) -> list[str]:
+    """The directory Chromium made in the system temp dir for its singleton socket. Chromium
+    removes it on a clean exit only, so after a SIGKILL it goes with the browser's directory.
+    (TMPDIR inside the browser's directory would make the socket path too long to bind.)"""
+    try:
+        target = Path(os.readlink(browser_dir / "profile" / "SingletonSocket")).parent
+    except OSError:
+        return []
+    # The link is the browser's to write: follow it only to where Chromium puts that directory.
+    if target.parent == Path(tempfile.gettempdir()) and target.name.startswith("org.chromium.Chromium."):
+        return [str(target)]
+    return []
+
+
 def _remove_dir(path: Path) -> None:
+    for extra in _singleton_dir(path):
+        shutil.rmtree(extra, ignore_errors=True)
     for _ in range(3):  # a dying child may still drop a file in while the tree is removed
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
@@ -76,8 +93,9 @@ def _remove_dir(path: Path) -> None:
 async def _remove_dir_async(path: Path) -> None:
     """`rm -rf` in a child process: a Python rmtree in a thread holds the GIL for much of a
     profile's ~200 files and stalls the event loop that answers leases."""
+    also = _singleton_dir(path)
     for _ in range(3):  # a dying child may still drop a file in while the tree is removed
-        proc = await asyncio.create_subprocess_exec("rm", "-rf", "--", str(path),
+        proc = await asyncio.create_subprocess_exec("rm", "-rf", "--", str(path), *also,
                                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await proc.wait()
         if not path.exists():
