@@ -19,7 +19,7 @@ ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m"]
 
 FROM base AS warm_pool
 USER root
-RUN apt-get update && apt-get install -y --no-install-recommends chromium fonts-liberation \
+RUN apt-get update && apt-get install -y --no-install-recommends chromium-headless-shell fonts-liberation \
  && rm -rf /var/lib/apt/lists/*
 USER 10001:10001
 CMD ["services.warm_pool"]

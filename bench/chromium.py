@@ -11,8 +11,9 @@ import urllib.request
 from dataclasses import dataclass
 
 from services.warm_pool.adapters.local import FLAGS as POOL_FLAGS
+from services.warm_pool.settings import default_chromium
 
-# The same flags as the platform's pool, so the baselines are as lean as the platform's browsers.
+# The same binary and flags as the platform's pool, so the baselines are as lean as its browsers.
 FLAGS = POOL_FLAGS
 
 
@@ -31,7 +32,7 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def launch(binary: str = "/usr/bin/chromium", timeout: float = 20) -> Browser:
+def launch(binary: str = default_chromium(), timeout: float = 20) -> Browser:
     profile = tempfile.mkdtemp(prefix="bf-bench-")
     proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -1,4 +1,5 @@
-"""CPU-seconds one Chromium launch costs, with the pool's flags and with plain headless flags.
+"""CPU-seconds one Chromium launch costs: the full browser with plain headless flags and with the
+pool's flags, and the headless shell (the pool's default binary) with the pool's flags.
 
 `python -m bench.launch_cost` — launches one at a time on an otherwise idle host, waits until
 DevTools answers and then 2 s more, and sums the CPU time of the browser's process group."""
@@ -58,9 +59,15 @@ def one_launch(flags: list[str], binary: str = "/usr/bin/chromium") -> tuple[flo
 
 
 def main(samples: int = 6) -> None:
-    for name, flags in (("plain headless flags", PLAIN), ("the pool's flags", POOL_FLAGS)):
-        runs = [one_launch(flags) for _ in range(samples)]
-        print(f"{name:22} ready p50 {statistics.median(r[0] for r in runs) * 1000:5.0f} ms, "
+    shell = "/usr/bin/chromium-headless-shell"
+    for name, binary, flags in (("chromium, plain headless flags", "/usr/bin/chromium", PLAIN),
+                                ("chromium, the pool's flags", "/usr/bin/chromium", POOL_FLAGS),
+                                ("headless shell, the pool's flags", shell, POOL_FLAGS)):
+        if not os.access(binary, os.X_OK):
+            print(f"{name:34} not installed")
+            continue
+        runs = [one_launch(flags, binary) for _ in range(samples)]
+        print(f"{name:34} ready p50 {statistics.median(r[0] for r in runs) * 1000:5.0f} ms, "
               f"CPU per launch p50 {statistics.median(r[1] for r in runs):.2f} s (n={samples})")
 
 

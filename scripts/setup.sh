@@ -12,9 +12,10 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
 }
 
-if ! command -v chromium >/dev/null 2>&1; then
-  log "installing chromium"; apt_install chromium
-fi
+# The pool runs the headless shell; the full browser stays for tools that want a window's build.
+for pkg in chromium chromium-headless-shell; do
+  command -v "$pkg" >/dev/null 2>&1 || { log "installing $pkg"; apt_install "$pkg"; }
+done
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 1; done; return 1; }

@@ -20,6 +20,7 @@ import pytest_asyncio
 
 from shared.messages import (LEASE_QUEUE, Event, LeaseReply, LeaseRequest, PaymentVerified, SubscriptionChanged,
                              TenantProvisioned)
+from services.warm_pool.settings import default_chromium
 from shared.plans import Limits
 from tests import infra
 
@@ -37,7 +38,7 @@ class Chromium:
     async def launch(cls) -> "Chromium":
         profile = tempfile.mkdtemp(prefix="bf-sessions-test-")
         proc = await asyncio.create_subprocess_exec(
-            "/usr/bin/chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank",
+            default_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "TMPDIR": profile})  # its temp files go when the profile does
         port_file = Path(profile) / "DevToolsActivePort"

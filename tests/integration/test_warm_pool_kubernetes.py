@@ -19,7 +19,7 @@ from services.provisioner.settings import ProvisionerSettings
 from services.warm_pool import handlers
 from services.warm_pool.adapters.kubernetes import KubernetesPods
 from services.warm_pool.adapters.local import LocalChromium
-from services.warm_pool.settings import WarmPoolSettings
+from services.warm_pool.settings import WarmPoolSettings, default_chromium
 from shared import db
 from shared.messages import (LEASE_QUEUE, BrowserCrashed, LeaseReply, LeaseRequest, SessionCompleted, SessionStarted,
                              SubscriptionChanged, TenantProvisioned)
@@ -294,7 +294,7 @@ async def test_the_service_on_kubernetes_leases_a_real_browser_pod_over_rpc_and_
         fake, fresh_db, fresh_mq, tmp_path, artifacts_dir):
     """WARM_POOL_BACKEND=kubernetes wiring, end to end: the pod is a real Chromium on this host
     (pod IP 127.0.0.1, its devtools port Chromium's), so the DevTools hop is real too."""
-    chromium = LocalChromium(chromium_path="/usr/bin/chromium", profile_root=tmp_path / "pods")
+    chromium = LocalChromium(chromium_path=default_chromium(), profile_root=tmp_path / "pods")
     browser = await chromium.launch(uuid.uuid4())
     service = infra.ServiceProcess("warm_pool", {
         "DATABASE_URL": fresh_db, "RABBITMQ_URL": fresh_mq, "HTTP_PORT": str(infra.free_port()),

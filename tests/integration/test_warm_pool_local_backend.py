@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from services.warm_pool.adapters.local import LocalChromium
+from services.warm_pool.settings import default_chromium
 
 
 def pgrep(pattern: str) -> list[int]:
@@ -20,7 +21,7 @@ def pgrep(pattern: str) -> list[int]:
 
 @pytest.fixture
 async def backend(tmp_path):
-    chromium = LocalChromium(chromium_path="/usr/bin/chromium", profile_root=tmp_path / "profiles")
+    chromium = LocalChromium(chromium_path=default_chromium(), profile_root=tmp_path / "profiles")
     yield chromium
     await chromium.close()
     for pid in pgrep(str(tmp_path)):
@@ -34,16 +35,25 @@ async def test_launch_gives_a_ready_browser_in_its_own_group_and_kill_removes_ev
     assert version["webSocketDebuggerUrl"] == launched.cdp_ws_url
     assert os.getpgid(launched.pid) == launched.pid != os.getpgrp()
     assert pgrep(launched.profile_dir)
-    # Chromium's singleton socket lives in a directory of its own in /tmp, which a SIGKILLed
-    # browser never removes: kill removes it too.
-    singleton = os.readlink(Path(launched.profile_dir) / "profile" / "SingletonSocket")
-    assert os.path.exists(singleton)
 
     await backend.kill(browser_id)
     assert not pgrep(launched.profile_dir)
     assert not os.path.exists(launched.profile_dir)
-    assert not os.path.exists(os.path.dirname(singleton))
     assert backend.owned() == []
+
+
+async def test_the_full_browser_leaves_nothing_in_tmp_either(tmp_path):
+    """CHROMIUM_PATH may name the full browser, which (unlike the headless shell) keeps its
+    singleton socket in a directory of its own in /tmp and removes it only on a clean exit."""
+    backend = LocalChromium(chromium_path="/usr/bin/chromium", profile_root=tmp_path / "profiles")
+    try:
+        launched = await backend.launch(uuid.uuid4())
+        singleton = os.readlink(Path(launched.profile_dir) / "profile" / "SingletonSocket")
+        assert os.path.exists(singleton)
+        await backend.kill(backend.owned()[0])
+        assert not os.path.exists(os.path.dirname(singleton)) and not os.path.exists(launched.profile_dir)
+    finally:
+        await backend.close()
 
 
 async def test_a_browser_that_dies_is_reported_as_exited(backend):
@@ -99,7 +109,7 @@ async def test_browsers_can_be_exposed_beyond_loopback_for_sessions_in_another_c
 
     import websockets
 
-    chromium = LocalChromium(chromium_path="/usr/bin/chromium", profile_root=tmp_path / "profiles",
+    chromium = LocalChromium(chromium_path=default_chromium(), profile_root=tmp_path / "profiles",
                              advertise_host="127.0.0.2")  # any address of this host but the one Chromium binds
     browser_id = uuid.uuid4()
     try:
