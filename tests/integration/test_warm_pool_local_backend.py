@@ -3,6 +3,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -126,3 +127,23 @@ async def test_browsers_can_be_exposed_beyond_loopback_for_sessions_in_another_c
             await asyncio.open_connection("127.0.0.2", port)
     finally:
         await chromium.close()
+
+
+def _autogroup_nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="kernel without autogroup scheduling")
+async def test_a_warming_browser_yields_the_cpu_until_it_is_leased(backend):
+    """Each browser has a session, so Linux schedules it as a CPU group of its own: a pool
+    browser's group runs at nice 19 while it warms and sits idle, and at 0 once leased."""
+    launched = await backend.launch(uuid.uuid4())
+    assert _autogroup_nice(launched.pid) == 19
+    backend.prioritize(pid=launched.pid, host=socket.gethostname())
+    for _ in range(100):
+        if _autogroup_nice(launched.pid) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert _autogroup_nice(launched.pid) == 0
+    urgent = await backend.launch(uuid.uuid4(), urgent=True)  # a session waits for this one
+    assert _autogroup_nice(urgent.pid) == 0

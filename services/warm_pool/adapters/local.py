@@ -106,8 +106,17 @@ async def _remove_dir_async(path: Path) -> None:
 PROMOTE_AFTER_S = 3.0
 
 
+def _set_autogroup_nice(pid: int, nice: int) -> None:
+    """Each browser runs in a session of its own, which Linux's autogroup scheduling turns into
+    a CPU group of its own, weighed against other groups by this nice value alone: without it,
+    SCHED_IDLE inside a launching browser's group holds nothing back from the sessions in use."""
+    with contextlib.suppress(OSError):  # no autogroup support, or not permitted: stays as it is
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+
+
 def _normal_priority(pgid: int) -> None:
     """SCHED_OTHER for every thread of every process in the group (the policy is per thread)."""
+    _set_autogroup_nice(pgid, 0)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -168,6 +177,8 @@ class LocalChromium:
             await self.kill(browser_id)
             raise
         self._procs[browser_id] = proc
+        if not urgent:
+            _set_autogroup_nice(proc.pid, 19)
         if self._closed:  # shut down while it was starting
             await self.kill(browser_id)
             raise LaunchFailed("backend closed")
