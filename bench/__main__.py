@@ -53,8 +53,8 @@ async def measure(args, platform, vhost: str, page_url: str) -> dict:
             results[f"cold_c{c}"] = await scenarios.cold(pw, page_url, c, max(iters // 4, 10))
             await scenarios.wait_idle(platform, 10)
         results["create_warm"] = await scenarios.create_latency(http, tenant, 150 // n, settle=0.3)
-        cold_tenant = await scenarios.new_tenant(http, platform, "bench_cold", WEBHOOK_SECRET, idle=0)
-        results["create_on_demand"] = await scenarios.create_latency(http, cold_tenant, 20 // n, settle=0.2)
+        results["create_on_demand"] = await scenarios.on_demand_latency(http, platform, "bench_cold", WEBHOOK_SECRET,
+                                                                         20 // n)
         results["relay"] = await scenarios.relay_overhead(http, tenant, 1000 // n)
         await scenarios.wait_idle(platform, 10)
         results["relay_share"] = await scenarios.relay_share(http, pw, tenant, page_url, platform.database_url,

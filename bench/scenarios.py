@@ -169,6 +169,20 @@ async def create_latency(http, tenant: Tenant, iterations: int, *, settle: float
     return {"warm": summary(by_path[True]), "on_demand": summary(by_path[False])}
 
 
+async def on_demand_latency(http, platform, plan: str, secret: str, iterations: int):
+    """The first create of a tenant with no pre-warmed browsers, one fresh tenant per sample: the
+    pool sizes itself from each tenant's lease rate, so a tenant's later creates are warm."""
+    by_path: dict[bool, list[float]] = {True: [], False: []}
+    progress = Progress("create latency, on demand", iterations)
+    for _ in range(iterations):
+        tenant = await new_tenant(http, platform, plan, secret, idle=0)
+        session, elapsed = await create(http, tenant)
+        by_path[bool(session["warm"])].append(elapsed)
+        await end(http, tenant, session["id"])
+        progress.step()
+    return {"warm": summary(by_path[True]), "on_demand": summary(by_path[False])}
+
+
 async def launch_capacity(samples: int = 8) -> float:
     """Browsers per second this host can launch, two at a time (as the pool does on 2 cores)."""
     started = time.perf_counter()

@@ -51,6 +51,12 @@ def launches_needed(*, target: int, idle: int, launching: int, host_free: int) -
     return max(0, min(target - idle - launching, host_free))
 
 
+def refill_is_urgent(*, target: int, idle: int) -> bool:
+    """Refills run in the background (lowest CPU priority) while at least half the target is
+    idle; below that the next sessions are about to miss, so they launch at normal priority."""
+    return idle * 2 < target
+
+
 def excess_idle(*, target: int, idle: int, launching: int) -> int:
     """Idle browsers beyond the target (shrink); browsers still launching count toward it."""
     return max(0, min(idle, idle + launching - target))

@@ -47,7 +47,7 @@ class Launched(Protocol):
 class Backend(Protocol):
     """Browsers as processes of this replica (local)."""
     cluster: bool  # False
-    async def launch(self, browser_id: UUID) -> Launched: ...
+    async def launch(self, browser_id: UUID, *, urgent: bool = False) -> Launched: ...
     async def kill(self, browser_id: UUID) -> None: ...
     def exited(self) -> list[UUID]: ...
     async def close(self) -> None: ...
@@ -228,14 +228,14 @@ async def _launch_on_demand(req: LeaseRequest, *, ports: PoolPorts) -> LeaseRepl
     return LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=row["cdp_ws_url"], warm=False)
 
 
-async def _launch(browser_id: UUID, state: str, *, ports: PoolPorts):
+async def _launch(browser_id: UUID, state: str, *, ports: PoolPorts, urgent: bool = False):
     """Start the browser of a 'launching' row and move it to `state`; None if that failed."""
     if ports.stopping:
         await _mark_dead(browser_id, ports=ports)
         return None
     started = time.perf_counter()
     try:
-        launched = await ports.backend.launch(browser_id, urgent=state == "leased")
+        launched = await ports.backend.launch(browser_id, urgent=urgent or state == "leased")
     except Exception as exc:
         log.warning("browser launch failed", extra={"browser_id": str(browser_id), "error": repr(exc)[:300]})
         await _mark_dead(browser_id, ports=ports)
@@ -271,18 +271,20 @@ async def refill(tenant_id: UUID, *, ports: PoolPorts) -> None:
         # Refills leave room for on-demand launches: waiting sessions come first.
         reserve = min(ports.settings.launch_concurrency, ports.settings.max_browsers // 4)
         free = ports.settings.max_browsers - reserve - await repository.count_live(conn, replica_id=ports.replica)
-        for _ in range(domain.launches_needed(target=target_for(p, ports=ports), idle=p["idle"],
-                                              launching=p["launching"], host_free=free)):
+        target = target_for(p, ports=ports)
+        urgent = domain.refill_is_urgent(target=target, idle=p["idle"])
+        for _ in range(domain.launches_needed(target=target, idle=p["idle"], launching=p["launching"],
+                                              host_free=free)):
             new.append(uuid4())
             await repository.insert_browser(conn, browser_id=new[-1], tenant_id=tenant_id,
                                             replica_id=ports.replica, owner_pid=ports.pid, host=ports.host)
     for browser_id in new:
-        ports.spawn(_launch_idle(browser_id, ports=ports))
+        ports.spawn(_launch_idle(browser_id, urgent=urgent, ports=ports))
 
 
-async def _launch_idle(browser_id: UUID, *, ports: PoolPorts) -> None:
+async def _launch_idle(browser_id: UUID, *, urgent: bool, ports: PoolPorts) -> None:
     async with ports.refill_slots:
-        await _launch(browser_id, "idle", ports=ports)
+        await _launch(browser_id, "idle", urgent=urgent, ports=ports)
 
 
 def target_for(pool_row, *, ports: PoolPorts) -> int:

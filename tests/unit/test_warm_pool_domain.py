@@ -65,3 +65,11 @@ def test_shrinking_retires_only_idle_browsers_beyond_the_target():
 def test_warm_hit_ratio():
     assert domain.warm_hit_ratio(19, 1) == 0.95
     assert domain.warm_hit_ratio(0, 0) == 1.0
+
+
+def test_refills_stay_in_the_background_until_the_pool_is_half_empty():
+    assert not domain.refill_is_urgent(target=10, idle=9)
+    assert not domain.refill_is_urgent(target=10, idle=5)
+    assert domain.refill_is_urgent(target=10, idle=4)
+    assert domain.refill_is_urgent(target=1, idle=0)
+    assert not domain.refill_is_urgent(target=0, idle=0)

@@ -154,7 +154,7 @@ class LocalChromium:
         return self.profile_root / str(browser_id)
 
     async def launch(self, browser_id: UUID, *, urgent: bool = False) -> Launched:
-        """`urgent`: a session waits for this one, so it starts at normal priority."""
+        """`urgent`: a session waits for this one (or soon will), so it starts at normal priority."""
         if self._closed:
             raise LaunchFailed("backend closed")
         base = self._dir(browser_id)
