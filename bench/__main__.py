@@ -65,6 +65,7 @@ async def measure(args, platform, vhost: str, page_url: str) -> dict:
             await scenarios.wait_idle(platform, 10)
             results[f"warm_hits_{int(load * 100)}"] = await scenarios.warm_hits(
                 http, tenant, capacity * load, 80 // n, hold_s=1.0)
+        await scenarios.wait_idle(platform, 10)  # the 100 % load run has settled
         results["provisioning"] = await scenarios.provisioning_latency(
             http, platform, "bench_cold", WEBHOOK_SECRET, vhost, 50 // n)
         results["memory"] = await scenarios.memory_and_cost(http, pw, tenant, page_url, 60 / n)
