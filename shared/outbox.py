@@ -81,6 +81,9 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = self.poll_seconds
         while True:
+            # Cleared before draining, not after: a row committed while a batch is being
+            # published sets it again, and is published at once rather than at the next poll.
+            self._wake.clear()
             try:
                 await self._listen()
                 while await self.publish_pending():
@@ -93,7 +96,6 @@ class OutboxRelay:
                 log.warning("outbox relay error, retrying", extra={"error": repr(exc)[:300]})
                 await self._close_listener()
                 backoff = min(backoff * 2, 10.0)
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
             except asyncio.TimeoutError:

@@ -213,3 +213,33 @@ async def test_rpc_calls_get_their_own_replies_and_fail_clearly_without_a_server
         await client.close()
         await server.close()
         await silent.close()
+
+
+async def test_a_row_committed_while_the_relay_drains_is_published_without_waiting_for_the_poll(
+        schema_pool, fresh_db, fresh_mq):
+    seen = []
+
+    async def handler(event):
+        seen.append(event.namespace)
+
+    broker, _ = await _consumer(fresh_mq, handler)
+    relay = OutboxRelay(schema_pool, broker, exchange=EXCHANGE, dsn=fresh_db, poll_seconds=3600)
+    drain = relay.publish_pending
+    injected = []
+
+    async def publish_pending_with_a_concurrent_writer() -> int:
+        published = await drain()
+        if published == 0 and not injected:  # the drain found nothing more: another service commits now
+            injected.append(True)
+            async with db.transaction(schema_pool) as conn:
+                await outbox.add(conn, TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="mid-drain"))
+            await eventually(relay._wake.is_set, what="the commit's notification heard")
+        return published
+
+    relay.publish_pending = publish_pending_with_a_concurrent_writer
+    await relay.start()
+    try:
+        await eventually(lambda: seen == ["mid-drain"], what="published long before the hour-long poll")
+    finally:
+        await relay.stop()
+        await broker.stop()
