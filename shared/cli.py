@@ -6,6 +6,7 @@
     browserfleet dlq list | dlq replay SERVICE QUEUE
     browserfleet pool status
     browserfleet dashboard-link TENANT_ID
+    browserfleet billing refused-events [--tenant ID] [--limit N]
 
 Service URLs: SESSIONS_URL, BILLING_URL, PROVISIONER_URL, WARM_POOL_URL (default: this host's ports).
 """
@@ -99,6 +100,11 @@ def run(args, admin: Admin) -> str:
     if args.group == "dashboard-link":
         link = admin.call("sessions", "POST", f"/v1/admin/tenants/{args.id}/dashboard-links")
         return pairs({"url": link["url"], "expires_at": link["expires_at"]})
+    if args.group == "billing" and args.action == "refused-events":
+        params = {k: v for k, v in {"tenant_id": args.tenant, "limit": args.limit}.items() if v}
+        data = admin.call("billing", "GET", "/v1/admin/stripe-events/refused", params=params)["data"]
+        return table(data, ["refused_at", "event_id", "type", "tenant_id", "account_customer", "event_customer",
+                            "subscription_id"])
     raise SystemExit(f"unknown command: {args.group} {args.action}")
 
 
@@ -125,6 +131,11 @@ def parser() -> argparse.ArgumentParser:
     groups.add_parser("pool").add_subparsers(dest="action", required=True).add_parser("status")
     groups.add_parser("dashboard-link", help="a dashboard sign-in link for a tenant").add_argument(
         "id", metavar="TENANT_ID")
+    billing = groups.add_parser("billing").add_subparsers(dest="action", required=True)
+    refused = billing.add_parser("refused-events",
+                                 help="Stripe events refused for tying a tenant to another Stripe customer")
+    refused.add_argument("--tenant")
+    refused.add_argument("--limit", type=int, default=100)
     return p
 
 

@@ -113,6 +113,19 @@ class LeaseReply(BaseModel):
     error: Literal["no_capacity", "unknown_tenant", "error"] | None = None
 
 
+# Credential RPC: billing asks sessions which tenant an API key or dashboard sign-in belongs to.
+CREDENTIALS_QUEUE = "sessions.credentials"
+
+
+class CredentialRequest(BaseModel):
+    credential: str = Field(max_length=1024)
+
+
+class CredentialReply(BaseModel):
+    tenant_id: UUID | None = None  # set when the credential is live
+    error: Literal["unknown", "error"] | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (PaymentVerified, SubscriptionChanged, TenantProvisioned, TenantDeprovisioned,

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from services.billing import http, subscribers
+from services.billing.adapters.credentials import CredentialsClient
 from services.billing.adapters.stripe import StripeGateway
 from services.billing.settings import BillingSettings
 from services.billing.workers import MeterReporter, StripeEventWorker
@@ -23,8 +24,10 @@ async def build(runtime: Runtime):
     if settings.stripe_meter_enabled:
         runtime.background(meter.run)
     runtime.on_stop(worker.drain)
+    credentials = CredentialsClient(settings.rabbitmq_url, timeout_s=settings.credential_check_timeout_s)
+    runtime.on_stop(credentials.close)
     return http.create_app(settings=settings, pool=runtime.pool, plans=plans, worker=worker, stripe_api=api,
-                           ready=runtime.ready)
+                           credentials=credentials, ready=runtime.ready)
 
 
 def main() -> None:

@@ -168,6 +168,15 @@ def plan_for(ref: Ref, plans: dict[str, Plan], *, fallback: str | None = None,
     return by_price or (plans.get(fallback) if fallback else None)
 
 
+def binding_conflict(*, account_customer: str | None, event_customer: str | None) -> bool:
+    """The event would tie a tenant to another Stripe customer than the one it already has.
+
+    Metadata names the tenant, and whoever pays at Stripe chooses it: only the customer that
+    first paid for a tenant may change its plan, credits or state afterwards. (Stripe always
+    names the customer on these events; one that does not cannot prove it is the tenant's.)"""
+    return bool(account_customer) and event_customer != account_customer
+
+
 def grant_reference(subscription_id: str, period_start: datetime) -> str:
     return f"{subscription_id}:{int(period_start.timestamp())}"
 

@@ -1,17 +1,22 @@
 """One function per command or message, given its ports (a pool or connection, the plans)."""
+import hmac
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
+import stripe
 
 from services.billing import domain, repository
+from services.billing.adapters.credentials import Credentials, CredentialsUnavailable
+from services.billing.adapters.stripe import StripeAPI
 from services.billing.domain import (CheckoutCompleted, InvoiceFailed, InvoicePaid, Ignored, Ref,
                                      SubscriptionState)
 from shared import faults
 from shared import outbox
 from shared.db import transaction
+from shared.http import APIError
 from shared.inbox import first_delivery
 from shared.messages import PaymentVerified, SessionCompleted, SessionStarted, SubscriptionChanged
 from shared.plans import Plan
@@ -21,11 +26,20 @@ CONSUMER = "billing"
 
 
 @dataclass(frozen=True)
+class Refusal:
+    tenant_id: UUID
+    account_customer: str
+    event_customer: str | None
+    subscription_id: str | None
+
+
+@dataclass(frozen=True)
 class Outcome:
     done: bool                 # False: keep the event and retry it later
     reason: str = ""
     tenant_linked: bool = False  # a tenant got its Stripe ids: waiting events may resolve now
     type: str = ""
+    refused: Refusal | None = None  # done, with no effect: it would rebind the tenant
 
 
 WAITING = Outcome(False, "tenant or plan not known yet")
@@ -55,6 +69,14 @@ async def _account_for(conn, ref: Ref, plans: dict[str, Plan], *, prefer_price: 
     return _Account(tenant_id, row, True, plan)
 
 
+def _refused(acct: _Account, ref: Ref) -> Outcome | None:
+    have = acct.row["stripe_customer_id"]
+    if not domain.binding_conflict(account_customer=have, event_customer=ref.customer):
+        return None
+    return Outcome(True, "refused: the tenant is bound to another Stripe customer",
+                   refused=Refusal(acct.tenant_id, have, ref.customer, ref.subscription))
+
+
 def _is_stale(row: asyncpg.Record, created: datetime | None) -> bool:
     return created is not None and row["status_event_at"] is not None and created < row["status_event_at"]
 
@@ -74,7 +96,11 @@ async def _change(conn, acct: _Account, *, status: str, plan: Plan, created: dat
 
 async def checkout_completed(conn, ev: CheckoutCompleted, *, plans, created) -> Outcome:
     acct = await _account_for(conn, ev.ref, plans)
-    if acct is None or acct.plan is None:
+    if acct is None:
+        return WAITING
+    if refused := _refused(acct, ev.ref):
+        return refused
+    if acct.plan is None:
         return WAITING
     if acct.row["status"] == "canceled" and acct.row["subscription_id"] == ev.ref.subscription:
         return Outcome(True, "subscription already canceled")
@@ -86,7 +112,11 @@ async def checkout_completed(conn, ev: CheckoutCompleted, *, plans, created) -> 
 
 async def invoice_paid(conn, ev: InvoicePaid, *, plans, created) -> Outcome:
     acct = await _account_for(conn, ev.ref, plans)
-    if acct is None or acct.plan is None:
+    if acct is None:
+        return WAITING
+    if refused := _refused(acct, ev.ref):
+        return refused
+    if acct.plan is None:
         return WAITING
     row = acct.row
     if row["subscription_id"] == ev.ref.subscription and row["status"] == "canceled":
@@ -122,7 +152,11 @@ async def subscription_state(conn, ev: SubscriptionState, *, plans, created) -> 
 async def _set_status(conn, ref: Ref, status: str | None, *, plans, created) -> Outcome:
     """status None: the event only links ids and plan (e.g. a subscription awaiting its first payment)."""
     acct = await _account_for(conn, ref, plans, prefer_price=True)
-    if acct is None or acct.plan is None:
+    if acct is None:
+        return WAITING
+    if refused := _refused(acct, ref):
+        return refused
+    if acct.plan is None:
         return WAITING
     row = acct.row
     if row["subscription_id"] not in (None, ref.subscription):
@@ -167,9 +201,16 @@ async def process_stripe_event(pool: asyncpg.Pool, event_id: str, *, plans: dict
         except Exception as exc:
             log.exception("stripe event processing failed", extra={"event_id": event_id, "type": row["type"]})
             outcome = Outcome(False, f"error: {exc!r}")
+        if outcome.refused:
+            r = outcome.refused
+            await repository.record_refusal(conn, event_id=event_id, type=row["type"], tenant_id=r.tenant_id,
+                                            account_customer=r.account_customer, event_customer=r.event_customer,
+                                            subscription_id=r.subscription_id, reason=outcome.reason)
+            log.warning("stripe event refused: it would tie a tenant to another Stripe customer",
+                        extra={"event_id": event_id, "type": row["type"], "tenant_id": str(r.tenant_id)})
         if outcome.done:
-            await repository.mark_processed(conn, event_id=event_id,
-                                            note=outcome.reason if outcome.reason.startswith("malformed") else None)
+            noted = outcome.refused or outcome.reason.startswith("malformed")
+            await repository.mark_processed(conn, event_id=event_id, note=outcome.reason if noted else None)
         else:
             await repository.postpone_event(conn, event_id=event_id, error=outcome.reason,
                                             delay_s=domain.backoff_seconds(row["attempts"], cap=max_backoff))
@@ -182,6 +223,54 @@ async def process_stripe_event(pool: asyncpg.Pool, event_id: str, *, plans: dict
 async def store_stripe_event(pool: asyncpg.Pool, *, payload: dict) -> bool:
     async with pool.acquire() as conn:
         return await repository.store_event(conn, event_id=payload["id"], type=payload["type"], payload=payload)
+
+
+# --- checkout ------------------------------------------------------------------------------
+
+async def checkout_tenant(*, requested: UUID | None, credential: str | None, admin_token: str,
+                          credentials: Credentials) -> UUID:
+    """Whose checkout this is. Without a credential: always a new tenant. An existing tenant's
+    (a plan change): its own API key or dashboard sign-in, or the admin token."""
+    if credential is None:
+        if requested is not None:
+            raise APIError(401, "unauthorized", "a checkout for an existing tenant needs that tenant's "
+                                                "API key or dashboard sign-in")
+        return uuid4()
+    if admin_token and hmac.compare_digest(credential.encode(), admin_token.encode()):
+        return requested or uuid4()
+    try:
+        owner = await credentials.tenant_for(credential) if len(credential) <= 1024 else None
+    except CredentialsUnavailable:
+        raise APIError(503, "unavailable", "the credential cannot be checked right now; try again") from None
+    if owner is None:
+        raise APIError(401, "unauthorized", "invalid API key or dashboard sign-in")
+    if requested is not None and requested != owner:
+        raise APIError(403, "forbidden", "this credential belongs to another tenant")
+    return owner
+
+
+async def start_checkout(*, pool: asyncpg.Pool, stripe_api: StripeAPI, plan: Plan, tenant_id: UUID,
+                         email: str | None, success_url: str, cancel_url: str) -> dict:
+    async with pool.acquire() as conn:
+        account = await repository.get_account(conn, tenant_id=tenant_id)
+    # A plan change is paid by the tenant's own Stripe customer: its events then pass the binding check.
+    customer = account["stripe_customer_id"] if account else None
+    try:
+        url = await stripe_api.create_checkout_session(
+            price_id=plan.stripe_price_id, tenant_id=str(tenant_id), plan=plan.name, email=email,
+            customer=customer, success_url=success_url, cancel_url=cancel_url)
+    except stripe.StripeError as exc:
+        raise APIError(503, "unavailable", f"Stripe: {exc.user_message or type(exc).__name__}")
+    return {"url": url, "tenant_id": str(tenant_id)}
+
+
+async def refused_events(pool: asyncpg.Pool, *, tenant_id: UUID | None, limit: int) -> dict:
+    async with pool.acquire() as conn:
+        rows = await repository.refused_events(conn, tenant_id=tenant_id, limit=limit)
+    return {"data": [{"event_id": r["event_id"], "type": r["type"], "tenant_id": str(r["tenant_id"]),
+                      "account_customer": r["account_customer"], "event_customer": r["event_customer"],
+                      "subscription_id": r["subscription_id"], "reason": r["reason"],
+                      "refused_at": r["refused_at"].isoformat()} for r in rows]}
 
 
 # --- consumed messages -----------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Billing HTTP: Stripe webhooks, checkout sessions, operator views. Parse, call, shape."""
 import json
-import uuid
 from datetime import datetime
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -9,22 +8,44 @@ from uuid import UUID
 import asyncpg
 import stripe
 from fastapi import FastAPI, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.billing import handlers, metrics, repository
+from services.billing.adapters.credentials import Credentials
 from services.billing.adapters.stripe import StripeAPI
 from services.billing.domain import money
 from services.billing.settings import BillingSettings
 from services.billing.workers import StripeEventWorker
 from shared import http
-from shared.http import APIError, require_admin
+from shared.http import APIError, bearer_token, error_responses, require_admin
 from shared.plans import Plan
 
 
 class CheckoutRequest(BaseModel):
     plan: str
     email: str | None = None
-    tenant_id: UUID | None = None
+    tenant_id: UUID | None = Field(None, description="an existing tenant (a plan change): needs that tenant's "
+                                                     "API key or dashboard sign-in, or the admin token")
+
+
+class CheckoutOut(BaseModel):
+    url: str
+    tenant_id: UUID
+
+
+class RefusedEvent(BaseModel):
+    event_id: str
+    type: str
+    tenant_id: UUID
+    account_customer: str = Field(description="the Stripe customer the tenant is bound to")
+    event_customer: str | None = Field(description="the Stripe customer the event would have tied it to")
+    subscription_id: str | None
+    reason: str
+    refused_at: datetime
+
+
+class RefusedEventList(BaseModel):
+    data: list[RefusedEvent]
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -43,7 +64,7 @@ def _iso(value):
 
 
 def create_app(*, settings: BillingSettings, pool: asyncpg.Pool, plans: dict[str, Plan],
-               worker: StripeEventWorker, stripe_api: StripeAPI,
+               worker: StripeEventWorker, stripe_api: StripeAPI, credentials: Credentials,
                ready: Callable[[], Awaitable[dict[str, bool]]]) -> FastAPI:
     app = FastAPI(title="browserfleet billing", version="1")
     http.install(app, ready=ready)
@@ -74,19 +95,19 @@ def create_app(*, settings: BillingSettings, pool: asyncpg.Pool, plans: dict[str
             metrics.WEBHOOKS.labels(payload["type"], "duplicate").inc()
         return {"received": True}
 
-    @app.post("/v1/checkout-sessions")
-    async def create_checkout_session(body: CheckoutRequest):
+    @app.post("/v1/checkout-sessions", response_model=CheckoutOut, responses=error_responses(403, 503))
+    async def create_checkout_session(body: CheckoutRequest, request: Request):
+        """A Stripe Checkout for a plan. Without credentials it always starts a new tenant; a plan change
+        for an existing tenant needs `Authorization: Bearer` with that tenant's API key or dashboard
+        sign-in (or the admin token)."""
+        tenant_id = await handlers.checkout_tenant(requested=body.tenant_id, credential=bearer_token(request),
+                                                   admin_token=admin_token, credentials=credentials)
         plan = plans.get(body.plan)
         if plan is None or not plan.stripe_price_id:
             raise APIError(422, "invalid_request", f"unknown plan {body.plan!r}")
-        tenant_id = str(body.tenant_id or uuid.uuid4())
-        try:
-            url = await stripe_api.create_checkout_session(
-                price_id=plan.stripe_price_id, tenant_id=tenant_id, plan=plan.name, email=body.email,
-                success_url=settings.checkout_success_url, cancel_url=settings.checkout_cancel_url)
-        except stripe.StripeError as exc:
-            raise APIError(503, "unavailable", f"Stripe: {exc.user_message or type(exc).__name__}")
-        return {"url": url, "tenant_id": tenant_id}
+        return await handlers.start_checkout(pool=pool, stripe_api=stripe_api, plan=plan, tenant_id=tenant_id,
+                                             email=body.email, success_url=settings.checkout_success_url,
+                                             cancel_url=settings.checkout_cancel_url)
 
     @app.get("/v1/admin/accounts/{tenant_id}")
     async def account(tenant_id: UUID, request: Request):
@@ -136,6 +157,13 @@ def create_app(*, settings: BillingSettings, pool: asyncpg.Pool, plans: dict[str
         return {"data": [{"id": r["id"], "type": r["type"], "received_at": _iso(r["received_at"]),
                           "attempts": r["attempts"], "next_attempt_at": _iso(r["next_attempt_at"]),
                           "last_error": r["last_error"]} for r in rows]}
+
+    @app.get("/v1/admin/stripe-events/refused", response_model=RefusedEventList, responses=error_responses())
+    async def refused_stripe_events(request: Request, tenant_id: UUID | None = None,
+                                    limit: int = Query(100, ge=1, le=1000)):
+        """Events refused for tying a tenant to another Stripe customer than its own, newest first."""
+        require_admin(request, admin_token)
+        return await handlers.refused_events(pool, tenant_id=tenant_id, limit=limit)
 
     @app.get("/v1/admin/ledger-check")
     async def ledger_check(request: Request):

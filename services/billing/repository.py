@@ -63,6 +63,21 @@ async def wake_waiting_events(conn) -> None:
                             FOR UPDATE SKIP LOCKED)""")
 
 
+async def record_refusal(conn, *, event_id: str, type: str, tenant_id: UUID, account_customer: str,
+                         event_customer: str | None, subscription_id: str | None, reason: str) -> None:
+    await conn.execute(
+        """INSERT INTO refused_events (event_id, type, tenant_id, account_customer, event_customer,
+                                       subscription_id, reason)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING""",
+        event_id, type, tenant_id, account_customer, event_customer, subscription_id, reason)
+
+
+async def refused_events(conn, *, tenant_id: UUID | None, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT * FROM refused_events WHERE ($1::uuid IS NULL OR tenant_id = $1)
+            ORDER BY refused_at DESC, event_id LIMIT $2""", tenant_id, limit)
+
+
 # --- accounts and ledger ---------------------------------------------------------------------
 
 async def find_tenant(conn, *, subscription: str | None, customer: str | None) -> UUID | None:

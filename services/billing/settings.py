@@ -14,6 +14,8 @@ class BillingSettings(ServiceSettings):
     stripe_meter_enabled: bool = True
     checkout_success_url: str = "http://localhost:8000/checkout/success?session_id={CHECKOUT_SESSION_ID}"
     checkout_cancel_url: str = "http://localhost:8000/checkout/cancel"
+    # A plan change's credential is verified by the sessions service over RabbitMQ.
+    credential_check_timeout_s: float = 5.0
     # Stored-but-unprocessed webhook events and unsent meter reports are retried with backoff.
     webhook_retry_interval_seconds: float = 1.0
     webhook_retry_max_backoff_seconds: float = 300.0

@@ -43,6 +43,8 @@ class StripeEventWorker:
         if outcome is None:
             return
         metrics.EVENTS_APPLIED.labels(outcome.type, "done" if outcome.done else "postponed").inc()
+        if outcome.refused:
+            metrics.EVENTS_REFUSED.labels(outcome.type).inc()
         if outcome.tenant_linked:
             self.wake.set()
 

@@ -4,8 +4,9 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from services.sessions import handlers, http, subscribers
+from services.sessions import credentials_rpc, handlers, http, subscribers
 from services.sessions.adapters.lease import LeaseClient
+from services.sessions.dashboard import routes as dashboard
 from services.sessions.gateway import RedactTokens, Relays
 from services.sessions.settings import SessionsSettings
 from shared.service import Runtime, run, serve
@@ -19,6 +20,7 @@ async def build(runtime: Runtime):
     lease = LeaseClient(settings.rabbitmq_url, timeout_s=settings.lease_timeout_s)
     api_keys = handlers.ApiKeys(runtime.pool, ttl_s=settings.api_key_cache_s)
     subscribers.register(runtime, relays=relays)
+    credentials_rpc.register(runtime, auth=dashboard.auth(api_keys, settings))  # billing asks whose key
     reap = partial(handlers.reap, pool=runtime.pool, plans_file=settings.plans_file, ended=relays.end,
                    disconnect_grace_s=settings.disconnect_grace_s,
                    stuck_after_s=settings.lease_timeout_s + 10)
@@ -36,6 +38,7 @@ async def build(runtime: Runtime):
 
     runtime.background(reaper)
     runtime.background(activity)
+    runtime.server_options["ws_max_size"] = settings.max_cdp_message_bytes  # checked on frame headers
     runtime.on_stop(lease.close)
     return http.create_app(runtime=runtime, settings=settings, lease=lease, api_keys=api_keys, relays=relays)
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from services.billing import handlers, http
+from services.billing.adapters.credentials import CredentialsClient
 from services.billing.adapters.stripe import StripeGateway
 from services.billing.settings import BillingSettings
 from services.billing.workers import StripeEventWorker
@@ -28,6 +29,8 @@ P2, P3 = P1 + timedelta(days=31), P1 + timedelta(days=59)
 class Billing:
     def __init__(self, pool, settings):
         self.pool, self.settings = pool, settings
+        # No sessions service answers on this vhost: a tenant's credential cannot be checked (503).
+        self.credentials = CredentialsClient(settings.rabbitmq_url, timeout_s=2)
         self.plans = load_plans(Path(settings.plans_file))
         self.worker = StripeEventWorker(pool, plans=self.plans, interval=0.05, max_backoff=0.2)
 
@@ -36,7 +39,8 @@ class Billing:
 
     def client(self, stripe_base: str | None = None) -> httpx.AsyncClient:
         app = http.create_app(settings=self.settings, pool=self.pool, plans=self.plans, worker=self.worker,
-                              stripe_api=StripeGateway("sk_test_x", stripe_base), ready=self.ready)
+                              stripe_api=StripeGateway("sk_test_x", stripe_base), credentials=self.credentials,
+                              ready=self.ready)
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://billing")
 
     async def settle(self):
@@ -57,11 +61,14 @@ class Billing:
 
 
 @pytest.fixture(scope="module")
-async def billing(database_url):
+async def billing(database_url, rabbitmq_url):
     await db.migrate(database_url, schema="billing", migrations_dir=MIGRATIONS)
     pool = await db.create_pool(database_url, schema="billing")
-    settings = BillingSettings(stripe_webhook_secret=SECRET, admin_token="admin-test", database_url=database_url)
-    yield Billing(pool, settings)
+    settings = BillingSettings(stripe_webhook_secret=SECRET, admin_token="admin-test", database_url=database_url,
+                               rabbitmq_url=rabbitmq_url)
+    billing = Billing(pool, settings)
+    yield billing
+    await billing.credentials.close()
     await pool.close()
 
 
@@ -288,7 +295,7 @@ async def test_checkout_session_is_created_at_stripe_with_tenant_and_plan(billin
             (tenant_id, "professional")
 
         given = str(uuid.uuid4())
-        r = await c.post("/v1/checkout-sessions", json={"plan": "enterprise", "tenant_id": given})
+        r = await c.post("/v1/checkout-sessions", json={"plan": "enterprise", "tenant_id": given}, headers=ADMIN)
         assert r.json()["tenant_id"] == given == stripe_stand_in.checkout_sessions[-1]["client_reference_id"]
 
         r = await c.post("/v1/checkout-sessions", json={"plan": "platinum"})
@@ -342,3 +349,90 @@ async def test_real_checkout_order_grants_once_and_announces_only_the_payment(bi
         assert (acct["status"], acct["balance"]) == ("active", 5000)
         assert len(await billing.outbox(tenant, "billing.payment_verified")) == 1
         assert await billing.outbox(tenant, "billing.subscription_changed") == []
+
+
+def _refusal_events(tenant, plan, cus, sub):
+    now = int(time.time())
+    return {
+        "checkout": fakes.checkout_session_completed(tenant, plan, cus, sub, created=now),
+        "invoice_paid": fakes.invoice_paid(tenant, plan, cus, sub, P2, P3, created=now),
+        "old_shape_invoice": fakes.old_shape_invoice_paid(cus, sub, P2, P3, tenant_id=tenant, plan=plan, created=now),
+        "payment_failed": fakes.invoice_payment_failed(tenant, plan, cus, sub, P2, P3, created=now),
+        "updated": fakes.subscription_updated(tenant, plan, cus, sub, created=now),
+        "deleted": fakes.subscription_deleted(tenant, plan, cus, sub, created=now),
+    }
+
+
+@pytest.mark.parametrize("kind", ["checkout", "invoice_paid", "old_shape_invoice", "payment_failed", "updated",
+                                  "deleted", "no_customer"])
+async def test_event_tying_a_bound_tenant_to_another_customer_is_refused_and_kept(billing, client, kind):
+    tenant, cus, sub = ids()
+    await post(client, fakes.checkout_session_completed(tenant, "professional", cus, sub))
+    await post(client, fakes.invoice_paid(tenant, "professional", cus, sub, P1, P2))
+    await billing.settle()
+    before, entries = await account(client, tenant), await ledger(client, tenant)
+    other = None if kind == "no_customer" else f"cus_{uuid.uuid4().hex[:10]}"
+    event = _refusal_events(tenant, "starter", other, f"sub_{uuid.uuid4().hex[:10]}")[
+        "invoice_paid" if kind == "no_customer" else kind]
+    assert (await post(client, event)).status_code == 200
+    await billing.settle()
+    assert await account(client, tenant) == before and await ledger(client, tenant) == entries
+    assert len(await billing.outbox(tenant, "billing.payment_verified")) == 1
+    assert await billing.outbox(tenant, "billing.subscription_changed") == []
+    row = await billing.pool.fetchrow("SELECT processed_at, last_error FROM stripe_events WHERE id = $1", event["id"])
+    assert row["processed_at"] is not None and row["last_error"].startswith("refused")
+    [refused] = (await client.get("/v1/admin/stripe-events/refused", headers=ADMIN,
+                                  params={"tenant_id": str(tenant)})).json()["data"]
+    assert (refused["event_id"], refused["type"], refused["account_customer"], refused["event_customer"]) == \
+        (event["id"], event["type"], cus, other)
+
+
+async def test_the_same_customer_on_a_new_subscription_changes_plan_and_the_old_one_is_let_go(billing, client):
+    tenant, cus, sub = ids()
+    await post(client, fakes.checkout_session_completed(tenant, "professional", cus, sub))
+    await post(client, fakes.invoice_paid(tenant, "professional", cus, sub, P1, P2))
+    await billing.settle()
+    new_sub, now = f"sub_{uuid.uuid4().hex[:10]}", int(time.time())
+    for event in (fakes.checkout_session_completed(tenant, "enterprise", cus, new_sub, created=now),
+                  fakes.invoice_paid(tenant, "enterprise", cus, new_sub, P2, P3, created=now)):
+        await post(client, event)
+    await billing.settle()
+    # The previous subscription ending later is not the tenant's any more: no cancel.
+    await post(client, fakes.subscription_deleted(tenant, "professional", cus, sub, created=now + 1))
+    await billing.settle()
+    acct = await account(client, tenant)
+    assert (acct["plan"], acct["status"], acct["balance"], acct["subscription_id"]) == \
+        ("enterprise", "active", 50000, new_sub)
+    assert [c["status"] for c in await billing.outbox(tenant, "billing.subscription_changed")] == ["active"]
+    assert (await client.get("/v1/admin/stripe-events/refused", headers=ADMIN,
+                             params={"tenant_id": str(tenant)})).json()["data"] == []
+
+
+async def test_a_plan_change_is_paid_by_the_tenants_own_customer(billing, stripe_stand_in):
+    tenant, cus, sub = ids()
+    async with billing.client(stripe_stand_in.url) as c:
+        await post(c, fakes.checkout_session_completed(tenant, "professional", cus, sub))
+        await billing.settle()
+        r = await c.post("/v1/checkout-sessions", json={"plan": "enterprise", "tenant_id": str(tenant),
+                                                        "email": "a@example.com"}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        [made] = stripe_stand_in.checkout_sessions
+        assert (made["client_reference_id"], made["customer"]) == (str(tenant), cus)
+        assert "customer_email" not in made  # Stripe takes a customer or an email, not both
+
+
+async def test_checkout_credentials_are_checked_before_anything_else(billing, stripe_stand_in):
+    tenant = str(uuid.uuid4())
+    async with billing.client(stripe_stand_in.url) as c:
+        r = await c.post("/v1/checkout-sessions", json={"plan": "professional", "tenant_id": tenant})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        r = await c.post("/v1/checkout-sessions", json={"plan": "platinum", "tenant_id": tenant})
+        assert r.status_code == 401  # an unknown plan tells an outsider nothing either
+        r = await c.post("/v1/checkout-sessions", json={"plan": "professional"},
+                         headers={"Authorization": "Bearer bf_" + "x" * 2000})
+        assert r.status_code == 401  # too long to be a credential: not even asked
+        # No sessions service answers on this vhost: the credential cannot be checked, nothing is made.
+        r = await c.post("/v1/checkout-sessions", json={"plan": "professional", "tenant_id": tenant},
+                         headers={"Authorization": "Bearer bf_live_some-key"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    assert stripe_stand_in.checkout_sessions == []

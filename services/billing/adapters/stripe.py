@@ -7,7 +7,7 @@ import stripe
 
 class StripeAPI(Protocol):
     async def create_checkout_session(self, *, price_id: str, tenant_id: str, plan: str, email: str | None,
-                                      success_url: str, cancel_url: str) -> str: ...
+                                      customer: str | None, success_url: str, cancel_url: str) -> str: ...
     async def send_meter_event(self, *, event_name: str, identifier: str, customer: str, value: int,
                                timestamp: datetime) -> None: ...
 
@@ -18,7 +18,8 @@ class StripeGateway:
             api_key, base_addresses={"api": api_base} if api_base else None,
             http_client=stripe.HTTPXClient(timeout=timeout), max_network_retries=0)
 
-    async def create_checkout_session(self, *, price_id, tenant_id, plan, email, success_url, cancel_url) -> str:
+    async def create_checkout_session(self, *, price_id, tenant_id, plan, email, customer, success_url,
+                                      cancel_url) -> str:
         params = {
             "mode": "subscription",
             "line_items": [{"price": price_id, "quantity": 1}],
@@ -28,7 +29,9 @@ class StripeGateway:
             "success_url": success_url,
             "cancel_url": cancel_url,
         }
-        if email:
+        if customer:  # a plan change: the tenant's own customer pays (Stripe takes one or the other)
+            params["customer"] = customer
+        elif email:
             params["customer_email"] = email
         session = await self.client.v1.checkout.sessions.create_async(params)
         return session.url

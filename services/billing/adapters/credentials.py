@@ -1,0 +1,49 @@
+"""Whose credential is this? Asked of the sessions service over the credential RPC queue.
+
+billing holds no API keys or sign-ins: sessions verifies them (see services/sessions/credentials_rpc.py).
+"""
+import asyncio
+from typing import Protocol
+from uuid import UUID
+
+from shared.messages import CREDENTIALS_QUEUE, CredentialReply, CredentialRequest
+from shared.rpc import RpcClient
+
+
+class CredentialsUnavailable(Exception):
+    """sessions did not answer (down, or the broker is): neither yes nor no."""
+
+
+class Credentials(Protocol):
+    async def tenant_for(self, credential: str) -> UUID | None: ...
+
+
+class CredentialsClient:
+    def __init__(self, url: str, *, timeout_s: float):
+        self.rpc = RpcClient(url)
+        self.timeout_s = timeout_s
+        self._connected = False
+        self._lock = asyncio.Lock()
+
+    async def tenant_for(self, credential: str) -> UUID | None:
+        """The tenant this API key or dashboard sign-in belongs to; None if it is no live credential."""
+        try:
+            if not self._connected:
+                async with self._lock:
+                    if not self._connected:
+                        await self.rpc.connect()
+                        self._connected = True
+            body = CredentialRequest(credential=credential).model_dump_json().encode()
+            reply = CredentialReply.model_validate_json(
+                await self.rpc.call(CREDENTIALS_QUEUE, body, timeout=self.timeout_s))
+        except Exception as exc:
+            raise CredentialsUnavailable(type(exc).__name__) from None
+        if reply.error == "unknown":
+            return None
+        if reply.tenant_id is None:
+            raise CredentialsUnavailable(reply.error or "no answer")
+        return reply.tenant_id
+
+    async def close(self) -> None:
+        if self._connected:
+            await self.rpc.close()
