@@ -12,10 +12,10 @@ run: setup
 
 ## The whole test suite against real Postgres, RabbitMQ and Chromium.
 test: setup
-	$(PYTEST) -m "not faults" tests
+	$(PYTEST) -m "not faults" tests clients/python/tests
 
 test-unit: setup
-	$(PYTEST) tests/unit
+	$(PYTEST) tests/unit clients/python/tests
 
 test-integration: setup
 	$(PYTEST) tests/integration
