@@ -11,6 +11,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import uvicorn
@@ -79,8 +80,16 @@ async def _forever(name: str, fn: Callable[[], Awaitable[None]]) -> None:
 async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations_dir: Path,
                 build: Callable[[Runtime], Awaitable[FastAPI]]) -> None:
     logs.configure(name, settings.log_level, settings.log_format)
-    await _retry("database", lambda: db.migrate(settings.database_url, schema=schema, migrations_dir=migrations_dir))
-    pool = await db.create_pool(settings.database_url, schema=schema, max_size=settings.db_pool_max)
+    refuse_insecure(name, settings)
+    logins: list[str] = []
+
+    async def prepare() -> None:
+        logins[:] = [(await db.prepare(schema=schema, migrations_dir=migrations_dir, admin_dsn=settings.database_url,
+                                       key=database_key(settings), own_dsn=settings.own_database_url()))[0]]
+
+    await _retry("database", prepare)
+    login = logins[0]
+    pool = await db.create_pool(login, schema=schema, max_size=settings.db_pool_max)
     broker = make_broker(settings.rabbitmq_url)
     consumers = Consumers(broker, service=name, events=settings.events_exchange,
                           delivery_limit=settings.delivery_limit)
@@ -94,7 +103,7 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
     await _retry("broker", broker.connect)
     await consumers.declare_dead_letters()
     await broker.start()
-    relay = OutboxRelay(pool, broker, exchange=settings.events_exchange, dsn=settings.database_url)
+    relay = OutboxRelay(pool, broker, exchange=settings.events_exchange, dsn=login)
     await relay.start()
     tasks = [asyncio.create_task(_forever(fn.__name__, fn), name=fn.__name__) for fn in runtime._tasks]
 
@@ -128,6 +137,25 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pool.close(), 5)
         log.info("service stopped")
+
+
+def refuse_insecure(name: str, settings: ServiceSettings) -> None:
+    """Exit before touching anything when a secret would let anyone in (off loopback: missing,
+    empty, short or well-known; anywhere: well-known)."""
+    problems = settings.secret_problems()
+    if problems:
+        for problem in problems:
+            log.critical("refusing to start: %s", problem)
+        raise SystemExit(f"{name}: refusing to start: " + "; ".join(problems))
+    for secret in settings.generated_secrets:
+        log.warning("%s is not set: using a random value nobody knows (what it guards is closed)",
+                    secret.upper())
+
+
+def database_key(settings: ServiceSettings) -> str | None:
+    """The key of the service logins' passwords: DATABASE_ROLE_SECRET, else DATABASE_URL's password
+    (None: a random key of this process, on loopback only, see ServiceSettings.secret_problems)."""
+    return settings.database_role_secret.get_secret_value() or urlsplit(settings.database_url).password or None
 
 
 async def _retry(what: str, fn: Callable[[], Awaitable], attempts: int = 30) -> None:

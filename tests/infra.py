@@ -4,6 +4,7 @@ URLs come from DATABASE_URL / RABBITMQ_URL or the local defaults; testcontainers
 when neither answers and a Docker engine does.
 """
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_MQ = "amqp://guest:guest@127.0.0.1:5672/"
+# Random secrets of this test run, given to every service process that is not told others: the
+# services ship no usable default (a well-known one is refused, an unset one is random).
+SECRETS = {
+    "ADMIN_TOKEN": f"test-admin-{secrets.token_urlsafe(24)}",
+    "STRIPE_WEBHOOK_SECRET": f"whsec_{secrets.token_urlsafe(24)}",
+    "STRIPE_API_KEY": f"sk_test_{secrets.token_urlsafe(24)}",
+    "DATABASE_ROLE_SECRET": secrets.token_urlsafe(32),
+}
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -115,7 +124,7 @@ class ServiceProcess:
     def __init__(self, name: str, env: dict, log_dir: Path):
         self.name = name
         self.port = int(env["HTTP_PORT"])
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, **SECRETS, **env, "PYTHONUNBUFFERED": "1"}
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"

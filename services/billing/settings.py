@@ -4,10 +4,13 @@ from shared.settings import ServiceSettings
 
 
 class BillingSettings(ServiceSettings):
+    SECRETS = ("admin_token", "stripe_webhook_secret", "stripe_api_key")
     http_port: int = 8001
-    stripe_api_key: SecretStr = SecretStr("sk_test_dev")
+    # This service's own database login, for an operator who manages roles (DATABASE_URL unused then).
+    billing_database_url: SecretStr | None = None
+    stripe_api_key: SecretStr = SecretStr("")
     stripe_api_base: str | None = None  # a Stripe test server (localstripe, a stand-in)
-    stripe_webhook_secret: SecretStr = SecretStr("whsec_dev")
+    stripe_webhook_secret: SecretStr = SecretStr("")
     stripe_webhook_tolerance_seconds: int = 300
     stripe_webhook_max_bytes: int = 1024 * 1024
     stripe_meter_event_name: str = "browser_session_minutes"
@@ -21,3 +24,6 @@ class BillingSettings(ServiceSettings):
     webhook_retry_max_backoff_seconds: float = 300.0
     meter_retry_interval_seconds: float = 1.0
     meter_retry_max_backoff_seconds: float = 300.0
+
+    def own_database_url(self) -> str | None:
+        return self.billing_database_url.get_secret_value() if self.billing_database_url else None

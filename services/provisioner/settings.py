@@ -1,10 +1,14 @@
 from typing import Literal
 
+from pydantic import SecretStr
+
 from shared.settings import ServiceSettings
 
 
 class ProvisionerSettings(ServiceSettings):
     http_port: int = 8002
+    # This service's own database login, for an operator who manages roles (DATABASE_URL unused then).
+    provisioner_database_url: SecretStr | None = None
     provisioner_backend: Literal["local", "kubernetes"] = "local"
 
     # Kubernetes API: an explicit URL (tests, kubectl proxy), else KUBECONFIG, else in-cluster.
@@ -33,3 +37,6 @@ class ProvisionerSettings(ServiceSettings):
     browser_memory_limit: str = "128Mi"
     browser_shm_size: str = "64Mi"
     hpa_cpu_utilization: int = 70
+
+    def own_database_url(self) -> str | None:
+        return self.provisioner_database_url.get_secret_value() if self.provisioner_database_url else None

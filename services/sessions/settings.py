@@ -1,8 +1,12 @@
+from pydantic import SecretStr
+
 from shared.settings import ServiceSettings
 
 
 class SessionsSettings(ServiceSettings):
     http_port: int = 8000
+    # This service's own database login, for an operator who manages roles (DATABASE_URL unused then).
+    sessions_database_url: SecretStr | None = None
     # Base URL customers reach this service at; the CDP URL is its ws:// (wss://) form.
     public_url: str = "http://127.0.0.1:8000"
     lease_timeout_s: float = 10
@@ -12,3 +16,6 @@ class SessionsSettings(ServiceSettings):
     default_idle_timeout_s: int = 60
     # A revoked API key keeps working on other replicas for at most this long.
     api_key_cache_s: float = 2
+
+    def own_database_url(self) -> str | None:
+        return self.sessions_database_url.get_secret_value() if self.sessions_database_url else None

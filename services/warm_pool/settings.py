@@ -5,7 +5,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings
 
@@ -41,6 +41,8 @@ def default_chromium() -> str:
 
 class WarmPoolSettings(ServiceSettings):
     http_port: int = 8003
+    # This service's own database login, for an operator who manages roles (DATABASE_URL unused then).
+    warm_pool_database_url: SecretStr | None = None
     warm_pool_backend: Literal["local", "kubernetes"] = "local"
     chromium_path: str = Field(default_factory=default_chromium)
     # Memory-backed when the host has /dev/shm: profiles are small (~2 MiB), short-lived, and
@@ -73,3 +75,6 @@ class WarmPoolSettings(ServiceSettings):
     kube_retry_max_seconds: float = 5.0
     # How often leased pods are listed to notice one that died (one cluster-wide list per replica).
     kube_monitor_interval_s: float = 2.0
+
+    def own_database_url(self) -> str | None:
+        return self.warm_pool_database_url.get_secret_value() if self.warm_pool_database_url else None

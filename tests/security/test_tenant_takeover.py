@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -47,6 +48,7 @@ class Platform:
     stripe: fakes.StripeStandIn
     database_url: str
     http: httpx.Client
+    logs: Path
 
     def deliver(self, *events: dict) -> None:
         for event in events:
@@ -129,7 +131,7 @@ def platform(module_db, module_mq, tmp_path_factory):
                 proc.start()
             for proc in procs:
                 proc.wait_ready()
-            yield Platform(procs[0].url, procs[1].url, stripe, module_db, client)
+            yield Platform(procs[0].url, procs[1].url, stripe, module_db, client, logs)
         finally:
             for proc in procs:
                 proc.stop()
@@ -277,3 +279,25 @@ def test_the_same_customer_upgrading_its_plan_still_works(platform):
     wait_for(lambda: platform.usage(tenant.key)["credits_remaining"] == 50000, what="sessions hears of the upgrade")
     assert platform.usage(tenant.key)["plan"] == "enterprise"
     assert platform.refused(tenant.id) == []
+
+
+def test_a_revoked_key_or_an_expired_sign_in_starts_nothing(platform, victim):
+    created = platform.http.post(f"{platform.sessions}/v1/admin/tenants/{victim.id}/api-keys", headers=ADMIN).json()
+    assert platform.checkout({"plan": "enterprise", "tenant_id": victim.id}, created["api_key"]).status_code == 200
+    assert platform.http.delete(f"{platform.sessions}/v1/admin/api-keys/{created['id']}",
+                                headers=ADMIN).status_code == 204
+    made = len(platform.stripe.checkout_sessions)
+    assert_error(platform.checkout({"plan": "enterprise", "tenant_id": victim.id}, created["api_key"]),
+                 401, "unauthorized")
+    # A link is no sign-in: only its exchange is.
+    link = platform.http.post(f"{platform.sessions}/v1/admin/tenants/{victim.id}/dashboard-links", headers=ADMIN)
+    assert_error(platform.checkout({"plan": "enterprise", "tenant_id": victim.id},
+                                   link.json()["url"].split("#link=")[1]), 401, "unauthorized")
+    assert len(platform.stripe.checkout_sessions) == made
+
+
+def test_no_credential_that_crossed_to_sessions_is_logged(platform, victim, attacker):
+    for name in ("billing", "sessions"):
+        text = (platform.logs / f"{name}.log").read_text()
+        assert text.strip()
+        assert victim.key not in text and attacker.key not in text, f"an API key is in {name}.log"
