@@ -4,7 +4,8 @@
 
 Supported fields: resources (files and directories holding a kustomization), namespace,
 labels (pairs, includeTemplates; selectors are never touched), images (newName/newTag),
-replicas, patches (strategic-merge patch files, target taken from the patch's kind and name).
+replicas, patches (a strategic-merge patch file, its target taken from its own kind and name; or
+a JSON 6902 patch file, a list of add/replace/remove operations, with `target: {kind, name}`).
 Anything else raises, so this cannot silently disagree with `kubectl kustomize`.
 Strategic merge here: maps merge recursively, lists of maps merge by `name`, other lists are
 replaced, and a null value deletes the key.
@@ -16,8 +17,10 @@ from pathlib import Path
 import yaml
 
 SUPPORTED = {"apiVersion", "kind", "resources", "namespace", "labels", "images", "replicas", "patches"}
+# Kinds the `namespace:` field leaves alone. kustomize 5.5 (kubectl 1.32) does not know
+# ValidatingAdmissionPolicy(Binding) and gives them the namespace too; so do we, to print the same
+# objects (the API server drops a namespace sent with a cluster-scoped object).
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "IngressClass",
-                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
                   "CustomResourceDefinition", "PriorityClass", "StorageClass"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
@@ -37,12 +40,17 @@ def render(directory: str | Path) -> list[dict]:
         target = directory / entry
         objects.extend(render(target) if target.is_dir() else load_documents(target))
     for patch in kustomization.get("patches", []):
-        if set(patch) != {"path"}:
-            raise ValueError(f"{directory}: only strategic-merge patches by `path` are supported: {patch}")
+        if set(patch) not in ({"path"}, {"path", "target"}):
+            raise ValueError(f"{directory}: only patches by `path` (and `target`) are supported: {patch}")
         docs = load_documents(directory / patch["path"])
         if len(docs) != 1:
             raise ValueError(f"{directory / patch['path']}: one patch per file")
-        _apply_patch(objects, docs[0], directory / patch["path"])
+        if isinstance(docs[0], list):
+            _apply_json_patch(objects, docs[0], patch.get("target"), directory / patch["path"])
+        elif "target" in patch:
+            raise ValueError(f"{directory / patch['path']}: a strategic-merge patch names its own target")
+        else:
+            _apply_patch(objects, docs[0], directory / patch["path"])
     if "namespace" in kustomization:
         _set_namespace(objects, kustomization["namespace"])
     for spec in kustomization.get("labels", []):
@@ -61,6 +69,39 @@ def _apply_patch(objects: list[dict], patch: dict, where: Path) -> None:
     merged = strategic_merge(matches[0], patch)
     matches[0].clear()
     matches[0].update(merged)
+
+
+def _apply_json_patch(objects: list[dict], operations: list[dict], target: dict | None, where: Path) -> None:
+    if not target or set(target) != {"kind", "name"}:
+        raise ValueError(f"{where}: a JSON patch needs `target: {{kind, name}}` (only those): {target}")
+    matches = [o for o in objects if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]]
+    if len(matches) != 1:
+        raise ValueError(f"{where}: patch matches {len(matches)} objects ({target['kind']}/{target['name']})")
+    for operation in operations:
+        op, path = operation.get("op"), operation.get("path", "")
+        if op not in {"add", "replace", "remove"} or set(operation) - {"op", "path", "value"} or not path.startswith("/"):
+            raise ValueError(f"{where}: only add, replace and remove with a JSON pointer are supported: {operation}")
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+        node = matches[0]
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            index = len(node) if (op == "add" and last == "-") else int(last)
+            if op != "add" and not 0 <= index < len(node):
+                raise ValueError(f"{where}: {path}: no such element")
+            if op == "add":
+                node.insert(index, copy.deepcopy(operation["value"]))
+            elif op == "replace":
+                node[index] = copy.deepcopy(operation["value"])
+            else:
+                del node[index]
+        else:
+            if op != "add" and last not in node:
+                raise ValueError(f"{where}: {path}: no such member")
+            if op == "remove":
+                del node[last]
+            else:
+                node[last] = copy.deepcopy(operation["value"])
 
 
 def strategic_merge(base, patch):

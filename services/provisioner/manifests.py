@@ -25,6 +25,16 @@ MANAGED_BY = "browserfleet-provisioner"
 DEVTOOLS_PORT = 9222
 BROWSER = "browser"
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
+# The pool's Chromium flags (services/warm_pool/adapters/local.py FLAGS) less what the image's
+# entrypoint sets itself: chromedp/headless-shell is the headless shell, and its run.sh passes
+# --no-sandbox and DevTools on 9223 (socat forwards 9222 to it), then appends these.
+BROWSER_ARGS = ["--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--mute-audio", "--no-default-browser-check",
+                "--disable-breakpad", "--disable-extensions", "--disable-default-apps",
+                "--disable-component-extensions-with-background-pages", "--disable-field-trial-config",
+                "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup,"
+                "OmniboxAimPopup,AiModeOmniboxEntryPoint,OmniboxFullPopup"]
 
 
 def managed_selector() -> str:
@@ -113,13 +123,11 @@ def network_policies(spec: TenantSpec, settings) -> list[dict]:
                                  "metadata": _meta(spec, name), "spec": body}
     return [
         policy("default-deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        # The platform's two DevTools clients: sessions' relay, and warm_pool's /json/version at lease.
         policy("allow-gateway-ingress", {
             "podSelector": browsers, "policyTypes": ["Ingress"],
-            "ingress": [{
-                "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}},
-                          "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)}}],
-                "ports": [{"protocol": "TCP", "port": DEVTOOLS_PORT}],
-            }],
+            "ingress": [_devtools_from(settings.gateway_namespace, settings.gateway_pod_labels),
+                        _devtools_from(settings.warm_pool_namespace, settings.warm_pool_pod_labels)],
         }),
         policy("allow-dns-egress", {
             "podSelector": {}, "policyTypes": ["Egress"],
@@ -136,12 +144,19 @@ def network_policies(spec: TenantSpec, settings) -> list[dict]:
     ]
 
 
+def _devtools_from(namespace: str, pod_labels: dict[str, str]) -> dict:
+    return {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                      "podSelector": {"matchLabels": dict(pod_labels)}}],
+            "ports": [{"protocol": "TCP", "port": DEVTOOLS_PORT}]}
+
+
 def deployment(spec: TenantSpec, settings) -> dict:
     pod_labels = {**labels(spec, BROWSER), POOL_LABEL: "warm"}
     selector = {"app.kubernetes.io/component": BROWSER, TENANT_LABEL: str(spec.tenant_id), POOL_LABEL: "warm"}
     container = {
         "name": "chromium",
         "image": settings.browser_image,
+        "args": list(BROWSER_ARGS),
         "ports": [{"name": "devtools", "containerPort": DEVTOOLS_PORT, "protocol": "TCP"}],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": _resources(settings),

@@ -28,6 +28,9 @@ class ProvisionerSettings(ServiceSettings):
     # What goes into a tenant's namespace.
     gateway_namespace: str = "browserfleet"
     gateway_pod_labels: dict[str, str] = {"app.kubernetes.io/name": "browserfleet-sessions"}
+    # warm_pool checks a pod's DevTools (/json/version) when it leases it.
+    warm_pool_namespace: str = "browserfleet"
+    warm_pool_pod_labels: dict[str, str] = {"app.kubernetes.io/name": "browserfleet-warm-pool"}
     cluster_pod_cidr: str = "10.244.0.0/16"
     cluster_service_cidr: str = "10.96.0.0/12"
     browser_image: str = "chromedp/headless-shell:stable"

@@ -1,5 +1,5 @@
-"""deploy/: render each kustomization (deploy/render.py, no kustomize binary here), validate every
-built-in object with kubernetes-validate in strict mode, and check what matters for operating it.
+"""deploy/: render each kustomization (deploy/render.py, checked against `kubectl kustomize`), validate
+every built-in object with kubernetes-validate in strict mode, and check what matters for operating it.
 
 The operators' custom resources (RabbitmqCluster, CloudNativePG Cluster/ScheduledBackup, Barman
 ObjectStore, PrometheusRule) have no schema in kubernetes-validate; they get a hand-written
@@ -217,23 +217,37 @@ def test_services_select_their_pods_and_ingress_routes_only_public_paths(rendere
     [ingress] = of_kind(rendered, "Ingress")
     routes = {(p["path"], p["pathType"]): p["backend"]["service"]["name"]
               for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
+    # Which requests each rule lets in: tests/security/test_ingress_paths.py.
     assert routes == {("/webhooks/stripe", "Exact"): "billing", ("/v1/checkout-sessions", "Exact"): "billing",
-                      ("/v1", "Prefix"): "sessions"}
+                      ("/v1/sessions", "Prefix"): "sessions", ("/v1/connect", "Exact"): "sessions",
+                      ("/v1/usage", "Prefix"): "sessions", ("/v1/api-keys", "Prefix"): "sessions",
+                      ("/v1/profiles", "Prefix"): "sessions", ("/v1/dashboard", "Prefix"): "sessions",
+                      ("/dashboard", "Prefix"): "sessions"}
+    assert "defaultBackend" not in ingress["spec"]
     timeout = int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
     assert timeout >= 6 * 3600, "websocket idle timeout shorter than the longest plan's session"
     public_url = by_name(rendered, "ConfigMap", "browserfleet-config")["data"]["PUBLIC_URL"]
     assert public_url == f"https://{ingress['spec']['rules'][0]['host']}"
 
 
-def test_tenant_network_policies_admit_the_sessions_pods():
-    """The provisioner's tenant NetworkPolicy admits pods labelled like our sessions pods."""
+def test_tenant_network_policies_admit_the_sessions_and_warm_pool_pods():
+    """The provisioner's tenant NetworkPolicy admits pods labelled like our sessions and warm-pool pods."""
     from services.provisioner.settings import ProvisionerSettings
     settings = ProvisionerSettings()
     objects = render(DEPLOY / "base")
-    labels = by_name(objects, "Deployment", "sessions")["spec"]["template"]["metadata"]["labels"]
     config = by_name(objects, "ConfigMap", "browserfleet-config")["data"]
-    assert dict(settings.gateway_pod_labels).items() <= labels.items()
-    assert config["GATEWAY_NAMESPACE"] == "browserfleet" == by_name(objects, "Namespace", "browserfleet")["metadata"]["name"]
+    namespace = by_name(objects, "Namespace", "browserfleet")["metadata"]["name"]
+    for deployment, pod_labels in (("sessions", settings.gateway_pod_labels), ("warm-pool", settings.warm_pool_pod_labels)):
+        labels = by_name(objects, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+        assert dict(pod_labels).items() <= labels.items(), deployment
+    assert config["GATEWAY_NAMESPACE"] == config["WARM_POOL_NAMESPACE"] == namespace == "browserfleet"
+
+
+def test_the_configured_browser_image_is_the_one_the_provisioner_reads(rendered):
+    from services.provisioner.settings import ProvisionerSettings
+    config = by_name(rendered, "ConfigMap", "browserfleet-config")["data"]
+    assert ProvisionerSettings(browser_image=config["BROWSER_IMAGE"]).browser_image == config["BROWSER_IMAGE"]
+    assert "BROWSER_IMAGE" in _settings_fields()["services.provisioner"]
 
 
 RBAC_EXPECTED = {
@@ -273,24 +287,49 @@ def test_rbac_is_least_privilege(rendered):
 
 # --- admission policies: their CEL evaluated on sample requests (RBAC alone is cluster-wide) ---
 
-def admit(policy: dict, request: dict, *, obj=None, old=None, namespace=None) -> bool | None:
-    """None when the policy does not match the request, else whether it admits it."""
+def admit(policy: dict, request: dict, *, obj=None, old=None, namespace=None, params=None) -> bool | None:
+    """None when the policy does not match the request, else whether it admits it. Like the API
+    server: a variable that fails (e.g. `object.spec` on a DELETE) is an error only where it is
+    used, and a validation that errors denies (failurePolicy: Fail)."""
     import cel
-    context = {"request": request, "object": obj, "oldObject": old, "namespaceObject": namespace}
+    context = {"request": request, "object": obj, "oldObject": old, "namespaceObject": namespace, "params": params}
     if not all(cel.evaluate(c["expression"], context) for c in policy["spec"]["matchConditions"]):
         return None
     variables = {}
     for variable in policy["spec"].get("variables", []):
-        variables[variable["name"]] = cel.evaluate(variable["expression"], {**context, "variables": variables})
-    return all(cel.evaluate(v["expression"], {**context, "variables": variables}) for v in policy["spec"]["validations"])
+        try:
+            variables[variable["name"]] = cel.evaluate(variable["expression"], {**context, "variables": variables})
+        except Exception:  # noqa: BLE001 - left out: a validation using it errors, and so denies
+            pass
+
+    def holds(expression: str) -> bool:
+        try:
+            return cel.evaluate(expression, {**context, "variables": variables}) is True
+        except Exception:  # noqa: BLE001
+            return False
+    return all(holds(v["expression"]) for v in policy["spec"]["validations"])
 
 
 def _ns(name, managed):
     labels = {"kubernetes.io/metadata.name": name}
     if managed:
         from services.provisioner.manifests import MANAGED_BY
-        labels["app.kubernetes.io/managed-by"] = MANAGED_BY
+        labels.update({"app.kubernetes.io/managed-by": MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
+                       "pod-security.kubernetes.io/enforce-version": "latest"})
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def _browser_deployment(rendered) -> dict:
+    """The browser Deployment the provisioner writes, with the image this kustomization configures."""
+    from uuid import UUID
+    from services.provisioner import manifests
+    from services.provisioner.domain import TenantSpec, namespace_for
+    from services.provisioner.settings import ProvisionerSettings
+    from shared.plans import load_plans
+    config = by_name(rendered, "ConfigMap", "browserfleet-config")["data"]
+    settings = ProvisionerSettings(browser_image=config["BROWSER_IMAGE"])
+    plan, tenant = load_plans(settings.plans_file)["professional"], UUID(int=1)
+    return manifests.deployment(TenantSpec(tenant, namespace_for(tenant), plan.name, plan.limits), settings)
 
 
 def _request(user, kind, operation):
@@ -301,8 +340,12 @@ def _request(user, kind, operation):
 def test_admission_confines_the_provisioner_to_tenant_namespaces(rendered):
     policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-tenants-only")
     binding = by_name(rendered, "ValidatingAdmissionPolicyBinding", "browserfleet-provisioner-tenants-only")
-    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert {k: v for k, v in binding["spec"].items() if k != "paramRef"} == {
+        "policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     assert policy["spec"]["failurePolicy"] == "Fail"
+    assert binding["spec"]["paramRef"] == {"name": "browserfleet-config", "namespace": "browserfleet",
+                                           "parameterNotFoundAction": "Deny"}
+    assert policy["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
     tenant, system = _ns("tenant-abc", True), _ns("kube-system", False)
     ns = lambda op: _request("provisioner", "Namespace", op)  # noqa: E731
     assert admit(policy, ns("CREATE"), obj=tenant) is True
@@ -311,12 +354,15 @@ def test_admission_confines_the_provisioner_to_tenant_namespaces(rendered):
     assert admit(policy, ns("UPDATE"), obj=_ns("kube-system", True), old=system) is False  # no self-labelling
     assert admit(policy, ns("DELETE"), old=tenant) is True
     assert admit(policy, ns("DELETE"), old=system) is False
-    deployment = {"kind": "Deployment", "metadata": {"name": "browsers"}}
+    deployment = _browser_deployment(rendered)
+    params = by_name(rendered, "ConfigMap", "browserfleet-config")
     for op in ("CREATE", "UPDATE", "DELETE"):
-        assert admit(policy, _request("provisioner", "Deployment", op), obj=deployment, old=deployment,
-                     namespace=tenant) is True
-        assert admit(policy, _request("provisioner", "Deployment", op), obj=deployment, old=deployment,
-                     namespace=system) is False
+        obj = None if op == "DELETE" else deployment
+        assert admit(policy, _request("provisioner", "Deployment", op), obj=obj, old=deployment,
+                     namespace=tenant, params=params) is True
+        assert admit(policy, _request("provisioner", "Deployment", op), obj=obj, old=deployment,
+                     namespace=system, params=params) is False
+    # What the policy pins in a tenant's objects: tests/security/test_kube_policies.py.
     assert admit(policy, _request("warm-pool", "Namespace", "DELETE"), old=system) is None
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
     covered = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
@@ -325,11 +371,14 @@ def test_admission_confines_the_provisioner_to_tenant_namespaces(rendered):
 
 def test_admission_confines_warm_pool_to_tenant_pods(rendered):
     policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-warm-pool-tenants-only")
-    pod = {"kind": "Pod", "metadata": {"name": "browsers-1"}}
+    pod = {"kind": "Pod", "metadata": {"name": "browsers-1", "labels": {
+        "app.kubernetes.io/component": "browser", "browserfleet.io/pool": "warm"}}, "spec": {"containers": []}}
+    leased = {**pod, "metadata": {**pod["metadata"], "labels": {**pod["metadata"]["labels"], "browserfleet.io/pool": "leased"}}}
     for op in ("UPDATE", "DELETE"):
         request = _request("warm-pool", "Pod", op)
-        assert admit(policy, request, obj=pod, old=pod, namespace=_ns("tenant-abc", True)) is True
-        assert admit(policy, request, obj=pod, old=pod, namespace=_ns("browserfleet", False)) is False
+        obj = None if op == "DELETE" else leased
+        assert admit(policy, request, obj=obj, old=pod, namespace=_ns("tenant-abc", True)) is True
+        assert admit(policy, request, obj=obj, old=pod, namespace=_ns("browserfleet", False)) is False
     assert admit(policy, _request("sessions", "Pod", "DELETE"), old=pod, namespace=_ns("x", False)) is None
 
 
@@ -442,8 +491,43 @@ def test_the_production_overlay_changes_only_what_it_says():
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].startswith("registry.example.com/")
         assert not deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":latest")
     config = by_name(production, "ConfigMap", "browserfleet-config")["data"]
-    assert {k: v for k, v in config.items() if k != "PUBLIC_URL"} == \
-        {k: v for k, v in by_name(base, "ConfigMap", "browserfleet-config")["data"].items() if k != "PUBLIC_URL"}
+    assert re.fullmatch(r"[a-z0-9.-]+(:\d+)?/[a-z0-9._/-]+@sha256:[0-9a-f]{64}", config["BROWSER_IMAGE"])
+    assert {k: v for k, v in config.items() if k not in {"PUBLIC_URL", "BROWSER_IMAGE"}} == \
+        {k: v for k, v in by_name(base, "ConfigMap", "browserfleet-config")["data"].items()
+         if k not in {"PUBLIC_URL", "BROWSER_IMAGE"}}
+    ingress = lambda objects: by_name(objects, "Ingress", "browserfleet")["spec"]  # noqa: E731
+    assert [r["http"] for r in ingress(production)["rules"]] == [r["http"] for r in ingress(base)["rules"]]
+    assert [r["host"] for r in ingress(production)["rules"]] == ingress(production)["tls"][0]["hosts"] == \
+        ["browsers.browserfleet.example"]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_renderer_prints_what_kubectl_kustomize_prints(kustomization):
+    import shutil
+    import subprocess
+    import yaml
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (>= 1.32, for its kustomize) is needed to check deploy/render.py against it"
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / kustomization)], capture_output=True, text=True, check=True)
+    key = lambda o: (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])  # noqa: E731
+    theirs = sorted((o for o in yaml.safe_load_all(out.stdout) if o), key=key)
+    assert sorted(render(DEPLOY / kustomization), key=key) == theirs
+
+
+def test_the_renderer_applies_json_patches_and_refuses_others(tmp_path):
+    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: '1', l: x}\n")
+    (tmp_path / "ops.yaml").write_text("- {op: replace, path: /data/a, value: '2'}\n- {op: add, path: /data/b, value: '3'}\n"
+                                       "- {op: remove, path: /data/l}\n")
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [cm.yaml]\npatches:\n  - {path: ops.yaml, target: {kind: ConfigMap, name: c}}\n")
+    [cm] = render(tmp_path)
+    assert cm["data"] == {"a": "2", "b": "3"}
+    (tmp_path / "ops.yaml").write_text("- {op: move, from: /data/a, path: /data/c}\n")
+    with pytest.raises(ValueError, match="only add, replace and remove"):
+        render(tmp_path)
+    (tmp_path / "ops.yaml").write_text("- {op: remove, path: /data/nothing}\n")
+    with pytest.raises(ValueError, match="no such member"):
+        render(tmp_path)
 
 
 def test_the_renderer_refuses_what_it_does_not_implement(tmp_path):

@@ -80,14 +80,17 @@ def test_browser_pods_are_locked_down():
     assert container["readinessProbe"]["httpGet"]["port"] == 9222
 
 
-def test_ingress_only_from_the_gateway_and_egress_never_to_private_or_cluster_ranges():
+def test_ingress_only_from_the_gateway_and_warm_pool_and_egress_never_to_private_or_cluster_ranges():
     objs = objects("professional")
     deny = by_kind(objs, "NetworkPolicy", "default-deny")["spec"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
-    (rule,) = by_kind(objs, "NetworkPolicy", "allow-gateway-ingress")["spec"]["ingress"]
-    (peer,) = rule["from"]
-    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": SETTINGS.gateway_namespace}}
-    assert peer["podSelector"] == {"matchLabels": SETTINGS.gateway_pod_labels}
+    gateway, warm_pool = by_kind(objs, "NetworkPolicy", "allow-gateway-ingress")["spec"]["ingress"]
+    for rule, namespace, pod_labels in ((gateway, SETTINGS.gateway_namespace, SETTINGS.gateway_pod_labels),
+                                        (warm_pool, SETTINGS.warm_pool_namespace, SETTINGS.warm_pool_pod_labels)):
+        (peer,) = rule["from"]
+        assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+        assert peer["podSelector"] == {"matchLabels": pod_labels}
+        assert rule["ports"] == [{"protocol": "TCP", "port": 9222}]  # DevTools only
     (egress,) = by_kind(objs, "NetworkPolicy", "allow-internet-egress")["spec"]["egress"]
     (block,) = egress["to"]
     assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
@@ -96,6 +99,25 @@ def test_ingress_only_from_the_gateway_and_egress_never_to_private_or_cluster_ra
                  "10.244.3.7/32", "10.96.0.1/32"):
         assert any(ipaddress.ip_network(must).subnet_of(d) for d in denied), must
     assert not any(ipaddress.ip_network("8.8.8.8/32").subnet_of(d) for d in denied)
+
+
+def test_warm_pool_pods_are_configurable_like_the_gateway():
+    settings = SETTINGS.model_copy(update={"warm_pool_namespace": "platform",
+                                           "warm_pool_pod_labels": {"app": "pool", "tier": "browsers"}})
+    _, rule = by_kind(objects("professional", settings), "NetworkPolicy", "allow-gateway-ingress")["spec"]["ingress"]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "platform"}},
+                             "podSelector": {"matchLabels": {"app": "pool", "tier": "browsers"}}}]
+
+
+def test_browser_pods_run_the_pools_chromium_flags():
+    """The pod's Chromium gets the flags warm_pool's local browsers get, less those the image's
+    entrypoint sets itself (chromedp/headless-shell: the headless shell, --no-sandbox, DevTools port)."""
+    from services.warm_pool.adapters.local import FLAGS
+    (container,) = by_kind(objects("professional"), "Deployment")["spec"]["template"]["spec"]["containers"]
+    # A subset, not equality: the local backend may add flags of its own (its sandbox).
+    assert container["args"] and set(container["args"]) <= set(FLAGS)
+    assert any(a.startswith("--disable-features=WebUIOmniboxPopup") for a in container["args"])
+    assert not any(a.startswith(("--remote-debugging", "--user-data-dir")) for a in container["args"])
 
 
 def test_cluster_ranges_outside_rfc1918_are_denied_too():
