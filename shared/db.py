@@ -1,16 +1,25 @@
-"""Postgres access: one pool per service, confined to the service's own schema and role.
+"""Postgres access: one pool per service, on the service's own login, confined to its schema.
 
-Each service owns one schema. Migrations create the schema and a role of the same name
-(`bf_<schema>`), and every pooled connection runs as that role with its schema as search_path,
-so a service cannot read another service's tables even by mistake. Where the configured
-user may not create roles (a managed database with one login per service), the login itself
-is used as is.
+Each service owns one schema and connects as its own login role (`bf_<schema>`), the only role
+with any privilege on that schema: a service cannot read another service's tables, and as its
+login is a member of no other role, no `SET ROLE`/`RESET ROLE` gets it there either. At start-up
+an administrative connection creates the login (its password derived from a key the replicas
+share, sent to the server only as a SCRAM verifier) and the schema, and is then closed;
+migrations run over the login itself. An operator who manages the roles himself gives the
+service its own login URL instead. Where the administrative user may not create roles, its
+login is used as the service's.
 """
+import base64
+import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -48,9 +57,11 @@ def is_outage(exc: BaseException) -> bool:
 
 
 async def _can_use_role(dsn: str, schema: str) -> bool:
+    """An administrative DSN (tests, tools) may act as the schema's role; a service login is it."""
     conn = await asyncpg.connect(dsn)
     try:
-        return bool(await conn.fetchval("SELECT pg_has_role(current_user, $1, 'MEMBER')", role_for(schema)))
+        return bool(await conn.fetchval("SELECT current_user <> $1 AND pg_has_role(current_user, $1, 'MEMBER')",
+                                        role_for(schema)))
     except asyncpg.PostgresError:
         return False
     finally:
@@ -87,26 +98,62 @@ def _migration_files(*dirs: Path) -> list[tuple[str, Path]]:
     return files
 
 
+def login_password(key: str, role: str) -> str:
+    """The login's password, derived so that every replica and restart holding `key` agrees."""
+    digest = hmac.new(key.encode(), f"browserfleet database login {role}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """What Postgres stores for a SCRAM-SHA-256 password. Sent instead of the password itself,
+    so the password never reaches the server's statement logs."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    b64 = base64.b64encode
+    return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored_key).decode()}:{b64(server_key).decode()}"
+
+
+def with_login(dsn: str, user: str, password: str) -> str:
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{quote(user, safe='')}:{quote(password, safe='')}@{host}",
+                       parts.path, parts.query, parts.fragment))
+
+
+_PROCESS_KEY = secrets.token_urlsafe(32)  # only where no key is configured (loopback, tests)
+
+
+async def prepare(*, schema: str, migrations_dir: Path, admin_dsn: str | None = None, key: str | None = None,
+                  own_dsn: str | None = None) -> tuple[str, list[str]]:
+    """Start-up: make the service's own login ready and apply its pending migrations over it.
+
+    With `own_dsn` (roles managed by an operator) that login is used as is. Otherwise
+    `admin_dsn` creates the login role `bf_<schema>` (password derived from `key`) which owns the
+    schema; the administrative connection is closed before this returns.
+    Returns the DSN the service runs on and the migration versions applied now."""
+    if own_dsn is None:
+        own_dsn = await _ensure_login(admin_dsn, schema=schema, key=key or _PROCESS_KEY)
+    return own_dsn, await _apply_migrations(own_dsn, schema=schema, migrations_dir=migrations_dir)
+
+
 async def migrate(dsn: str, *, schema: str, migrations_dir: Path) -> list[str]:
-    """Create the schema and its role, then apply pending migrations under an advisory lock so
-    replicas starting together don't race. Returns the versions applied now."""
-    role = role_for(schema)
+    """For tests and tools holding an administrative DSN: `prepare` with this process's key."""
+    return (await prepare(schema=schema, migrations_dir=migrations_dir, admin_dsn=dsn))[1]
+
+
+async def _apply_migrations(dsn: str, *, schema: str, migrations_dir: Path) -> list[str]:
+    """Under an advisory lock, so replicas starting together don't race."""
     conn = await asyncpg.connect(dsn)
     applied: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"browserfleet.migrate.{schema}")
         try:
-            # Roles and database grants are cluster-wide rows: serialize across schemas too, or
-            # services migrating at once fail with "tuple concurrently updated".
-            await conn.execute("SELECT pg_advisory_lock(hashtext('browserfleet.migrate.roles'))")
-            try:
-                own_role = await _ensure_role(conn, role)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtext('browserfleet.migrate.roles'))")
-            owner = role if own_role else "CURRENT_USER"
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION {owner}')
-            if own_role:
-                await conn.execute(f'SET ROLE "{role}"')
+            # Created at start-up by the administrative connection, or already by the operator.
+            if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+                await conn.execute(f'CREATE SCHEMA "{schema}" AUTHORIZATION CURRENT_USER')
             await conn.execute(f'SET search_path TO "{schema}"')
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -122,30 +169,67 @@ async def migrate(dsn: str, *, schema: str, migrations_dir: Path) -> list[str]:
                 applied.append(version)
                 log.info("migration applied", extra={"schema": schema, "version": version})
         finally:
-            await conn.execute("RESET ROLE")
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"browserfleet.migrate.{schema}")
     finally:
         await conn.close()
     return applied
 
 
-async def _ensure_role(conn: asyncpg.Connection, role: str) -> bool:
-    """Create the schema's NOLOGIN role and let the current user act as it. False if not allowed."""
+async def _ensure_login(admin_dsn: str, *, schema: str, key: str) -> str:
+    """The login role of `schema`, with the password derived from `key`, owning the schema; its DSN."""
+    role = role_for(schema)
+    login_dsn = with_login(admin_dsn, role, login_password(key, role))
+    conn = await asyncpg.connect(admin_dsn)
     try:
-        await conn.execute(
-            f"""DO $$ BEGIN
-                  CREATE ROLE "{role}" NOLOGIN;
-                EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-                END $$"""
-        )
-        is_super = await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        if not is_super:
-            await conn.execute(f'GRANT "{role}" TO CURRENT_USER')
-        await conn.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{await conn.fetchval("SELECT current_database()")}" TO "{role}"')
-        return True
-    except asyncpg.InsufficientPrivilegeError:
-        log.warning("cannot create role %s; using the configured login for this schema", role)
+        # Roles and database grants are cluster-wide rows: serialize across schemas too, or
+        # services starting at once fail with "tuple concurrently updated".
+        await conn.execute("SELECT pg_advisory_lock(hashtext('browserfleet.migrate.roles'))")
+        try:
+            try:
+                await _ensure_role(conn, role, login_dsn, login_password(key, role))
+            except asyncpg.InsufficientPrivilegeError:
+                log.warning("cannot create role %s; the configured login runs this service", role)
+                return admin_dsn
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}" AUTHORIZATION "{role}"')
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext('browserfleet.migrate.roles'))")
+    finally:
+        await conn.close()
+    return login_dsn
+
+
+_LOGIN = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+
+
+async def _ensure_role(conn: asyncpg.Connection, role: str, login_dsn: str, password: str) -> None:
+    for attempt in range(5):
+        try:
+            row = await conn.fetchrow("SELECT rolcanlogin, rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls"
+                                      " AS powerful FROM pg_roles WHERE rolname = $1", role)
+            if row is None:
+                await conn.execute(f"CREATE ROLE \"{role}\" {_LOGIN} PASSWORD '{scram_verifier(password)}'")
+            elif not row["rolcanlogin"] or row["powerful"] or not await _login_works(login_dsn):
+                # A role of an older release (NOLOGIN), or a password derived from another key.
+                await conn.execute(f"ALTER ROLE \"{role}\" {_LOGIN} PASSWORD '{scram_verifier(password)}'")
+            if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+                await conn.execute(f'GRANT "{role}" TO CURRENT_USER')  # to create the schema for it
+            database = await conn.fetchval("SELECT current_database()")
+            await conn.execute(f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{role}"')
+            return
+        except (asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+            continue  # created this very moment for another database on the same server
+        except asyncpg.InternalServerError as exc:
+            if "concurrently" not in str(exc) or attempt == 4:
+                raise
+
+
+async def _login_works(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
         return False
+    await conn.close()
+    return True
 
 
 async def check(pool: asyncpg.Pool) -> bool:

@@ -5,15 +5,14 @@ from pathlib import Path
 from tests import infra
 
 SERVICES = ("billing", "provisioner", "sessions", "warm_pool")
-WEBHOOK_SECRET = "whsec_e2e_secret"
-ADMIN_TOKEN = "e2e-admin-token"
+WEBHOOK_SECRET = infra.SECRETS["STRIPE_WEBHOOK_SECRET"]
+ADMIN_TOKEN = infra.SECRETS["ADMIN_TOKEN"]
 
 
 class Platform:
     def __init__(self, database_url: str, rabbitmq_url: str, workdir: Path, **extra_env):
         self.workdir, self.database_url = workdir, database_url
-        self.profile_root = workdir / "browsers"
-        self.profile_root.mkdir(parents=True, exist_ok=True)
+        self.profile_root = infra.browser_root()
         self.logs = workdir / "logs"
         self.logs.mkdir(exist_ok=True)
         ports = {name: infra.free_port() for name in SERVICES}
