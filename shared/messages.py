@@ -111,6 +111,7 @@ class LeaseReply(BaseModel):
     cdp_ws_url: str | None = None
     warm: bool = False
     error: Literal["no_capacity", "unknown_tenant", "error"] | None = None
+    message: str | None = None  # why, when the reason is worth telling the client
 
 
 # Credential RPC: billing asks sessions which tenant an API key or dashboard sign-in belongs to.

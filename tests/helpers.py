@@ -4,6 +4,7 @@ import http.server
 import subprocess
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 
 
@@ -28,29 +29,50 @@ PAGE = b"""<!doctype html><html><head><title>Hello from browserfleet</title></he
 <body><h1 id="greeting">It works</h1></body></html>"""
 
 
+class _Pages(http.server.BaseHTTPRequestHandler):
+    """Serves whatever page a test registered under its path."""
+    pages: dict[str, bytes] = {}
+
+    def do_GET(self):
+        body = self.pages.get(self.path.split("?")[0])
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("content-type", "text/html; charset=utf-8")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+_page_server: http.server.ThreadingHTTPServer | None = None
+_page_lock = threading.Lock()
+
+
+def page_port() -> int:
+    """The one loopback port of this test process's pages. Sandboxed browsers reach only the host
+    ports in BROWSER_HOST_PORTS, so every warm_pool a test starts lists this one."""
+    global _page_server
+    with _page_lock:
+        if _page_server is None:
+            _page_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+            _page_server.daemon_threads = True
+            threading.Thread(target=_page_server.serve_forever, daemon=True).start()
+        return _page_server.server_address[1]
+
+
 @contextmanager
 def local_page_server(body: bytes = PAGE):
-    """Serve one HTML page on 127.0.0.1; yields its URL."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("content-type", "text/html; charset=utf-8")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """Serve one HTML page on 127.0.0.1 (on `page_port()`, a path of its own); yields its URL."""
+    path = f"/{uuid.uuid4().hex}/"
+    _Pages.pages[path] = body
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield f"http://127.0.0.1:{page_port()}{path}"
     finally:
-        server.shutdown()
-        server.server_close()
+        _Pages.pages.pop(path, None)
 
 
 def chromium_pids(marker: str) -> list[int]:

@@ -3,11 +3,14 @@
 URLs come from DATABASE_URL / RABBITMQ_URL or the local defaults; testcontainers is used only
 when neither answers and a Docker engine does.
 """
+import atexit
+import hashlib
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import uuid
@@ -16,6 +19,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -118,6 +123,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def browser_root(workdir: Path) -> Path:
+    """The PROFILE_ROOT for a test's warm_pool(s) working in `workdir`. Sandboxed browsers run as
+    users of their own, which must traverse its parents: pytest's temp dirs are private to root,
+    so it lives beside them, one per workdir."""
+    digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"browserfleet-test-{digest}"
+    if not path.exists():
+        path.mkdir(mode=0o711)
+        atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 class ServiceProcess:
     """One service as its own process (`python -m services.<name>`), logs to a file."""
 
@@ -125,6 +142,8 @@ class ServiceProcess:
         self.name = name
         self.port = int(env["HTTP_PORT"])
         self.env = {**os.environ, **SECRETS, **env, "PYTHONUNBUFFERED": "1"}
+        if name == "warm_pool":  # sandboxed browsers reach the test pages on this port only
+            self.env.setdefault("BROWSER_HOST_PORTS", str(helpers.page_port()))
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"

@@ -1,5 +1,6 @@
 """python -m services.warm_pool — settings → migrations → broker + HTTP → run until signalled."""
 import asyncio
+import logging
 import socket
 from functools import partial
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 from services.warm_pool import handlers, http, subscribers
 from services.warm_pool.settings import WarmPoolSettings
 from shared.service import Runtime, run, serve
+
+log = logging.getLogger(__name__)
 
 
 def make_backend(settings: WarmPoolSettings):
@@ -16,7 +19,30 @@ def make_backend(settings: WarmPoolSettings):
     from services.warm_pool.adapters.local import LocalChromium
     return LocalChromium(chromium_path=settings.chromium_path, profile_root=settings.profile_root,
                          launch_timeout_s=settings.launch_timeout_s,
-                         advertise_host=advertised_host(settings.browser_advertise_host))
+                         advertise_host=advertised_host(settings.browser_advertise_host),
+                         sandbox=make_sandbox(settings))
+
+
+def make_sandbox(settings: WarmPoolSettings):
+    """The local sandbox, built before anything else: a host that cannot build it stops here."""
+    from services.warm_pool.adapters.local import LocalChromium
+    from services.warm_pool.adapters.sandbox import Sandbox, SandboxConfig, SandboxUnavailable
+    if settings.browser_sandbox == "off":
+        log.warning("BROWSER_SANDBOX=off: browsers run unsandboxed, so this replica serves one tenant only")
+        return None
+    sandbox = Sandbox(SandboxConfig(
+        host_ports=settings.host_ports(), net_cidr=settings.browser_net_cidr,
+        blocked_networks=settings.blocked_networks(), uid_base=settings.browser_uid_base,
+        state_dir=settings.browser_state_dir, browser_memory_mib=settings.browser_memory_mib,
+        browser_pids=settings.browser_pids_max, browser_cpu_weight=settings.browser_cpu_weight,
+        tenant_memory_fraction=settings.browser_tenant_memory_fraction,
+    ), chromium_path=settings.chromium_path, profile_root=settings.profile_root)
+    try:
+        sandbox.start(alive=LocalChromium.live_warm_pool)
+    except SandboxUnavailable as exc:
+        raise SystemExit(f"warm_pool: cannot sandbox browsers on this host: {exc}. Fix that, or set "
+                         "BROWSER_SANDBOX=off to run unsandboxed (one tenant per replica).") from exc
+    return sandbox
 
 
 def advertised_host(setting: str | None) -> str | None:

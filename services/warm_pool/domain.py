@@ -64,3 +64,7 @@ def excess_idle(*, target: int, idle: int, launching: int) -> int:
 
 def warm_hit_ratio(warm: int, cold: int) -> float:
     return warm / (warm + cold) if warm + cold else 1.0
+
+
+class TenantRefused(Exception):
+    """This host will not run a browser for that tenant (the message says why)."""

@@ -10,6 +10,7 @@ and no refills; a lease claims one of its Ready pods and records it as a leased 
 replica may destroy or watch any browser, since all of them reach the same cluster.
 """
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -47,7 +48,8 @@ class Launched(Protocol):
 class Backend(Protocol):
     """Browsers as processes of this replica (local)."""
     cluster: bool  # False
-    async def launch(self, browser_id: UUID, *, urgent: bool = False) -> Launched: ...
+    async def launch(self, browser_id: UUID, *, tenant_id: UUID, tenant_browsers: int,
+                     urgent: bool = False) -> Launched: ...
     async def kill(self, browser_id: UUID) -> None: ...
     def exited(self) -> list[UUID]: ...
     async def close(self) -> None: ...
@@ -220,7 +222,11 @@ async def _launch_on_demand(req: LeaseRequest, *, ports: PoolPorts) -> LeaseRepl
                                             session_id=req.session_id)
     if evicted is not None:
         await kill_browser(evicted, ports=ports)
-    row = await _launch(browser_id, "leased", ports=ports)
+    try:
+        row = await _launch(browser_id, "leased", tenant_id=req.tenant_id, ports=ports)
+    except domain.TenantRefused as exc:
+        metrics.LEASES.labels("no_capacity").inc()
+        return LeaseReply(ok=False, error="no_capacity", message=str(exc))
     if row is None:
         metrics.LEASES.labels("error").inc()
         return LeaseReply(ok=False, error="error")
@@ -228,14 +234,22 @@ async def _launch_on_demand(req: LeaseRequest, *, ports: PoolPorts) -> LeaseRepl
     return LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=row["cdp_ws_url"], warm=False)
 
 
-async def _launch(browser_id: UUID, state: str, *, ports: PoolPorts, urgent: bool = False):
-    """Start the browser of a 'launching' row and move it to `state`; None if that failed."""
+async def _launch(browser_id: UUID, state: str, *, tenant_id: UUID, ports: PoolPorts, urgent: bool = False):
+    """Start the browser of a 'launching' row and move it to `state`; None if that failed,
+    `domain.TenantRefused` if the backend will not serve the tenant here."""
     if ports.stopping:
         await _mark_dead(browser_id, ports=ports)
         return None
     started = time.perf_counter()
+    async with ports.db.acquire() as conn:
+        tenant = await repository.get_tenant(conn, tenant_id=tenant_id)
+    browsers = (tenant["max_concurrent"] + tenant["prewarm"]) if tenant else 1
     try:
-        launched = await ports.backend.launch(browser_id, urgent=urgent or state == "leased")
+        launched = await ports.backend.launch(browser_id, tenant_id=tenant_id, tenant_browsers=browsers,
+                                              urgent=urgent or state == "leased")
+    except domain.TenantRefused:
+        await _mark_dead(browser_id, ports=ports)
+        raise
     except Exception as exc:
         log.warning("browser launch failed", extra={"browser_id": str(browser_id), "error": repr(exc)[:300]})
         await _mark_dead(browser_id, ports=ports)
@@ -279,12 +293,13 @@ async def refill(tenant_id: UUID, *, ports: PoolPorts) -> None:
             await repository.insert_browser(conn, browser_id=new[-1], tenant_id=tenant_id,
                                             replica_id=ports.replica, owner_pid=ports.pid, host=ports.host)
     for browser_id in new:
-        ports.spawn(_launch_idle(browser_id, urgent=urgent, ports=ports))
+        ports.spawn(_launch_idle(browser_id, tenant_id=tenant_id, urgent=urgent, ports=ports))
 
 
-async def _launch_idle(browser_id: UUID, *, urgent: bool, ports: PoolPorts) -> None:
+async def _launch_idle(browser_id: UUID, *, tenant_id: UUID, urgent: bool, ports: PoolPorts) -> None:
     async with ports.refill_slots:
-        await _launch(browser_id, "idle", urgent=urgent, ports=ports)
+        with contextlib.suppress(domain.TenantRefused):  # logged by the backend; the tenant's creates say why
+            await _launch(browser_id, "idle", tenant_id=tenant_id, urgent=urgent, ports=ports)
 
 
 def target_for(pool_row, *, ports: PoolPorts) -> int:

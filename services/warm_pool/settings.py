@@ -5,7 +5,7 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from shared.settings import ServiceSettings
 
@@ -35,8 +35,10 @@ def default_chromium() -> str:
     """Chromium's headless shell where installed: the build made for automation (Playwright's
     default headless browser), ready in ~70 ms for ~0.17 CPU-s against ~250 ms and ~0.5 CPU-s
     for the full browser in headless mode (`python -m bench.launch_cost`)."""
-    shell = "/usr/bin/chromium-headless-shell"
-    return shell if os.access(shell, os.X_OK) else "/usr/bin/chromium"
+    for path in ("/usr/lib/chromium/chromium-headless-shell", "/usr/bin/chromium-headless-shell"):
+        if os.access(path, os.X_OK):  # the binary itself, not Debian's wrapper script: one exec less
+            return path
+    return "/usr/bin/chromium"
 
 
 class WarmPoolSettings(ServiceSettings):
@@ -64,6 +66,36 @@ class WarmPoolSettings(ServiceSettings):
     replica_id: str = Field(default_factory=default_replica_id)
     reconcile_interval_s: float = 1.0
     monitor_interval_s: float = 0.25
+
+    # The local backend's sandbox (docs/SECURITY.md). "off" only where namespaces cannot be had,
+    # and then this replica serves one tenant only.
+    browser_sandbox: Literal["on", "off"] = "on"
+    # Host loopback ports every browser may reach as its own 127.0.0.1:PORT / localhost:PORT.
+    browser_host_ports: str = ""
+    browser_net_cidr: str = "10.213.0.0/16"  # one /30 per browser, for its veth pair
+    browser_blocked_networks: str = ""  # more destinations to refuse, comma-separated CIDRs
+    browser_uid_base: int = Field(2_100_000_000, ge=1000)  # browser N runs as this uid + its slot
+    browser_state_dir: Path = Path("/run/browserfleet")
+    browser_memory_mib: int = Field(1024, ge=128)
+    browser_pids_max: int = Field(512, ge=32)
+    browser_cpu_weight: int = Field(100, ge=1, le=10000)
+    # A tenant's browsers together: their count (max concurrent + pre-warmed) times the above,
+    # but never more than this fraction of the host's memory.
+    browser_tenant_memory_fraction: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("browser_host_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            if not part.isdigit() or not 0 < int(part) < 65536:
+                raise ValueError(f"BROWSER_HOST_PORTS: {part!r} is not a port number")
+        return value
+
+    def host_ports(self) -> list[int]:
+        return sorted({int(p) for p in self.browser_host_ports.split(",") if p.strip()})
+
+    def blocked_networks(self) -> list[str]:
+        return [p.strip() for p in self.browser_blocked_networks.split(",") if p.strip()]
 
     # Kubernetes backend. API: an explicit URL (tests, kubectl proxy), else KUBECONFIG, else in-cluster.
     kube_api_url: str | None = None

@@ -12,8 +12,7 @@ ADMIN_TOKEN = infra.SECRETS["ADMIN_TOKEN"]
 class Platform:
     def __init__(self, database_url: str, rabbitmq_url: str, workdir: Path, **extra_env):
         self.workdir, self.database_url = workdir, database_url
-        self.profile_root = workdir / "browsers"
-        self.profile_root.mkdir(parents=True, exist_ok=True)
+        self.profile_root = infra.browser_root(workdir)
         self.logs = workdir / "logs"
         self.logs.mkdir(exist_ok=True)
         ports = {name: infra.free_port() for name in SERVICES}

@@ -28,7 +28,7 @@ CDP_URL = re.compile(r"^ws://127\.0\.0\.1:(\d+)/devtools/browser/[0-9a-f-]+$")
 
 class WarmPool:
     def __init__(self, *, db: str, mq: str, root: Path, logs: Path, **env):
-        self.db, self.mq, self.profile_root = db, mq, root / "profiles"
+        self.db, self.mq, self.profile_root = db, mq, infra.browser_root(root)
         port = infra.free_port()
         self.service = infra.ServiceProcess("warm_pool", {
             "DATABASE_URL": db, "RABBITMQ_URL": mq, "HTTP_PORT": str(port), "PROFILE_ROOT": str(self.profile_root),

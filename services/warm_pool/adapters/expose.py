@@ -28,10 +28,10 @@ class PortForwarder:
         self.bind_host = bind_host
         self._servers: dict[UUID, asyncio.base_events.Server] = {}
 
-    async def open(self, browser_id: UUID, target_port: int) -> int:
+    async def open(self, browser_id: UUID, target_port: int, *, host: str = "127.0.0.1") -> int:
         async def forward(client_reader, client_writer):
             try:
-                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target_port)
+                upstream_reader, upstream_writer = await asyncio.open_connection(host, target_port)
             except OSError:
                 client_writer.close()
                 return

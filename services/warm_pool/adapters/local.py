@@ -21,7 +21,9 @@ from uuid import UUID
 
 import httpx
 
+from services.warm_pool import domain
 from services.warm_pool.adapters.expose import PortForwarder
+from services.warm_pool.adapters.sandbox import Prepared, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          # +2 s, 1.2 → 0.4 CPU-s). Unknown feature names are ignored by older versions.
          "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup,"
          "OmniboxAimPopup,AiModeOmniboxEntryPoint,OmniboxFullPopup",
-         "--remote-debugging-port=0"]
+         ]
+# In the sandbox Chromium's own sandbox stays on (it runs as an unprivileged user there).
+SANDBOXED_FLAGS = [f for f in FLAGS if f != "--no-sandbox"]
 
 
 # Browsers start and wait in the pool under SCHED_IDLE: they only get CPU nobody else wants, so
@@ -136,39 +140,74 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+class TenantRefused(LaunchFailed, domain.TenantRefused):
+    """Without a sandbox this host serves one tenant only."""
+
+
 class LocalChromium:
     cluster = False  # browsers are this replica's own processes
 
     def __init__(self, *, chromium_path: str, profile_root: Path, launch_timeout_s: float = 20,
-                 advertise_host: str | None = None):
+                 advertise_host: str | None = None, sandbox: Sandbox | None = None):
         self.chromium_path = chromium_path
         self.advertise_host = advertise_host
+        self.sandbox = sandbox
         self._forwarder = PortForwarder() if advertise_host else None
         self.profile_root = Path(profile_root)
         self.launch_timeout_s = launch_timeout_s
         self._procs: dict[UUID, subprocess.Popen] = {}
+        self._sandboxed: dict[UUID, Prepared] = {}
+        self._only_tenant: UUID | None = None
         self._closed = False
         self._http = httpx.AsyncClient(timeout=2, trust_env=False)
 
     def _dir(self, browser_id: UUID) -> Path:
         return self.profile_root / str(browser_id)
 
-    async def launch(self, browser_id: UUID, *, urgent: bool = False) -> Launched:
+    def _check_tenant(self, tenant_id: UUID | None) -> None:
+        if self.sandbox is not None or tenant_id is None:
+            return
+        if self._only_tenant is None:
+            self._only_tenant = tenant_id
+        elif tenant_id != self._only_tenant:
+            log.error("BROWSER_SANDBOX=off: this warm_pool serves one tenant only; refusing a browser "
+                      "for another", extra={"tenant_id": str(tenant_id), "serving": str(self._only_tenant)})
+            raise TenantRefused("this host runs browsers without a sandbox (BROWSER_SANDBOX=off) "
+                                "and serves another tenant")
+
+    async def launch(self, browser_id: UUID, *, tenant_id: UUID | None = None, tenant_browsers: int = 1,
+                     urgent: bool = False) -> Launched:
         """`urgent`: a session waits for this one (or soon will), so it starts at normal priority."""
         if self._closed:
             raise LaunchFailed("backend closed")
+        self._check_tenant(tenant_id)
         base = self._dir(browser_id)
-        profile = base / "profile"
         base.mkdir(parents=True, exist_ok=False)
         owner = base / "owner.json"
         owner.write_text(json.dumps({"owner_pid": os.getpid()}))  # before the dir can look orphaned
-        profile.mkdir()
+        if self.sandbox is not None:
+            try:
+                prepared = await self.sandbox.prepare(
+                    browser_id=browser_id, tenant_id=tenant_id, tenant_browsers=tenant_browsers,
+                    base=base / "home", flags=SANDBOXED_FLAGS, urgent=urgent)
+            except BaseException as exc:
+                await _remove_dir_async(base)
+                if isinstance(exc, (asyncio.CancelledError, LaunchFailed)):
+                    raise
+                raise LaunchFailed(f"sandbox: {exc}") from exc
+            self._sandboxed[browser_id] = prepared
+            argv, env, devtools = prepared.argv, {"PATH": "/usr/bin:/bin"}, self.sandbox.devtools(prepared)
+            keep = (prepared.home_fd,)
+        else:
+            profile = base / "profile"
+            profile.mkdir()
+            argv = [*([] if urgent else ["chrt", "--idle", "0"]), self.chromium_path, *FLAGS,
+                    f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"]
+            env, devtools, keep = None, None, ()
         # fork+exec in a thread: forking this process can take tens of ms, which would stall leases.
         spawn = asyncio.ensure_future(asyncio.to_thread(
-            subprocess.Popen, [*([] if urgent else ["chrt", "--idle", "0"]), self.chromium_path, *FLAGS,
-                               f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True,
+            subprocess.Popen, argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True, pass_fds=keep,
         ))
         try:
             proc = await asyncio.shield(spawn)
@@ -176,7 +215,12 @@ class LocalChromium:
             self._procs[browser_id] = await spawn
             await self.kill(browser_id)
             raise
+        except BaseException:
+            await self.kill(browser_id)
+            raise
         self._procs[browser_id] = proc
+        if browser_id in self._sandboxed:  # the child has its own copy now
+            self._sandboxed[browser_id].close_fd()
         if not urgent:
             _set_autogroup_nice(proc.pid, 19)
         if self._closed:  # shut down while it was starting
@@ -184,18 +228,21 @@ class LocalChromium:
             raise LaunchFailed("backend closed")
         owner.write_text(json.dumps({"owner_pid": os.getpid(), "pid": proc.pid}))
         try:
-            port, url = await asyncio.wait_for(self._wait_ready(proc, profile), self.launch_timeout_s)
+            port, url = await asyncio.wait_for(self._wait_ready(proc, base / "profile", devtools),
+                                               self.launch_timeout_s)
         except BaseException as exc:
             await self.kill(browser_id)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise LaunchFailed(f"chromium did not start: {exc!r}") from exc
         if self._forwarder is not None:
-            exposed = await self._forwarder.open(browser_id, port)
-            url = url.replace(f"//127.0.0.1:{port}/", f"//{self.advertise_host}:{exposed}/", 1)
+            host = devtools[0] if devtools else "127.0.0.1"
+            exposed = await self._forwarder.open(browser_id, port, host=host)
+            url = url.replace(f"//{host}:{port}/", f"//{self.advertise_host}:{exposed}/", 1)
         return Launched(pid=proc.pid, port=port, profile_dir=str(base), cdp_ws_url=url)
 
-    async def _wait_ready(self, proc: subprocess.Popen, profile: Path) -> tuple[int, str]:
+    async def _wait_ready(self, proc: subprocess.Popen, profile: Path,
+                          devtools: tuple[str, int] | None) -> tuple[int, str]:
         port_file = profile / "DevToolsActivePort"
         promote_at = time.monotonic() + PROMOTE_AFTER_S
         while True:
@@ -206,11 +253,14 @@ class LocalChromium:
                 raise LaunchFailed(f"exited with {proc.returncode}")
             # The port file can lag the process start; /json/version answers once it is ready.
             with contextlib.suppress(OSError, ValueError, IndexError, KeyError, httpx.HTTPError):
-                port = int(port_file.read_text().splitlines()[0])
-                resp = await self._http.get(f"http://127.0.0.1:{port}/json/version")
+                if devtools is not None:  # sandboxed: a fixed port in the browser's own namespace
+                    host, port = devtools
+                else:
+                    host, port = "127.0.0.1", int(port_file.read_text().splitlines()[0])
+                resp = await self._http.get(f"http://{host}:{port}/json/version")
                 if resp.status_code == 200:
                     return port, resp.json()["webSocketDebuggerUrl"]
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.03 if devtools is None else 0.01)
 
     def prioritize(self, *, pid: int | None, host: str) -> None:
         """Give a leased browser normal CPU priority (needs CAP_SYS_NICE; without it, it stays low)."""
@@ -218,20 +268,31 @@ class LocalChromium:
             asyncio.get_running_loop().run_in_executor(None, _normal_priority, pid)
 
     def exited(self) -> list[UUID]:
-        """Browsers started here whose process has died (and is now reaped)."""
-        return [bid for bid, proc in list(self._procs.items()) if proc.poll() is not None]
-
-    def owned(self) -> list[UUID]:
-        return list(self._procs)
+        """Browsers started here whose process has died (and is now reaped), or whose sandbox
+        hit its memory limit (the kernel killed part of it: the rest goes too)."""
+        gone = []
+        for bid, proc in list(self._procs.items()):
+            prepared = self._sandboxed.get(bid)
+            if proc.poll() is not None:
+                gone.append(bid)
+            elif prepared is not None and self.sandbox.oom_killed(prepared):
+                log.warning("browser hit its memory limit", extra={"browser_id": str(bid)})
+                self.sandbox.kill(prepared)
+                gone.append(bid)
+        return gone
 
     async def kill(self, browser_id: UUID) -> None:
-        """SIGKILL the browser's whole process group, reap it, remove its directory."""
+        """SIGKILL the browser's whole process group, reap it, release its sandbox, remove its directory."""
         proc = self._procs.pop(browser_id, None)
+        prepared = self._sandboxed.pop(browser_id, None)
         if self._forwarder is not None:
             await self._forwarder.close(browser_id)
         if proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        if prepared is not None:
+            await self.sandbox.release(prepared)  # kills whatever is left in its cgroups
+        if proc is not None:
             deadline = time.monotonic() + 5
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
@@ -244,16 +305,24 @@ class LocalChromium:
         self._closed = True
         await self.kill_all()
         await self._http.aclose()
+        if self.sandbox is not None:
+            await asyncio.to_thread(self.sandbox.stop)
 
-    def owner_alive(self, pid: int) -> bool:
+    @staticmethod
+    def live_warm_pool(pid: int) -> bool:
         """Is `pid` a live warm_pool process (this one or a sibling replica on this host)?"""
         return pid == os.getpid() or (_pid_alive(pid) and "services.warm_pool" in _cmdline(pid))
+
+    def owner_alive(self, pid: int) -> bool:
+        return self.live_warm_pool(pid)
 
     async def remove_stale(self, browser_id: UUID, *, pid: int | None, profile_dir: str | None) -> None:
         await asyncio.to_thread(kill_stale, pid, profile_dir or str(self._dir(browser_id)))
         await _remove_dir_async(Path(profile_dir) if profile_dir else self._dir(browser_id))
 
     async def remove_orphans(self) -> list[UUID]:
+        if self.sandbox is not None:  # dead replicas' cgroups, namespaces and filter tables first
+            await asyncio.to_thread(self.sandbox.remove_stale, self.owner_alive)
         return await asyncio.to_thread(self._remove_orphans)
 
     def _remove_orphans(self) -> list[UUID]:
