@@ -8,6 +8,7 @@ real Postgres and RabbitMQ; Stripe's API is the stand-in, its webhooks are signe
 """
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -24,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import infra
 from tests import stripe_fakes as fakes
 
-SECRET = "whsec_takeover_test"
-ADMIN_TOKEN = "takeover-admin-token"
+SECRET = f"whsec_{secrets.token_urlsafe(24)}"
+ADMIN_TOKEN = f"takeover-admin-{secrets.token_urlsafe(24)}"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -297,7 +298,11 @@ def test_a_revoked_key_or_an_expired_sign_in_starts_nothing(platform, victim):
 
 
 def test_no_credential_that_crossed_to_sessions_is_logged(platform, victim, attacker):
+    credential = sign_in(platform, victim.id)
+    assert platform.checkout({"plan": "enterprise"}, credential).status_code == 200
+    assert platform.checkout({"plan": "enterprise", "tenant_id": victim.id}, credential[:-2]).status_code == 401
     for name in ("billing", "sessions"):
         text = (platform.logs / f"{name}.log").read_text()
         assert text.strip()
-        assert victim.key not in text and attacker.key not in text, f"an API key is in {name}.log"
+        for secret in (victim.key, attacker.key, credential, credential[:-2], ADMIN_TOKEN):
+            assert secret not in text, f"a credential is in {name}.log"
