@@ -69,6 +69,25 @@ async def _account_for(conn, ref: Ref, plans: dict[str, Plan], *, prefer_price: 
     return _Account(tenant_id, row, True, plan)
 
 
+async def _passed_over(conn, acct: _Account, ref: Ref) -> Outcome | None:
+    """Refused (another customer), or for a subscription this tenant has since replaced: no effect."""
+    if refused := _refused(acct, ref):
+        return refused
+    if await repository.is_superseded(conn, tenant_id=acct.tenant_id, subscription_id=ref.subscription):
+        log.warning("stripe event for a superseded subscription ignored; cancel that subscription at Stripe",
+                    extra={"tenant_id": str(acct.tenant_id), "subscription_id": ref.subscription})
+        return Outcome(True, "a subscription this tenant has replaced")
+    return None
+
+
+async def _switch_subscription(conn, acct: _Account, ref: Ref) -> None:
+    """A plan change paid by a new subscription (the same customer): the previous one is let go."""
+    old = acct.row["subscription_id"]
+    if old and ref.subscription and old != ref.subscription:
+        await repository.supersede_subscription(conn, tenant_id=acct.tenant_id, subscription_id=old,
+                                                by=ref.subscription)
+
+
 def _refused(acct: _Account, ref: Ref) -> Outcome | None:
     have = acct.row["stripe_customer_id"]
     if not domain.binding_conflict(account_customer=have, event_customer=ref.customer):
@@ -98,12 +117,13 @@ async def checkout_completed(conn, ev: CheckoutCompleted, *, plans, created) -> 
     acct = await _account_for(conn, ev.ref, plans)
     if acct is None:
         return WAITING
-    if refused := _refused(acct, ev.ref):
-        return refused
+    if passed := await _passed_over(conn, acct, ev.ref):
+        return passed
     if acct.plan is None:
         return WAITING
     if acct.row["status"] == "canceled" and acct.row["subscription_id"] == ev.ref.subscription:
         return Outcome(True, "subscription already canceled")
+    await _switch_subscription(conn, acct, ev.ref)
     await _change(conn, acct, status="active", plan=acct.plan, created=created,
                   stripe_customer_id=ev.ref.customer or acct.row["stripe_customer_id"],
                   subscription_id=ev.ref.subscription or acct.row["subscription_id"])
@@ -114,8 +134,8 @@ async def invoice_paid(conn, ev: InvoicePaid, *, plans, created) -> Outcome:
     acct = await _account_for(conn, ev.ref, plans)
     if acct is None:
         return WAITING
-    if refused := _refused(acct, ev.ref):
-        return refused
+    if passed := await _passed_over(conn, acct, ev.ref):
+        return passed
     if acct.plan is None:
         return WAITING
     row = acct.row
@@ -123,6 +143,7 @@ async def invoice_paid(conn, ev: InvoicePaid, *, plans, created) -> Outcome:
         return Outcome(True, "subscription already canceled")
     if row["period_start"] is not None and ev.period_start < row["period_start"]:
         return Outcome(True, "an older period than the account's")
+    await _switch_subscription(conn, acct, ev.ref)
     reference = domain.grant_reference(ev.ref.subscription, ev.period_start)
     ids = dict(stripe_customer_id=ev.ref.customer or row["stripe_customer_id"], subscription_id=ev.ref.subscription)
     if await repository.entry_exists(conn, kind="grant", reference=reference):
@@ -154,8 +175,8 @@ async def _set_status(conn, ref: Ref, status: str | None, *, plans, created) -> 
     acct = await _account_for(conn, ref, plans, prefer_price=True)
     if acct is None:
         return WAITING
-    if refused := _refused(acct, ref):
-        return refused
+    if passed := await _passed_over(conn, acct, ref):
+        return passed
     if acct.plan is None:
         return WAITING
     row = acct.row

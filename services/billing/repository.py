@@ -78,6 +78,18 @@ async def refused_events(conn, *, tenant_id: UUID | None, limit: int) -> list[as
             ORDER BY refused_at DESC, event_id LIMIT $2""", tenant_id, limit)
 
 
+async def supersede_subscription(conn, *, tenant_id: UUID, subscription_id: str, by: str) -> None:
+    await conn.execute(
+        """INSERT INTO superseded_subscriptions (subscription_id, tenant_id, superseded_by) VALUES ($1, $2, $3)
+           ON CONFLICT (subscription_id) DO NOTHING""", subscription_id, tenant_id, by)
+
+
+async def is_superseded(conn, *, tenant_id: UUID, subscription_id: str | None) -> bool:
+    return bool(subscription_id and await conn.fetchval(
+        "SELECT 1 FROM superseded_subscriptions WHERE subscription_id = $1 AND tenant_id = $2",
+        subscription_id, tenant_id))
+
+
 # --- accounts and ledger ---------------------------------------------------------------------
 
 async def find_tenant(conn, *, subscription: str | None, customer: str | None) -> UUID | None:

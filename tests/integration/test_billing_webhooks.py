@@ -397,13 +397,17 @@ async def test_the_same_customer_on_a_new_subscription_changes_plan_and_the_old_
                   fakes.invoice_paid(tenant, "enterprise", cus, new_sub, P2, P3, created=now)):
         await post(client, event)
     await billing.settle()
-    # The previous subscription ending later is not the tenant's any more: no cancel.
-    await post(client, fakes.subscription_deleted(tenant, "professional", cus, sub, created=now + 1))
+    # The previous subscription renewing or ending later is not the tenant's any more.
+    await post(client, fakes.invoice_paid(tenant, "professional", cus, sub, P3, P3 + timedelta(days=31),
+                                          created=now + 1))
+    await post(client, fakes.subscription_deleted(tenant, "professional", cus, sub, created=now + 2))
     await billing.settle()
     acct = await account(client, tenant)
     assert (acct["plan"], acct["status"], acct["balance"], acct["subscription_id"]) == \
         ("enterprise", "active", 50000, new_sub)
-    assert [c["status"] for c in await billing.outbox(tenant, "billing.subscription_changed")] == ["active"]
+    assert [(c["plan"], c["status"]) for c in await billing.outbox(tenant, "billing.subscription_changed")] == \
+        [("enterprise", "active")]
+    assert [v["plan"] for v in await billing.outbox(tenant, "billing.payment_verified")] == ["professional", "enterprise"]
     assert (await client.get("/v1/admin/stripe-events/refused", headers=ADMIN,
                              params={"tenant_id": str(tenant)})).json()["data"] == []
 
