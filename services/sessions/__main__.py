@@ -38,7 +38,6 @@ async def build(runtime: Runtime):
 
     runtime.background(reaper)
     runtime.background(activity)
-    runtime.server_options["ws_max_size"] = settings.max_cdp_message_bytes  # checked on frame headers
     runtime.on_stop(lease.close)
     return http.create_app(runtime=runtime, settings=settings, lease=lease, api_keys=api_keys, relays=relays)
 
