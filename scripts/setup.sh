@@ -16,6 +16,13 @@ apt_install() {
 for pkg in chromium chromium-headless-shell; do
   command -v "$pkg" >/dev/null 2>&1 || { log "installing $pkg"; apt_install "$pkg"; }
 done
+# Every local browser runs in a sandbox (docs/SECURITY.md): bubblewrap, nftables, iproute2,
+# util-linux's nsenter/setpriv/chrt.
+need=()
+for tool in bwrap:bubblewrap nft:nftables ip:iproute2 nsenter:util-linux setpriv:util-linux chrt:util-linux; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+[ ${#need[@]} = 0 ] || { log "installing ${need[*]}"; apt_install $(printf '%s\n' "${need[@]}" | sort -u); }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { for _ in $(seq 1 60); do port_open "$1" && return 0; sleep 1; done; return 1; }

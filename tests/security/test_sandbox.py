@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sysconfig
 from pathlib import Path
 
 import asyncpg
@@ -118,14 +119,14 @@ async def read_file_url(page, url: str) -> str | None:
 
 async def test_a_browser_sees_no_file_of_the_host_or_of_another_tenant(attack, platform):
     page = attack["page"]
-    # Control: file:// works, on what the sandbox does show (a read-only system and its own files).
-    assert "localhost" in await read_file_url(page, "file:///etc/hosts")
-    assert "profile" in await read_file_url(page, "file:///browser/")
     b_dir = attack["row_b"]["profile_dir"]
     for target in [str(platform.profile_root), b_dir, f"{b_dir}/home/profile/", str(infra.ROOT),
                    f"{infra.ROOT}/.env", f"{infra.ROOT}/pyproject.toml", str(platform.workdir),
                    "/root", "/run/browserfleet", "/var/lib/postgresql", "/etc/shadow"]:
         assert await read_file_url(page, f"file://{target}") is None, target
+    # Control: file:// works, on what the sandbox does show (a read-only system and its own files).
+    assert "localhost" in await read_file_url(page, "file:///etc/hosts")
+    assert "profile" in await read_file_url(page, "file:///browser/")
 
 
 async def test_a_browser_sees_only_its_own_processes_and_a_clean_environment(attack, platform):
@@ -265,7 +266,7 @@ async def test_downloads_aimed_at_host_paths_land_nowhere_on_the_host(attack, tm
     cdp = await browser.new_browser_cdp_session()
     landing = tmp_path / "landing"
     landing.mkdir()
-    site_packages = next((infra.ROOT / ".venv" / "lib").glob("python3*/site-packages"))
+    site_packages = Path(sysconfig.get_paths()["purelib"])  # a .pth there runs at the next Python start
     home = Path(attack["row_a"]["profile_dir"]) / "home"
     results = {}
     for target in (str(landing), str(site_packages), "/root", "/browser/downloads"):
