@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import pydantic
 
-from browserfleet._errors import APIError, BrowserfleetError, parse_retry_after, status_error
+from browserfleet._errors import APIError, BrowserfleetError, parse_retry_after
 from browserfleet._version import __version__
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
@@ -114,12 +114,7 @@ def retry_delay(call: Call, attempt: int, max_retries: int, *, response: httpx.R
         never_sent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout))
         if not (never_sent or call.safe or call.replayable):
             return None
-    return min(0.5 * 2 ** attempt, 8.0) * (1 - 0.25 * random.random())
-
-
-def raise_for(response: httpx.Response) -> None:
-    if response.is_error:
-        raise status_error(response)
+    return min(0.5 * 2.0 ** attempt, 8.0) * (1 - 0.25 * random.random())
 
 
 def parse(response: httpx.Response, model: type[Model]) -> Model:

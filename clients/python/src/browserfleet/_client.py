@@ -8,8 +8,8 @@ from typing import Any, Awaitable, Callable, Mapping, overload
 import httpx
 
 from browserfleet._base import (DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, Call, Model, Settings, Timeout, parse,
-                                raise_for, retry_delay)
-from browserfleet._errors import APIConnectionError, APITimeoutError
+                                retry_delay)
+from browserfleet._errors import APIConnectionError, APITimeoutError, status_error
 from browserfleet.resources.profiles import AsyncProfiles, Profiles
 from browserfleet.resources.sessions import AsyncSessions, Sessions
 from browserfleet.resources.usage import AsyncUsageResource, UsageResource
@@ -94,7 +94,7 @@ class Browserfleet(_Common):
                     return response
                 delay = retry_delay(call, attempt, self._settings.max_retries, response=response)
                 if delay is None:
-                    raise_for(response)
+                    raise status_error(response)
                 response.close()
             self._sleep(delay)
             attempt += 1
@@ -156,7 +156,7 @@ class AsyncBrowserfleet(_Common):
                     return response
                 delay = retry_delay(call, attempt, self._settings.max_retries, response=response)
                 if delay is None:
-                    raise_for(response)
+                    raise status_error(response)
                 await response.aclose()
             await self._sleep(delay)
             attempt += 1

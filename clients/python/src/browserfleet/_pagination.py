@@ -5,13 +5,12 @@ from typing import AsyncIterator, Awaitable, Callable, Generator, Generic, Itera
 
 from browserfleet._errors import BrowserfleetError
 
-Item = TypeVar("Item", covariant=True)
 T = TypeVar("T")
 
 
-class _Page(Protocol[Item]):
+class _Page(Protocol[T]):
     @property
-    def data(self) -> list[Item]: ...  # type: ignore[misc]
+    def data(self) -> list[T]: ...
     @property
     def next_cursor(self) -> Optional[str]: ...
 
@@ -36,7 +35,7 @@ class SyncCursorPage(Generic[T]):
         self._first = first
 
     def iter_pages(self) -> Iterator[_Page[T]]:
-        page, seen = self._first, set()
+        page, seen = self._first, set[str]()
         while True:
             yield page
             cursor = _next(page, seen)
@@ -59,7 +58,7 @@ class AsyncCursorPager(Generic[T]):
         return self._fetch(None).__await__()
 
     async def iter_pages(self) -> AsyncIterator[_Page[T]]:
-        page, seen = await self._fetch(None), set()
+        page, seen = await self._fetch(None), set[str]()
         while True:
             yield page
             cursor = _next(page, seen)
