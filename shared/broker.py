@@ -14,10 +14,19 @@
   mandatory, with unroutable returns raised as errors.
 """
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import logging
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from faststream import AckPolicy
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
@@ -166,3 +175,118 @@ async def _raw_body(message: RabbitMessage) -> bytes:
 
 def _ids(event: BaseModel) -> dict:
     return {k: str(getattr(event, k)) for k in ("tenant_id", "session_id", "browser_id") if getattr(event, k, None)}
+
+
+# --- users and permissions: each service its own RabbitMQ user ----------------------------------
+# A service may declare, bind and consume only queues named `<service>.…`, publish to the events
+# exchange only routing keys `<service>.…` (topic permissions), and bind its queues to any event.
+# Request/reply and dead-letter replay publish through the default exchange, which RabbitMQ
+# authorises per exchange only (not per target queue): see docs/SECURITY.md.
+SERVICES = ("billing", "provisioner", "sessions", "warm_pool")
+
+
+def user_for(service: str, *, prefix: str = "browserfleet-") -> str:
+    return f"{prefix}{service}"
+
+
+def user_password(key: str, user: str) -> str:
+    """A service user's password, derived so that whoever holds `key` (make run, the test
+    harness, an operator's provisioning job) gives the service the same one on every start."""
+    digest = hmac.new(key.encode(), f"browserfleet broker user {user}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def permissions(service: str, *, events: str) -> dict:
+    """configure/write/read (resource-name regexes) and the topic permissions on the events exchange."""
+    own, ex = rf"{re.escape(service)}\..*", re.escape(events)
+    return {
+        "configure": rf"^({ex}|{ex}\.dlx|{own})$",
+        # The dead-letter exchange: RabbitMQ asks write on it of whoever declares a queue using it.
+        "write": rf"^({ex}|{ex}\.dlx|{own}|amq\.default)$",
+        "read": rf"^({ex}|{ex}\.dlx|{own}|amq\.rabbitmq\.reply-to)$",
+        "topic": {"exchange": events, "write": rf"^{re.escape(service)}\.", "read": ".*"},
+    }
+
+
+def _password_hash(password: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def definitions(*, vhost: str, events: str, key: str, prefix: str = "browserfleet-",
+                services: tuple[str, ...] = SERVICES) -> dict:
+    """Users and permissions as RabbitMQ definitions: for `rabbitmqctl import_definitions`, the
+    management API's POST /api/definitions or `load_definitions`. Passwords appear only hashed."""
+    users, perms, topics = [], [], []
+    for service in services:
+        user = user_for(service, prefix=prefix)
+        grant = permissions(service, events=events)
+        users.append({"name": user, "password_hash": _password_hash(user_password(key, user)),
+                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
+        perms.append({"user": user, "vhost": vhost, **{k: grant[k] for k in ("configure", "write", "read")}})
+        topics.append({"user": user, "vhost": vhost, **grant["topic"]})
+    return {"users": users, "permissions": perms, "topic_permissions": topics}
+
+
+def service_url(url: str, *, service: str, key: str, prefix: str = "browserfleet-") -> str:
+    """`url` (any user) with the service's own user and password."""
+    user = user_for(service, prefix=prefix)
+    parts = urlsplit(url)
+    netloc = f"{quote(user, safe='')}:{quote(user_password(key, user), safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def vhost_of(url: str) -> str:
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def import_definitions(defs: dict, *, timeout: float = 120) -> None:
+    """Load `defs` into the local node with rabbitmqctl (read from stdin: nothing on a command line)."""
+    subprocess.run(["rabbitmqctl", "-q", "import_definitions"], input=json.dumps(defs), text=True,
+                   check=True, capture_output=True, timeout=timeout)
+
+
+def post_definitions(defs: dict, *, management_url: str, timeout: float = 30) -> None:
+    """Load `defs` through the management API (e.g. Compose, whose broker image has it)."""
+    import httpx
+    parts = urlsplit(management_url)
+    auth = (unquote(parts.username or ""), unquote(parts.password or ""))
+    base = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
+    httpx.post(f"{base}/api/definitions", json=defs, auth=auth, timeout=timeout).raise_for_status()
+
+
+def delete_users(users: list[str], *, timeout: float = 120) -> None:
+    procs = [subprocess.Popen(["rabbitmqctl", "-q", "delete_user", u], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for u in users]
+    for proc in procs:
+        proc.wait(timeout)
+
+
+def _main(argv: list[str]) -> int:
+    """python -m shared.broker users [--management URL]: create the services' users on the vhost
+    of RABBITMQ_URL with passwords from RABBITMQ_USER_SECRET, and print nothing secret."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m shared.broker")
+    parser.add_argument("command", choices=["users"])
+    parser.add_argument("--management", help="management API URL with an administrator's credentials; "
+                                             "default: rabbitmqctl on this host")
+    parser.add_argument("--prefix", default=os.environ.get("RABBITMQ_USER_PREFIX", "browserfleet-"))
+    args = parser.parse_args(argv)
+    key = os.environ.get("RABBITMQ_USER_SECRET", "")
+    if len(key) < 16:
+        sys.exit("RABBITMQ_USER_SECRET is not set (or shorter than 16 characters)")
+    url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    defs = definitions(vhost=vhost_of(url), events=os.environ.get("EVENTS_EXCHANGE", "browserfleet.events"),
+                       key=key, prefix=args.prefix)
+    if args.management:
+        post_definitions(defs, management_url=args.management)
+    else:
+        import_definitions(defs)
+    print("broker users: " + ", ".join(u["name"] for u in defs["users"]), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

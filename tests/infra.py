@@ -33,6 +33,9 @@ SECRETS = {
     "STRIPE_API_KEY": f"sk_test_{secrets.token_urlsafe(24)}",
     "DATABASE_ROLE_SECRET": secrets.token_urlsafe(32),
 }
+# The key of the services' RabbitMQ users' passwords (`service_broker_urls`); services never see it.
+BROKER_USER_KEY = secrets.token_urlsafe(32)
+_BROKER_USERS: dict[str, list[str]] = {}
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -115,6 +118,21 @@ def fresh_vhost(server_url: str):
         yield with_path(server_url, f"/{name}")
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=120)
+        from shared import broker
+        broker.delete_users(_BROKER_USERS.pop(name, []))
+
+
+def service_broker_urls(vhost_url: str, *, events: str = "browserfleet.events") -> dict[str, str]:
+    """Each service's own RabbitMQ user on this vhost, with only its own permissions (created
+    once per vhost, named after it so that test runs never share one; removed with the vhost)."""
+    from shared import broker
+    vhost = broker.vhost_of(vhost_url)
+    if vhost not in _BROKER_USERS:
+        defs = broker.definitions(vhost=vhost, events=events, key=BROKER_USER_KEY, prefix=f"{vhost}.")
+        broker.import_definitions(defs)
+        _BROKER_USERS[vhost] = [u["name"] for u in defs["users"]]
+    return {s: broker.service_url(vhost_url, service=s, key=BROKER_USER_KEY, prefix=f"{vhost}.")
+            for s in broker.SERVICES}
 
 
 def free_port() -> int:

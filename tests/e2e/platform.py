@@ -10,7 +10,8 @@ ADMIN_TOKEN = infra.SECRETS["ADMIN_TOKEN"]
 
 
 class Platform:
-    def __init__(self, database_url: str, rabbitmq_url: str, workdir: Path, **extra_env):
+    def __init__(self, database_url: str, rabbitmq_url: str, workdir: Path, *, broker_users: bool = True,
+                 **extra_env):
         self.workdir, self.database_url = workdir, database_url
         self.profile_root = infra.browser_root(workdir)
         self.logs = workdir / "logs"
@@ -23,7 +24,12 @@ class Platform:
             "PROFILE_ROOT": str(self.profile_root), "PUBLIC_URL": self.urls["sessions"],
             "LOG_FORMAT": "json", "STRIPE_API_BASE": "http://127.0.0.1:9", **extra_env,
         }
-        self.procs = {name: infra.ServiceProcess(name, {**common, "HTTP_PORT": str(port)}, self.logs)
+        # Each service on its own RabbitMQ user, as deployed (the test itself keeps the vhost's admin).
+        own = (infra.service_broker_urls(rabbitmq_url, events=common.get("EVENTS_EXCHANGE", "browserfleet.events"))
+               if broker_users else {})
+        self.procs = {name: infra.ServiceProcess(name, {**common, "HTTP_PORT": str(port),
+                                                       **({"RABBITMQ_URL": own[name]} if own else {})},
+                                                 self.logs)
                       for name, port in ports.items()}
 
     def start(self) -> "Platform":
