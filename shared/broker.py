@@ -214,26 +214,30 @@ def _password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-def definitions(*, vhost: str, events: str, key: str, prefix: str = "browserfleet-",
-                services: tuple[str, ...] = SERVICES) -> dict:
+def definitions(*, vhost: str, events: str, key: str | None = None, passwords: dict[str, str] | None = None,
+                prefix: str = "browserfleet-", services: tuple[str, ...] = SERVICES) -> dict:
     """Users and permissions as RabbitMQ definitions: for `rabbitmqctl import_definitions`, the
-    management API's POST /api/definitions or `load_definitions`. Passwords appear only hashed."""
+    management API's POST /api/definitions or `load_definitions`. Passwords appear only hashed:
+    `passwords[service]`, else derived from `key`."""
     users, perms, topics = [], [], []
     for service in services:
         user = user_for(service, prefix=prefix)
         grant = permissions(service, events=events)
-        users.append({"name": user, "password_hash": _password_hash(user_password(key, user)),
+        password = (passwords or {}).get(service) or user_password(key, user)
+        users.append({"name": user, "password_hash": _password_hash(password),
                       "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []})
         perms.append({"user": user, "vhost": vhost, **{k: grant[k] for k in ("configure", "write", "read")}})
         topics.append({"user": user, "vhost": vhost, **grant["topic"]})
     return {"users": users, "permissions": perms, "topic_permissions": topics}
 
 
-def service_url(url: str, *, service: str, key: str, prefix: str = "browserfleet-") -> str:
-    """`url` (any user) with the service's own user and password."""
+def service_url(url: str, *, service: str, key: str | None = None, password: str | None = None,
+                prefix: str = "browserfleet-") -> str:
+    """`url` (any user) with the service's own user and password (given, else derived from `key`)."""
     user = user_for(service, prefix=prefix)
     parts = urlsplit(url)
-    netloc = f"{quote(user, safe='')}:{quote(user_password(key, user), safe='')}@{parts.netloc.rpartition('@')[2]}"
+    password = password or user_password(key, user)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -266,7 +270,8 @@ def delete_users(users: list[str], *, timeout: float = 120) -> None:
 
 def _main(argv: list[str]) -> int:
     """python -m shared.broker users [--management URL]: create the services' users on the vhost
-    of RABBITMQ_URL with passwords from RABBITMQ_USER_SECRET, and print nothing secret."""
+    of RABBITMQ_URL, passwords from <SERVICE>_RABBITMQ_PASSWORD (else derived from
+    RABBITMQ_USER_SECRET); prints nothing secret."""
     import argparse
     parser = argparse.ArgumentParser(prog="python -m shared.broker")
     parser.add_argument("command", choices=["users"])
@@ -275,11 +280,13 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--prefix", default=os.environ.get("RABBITMQ_USER_PREFIX", "browserfleet-"))
     args = parser.parse_args(argv)
     key = os.environ.get("RABBITMQ_USER_SECRET", "")
-    if len(key) < 16:
-        sys.exit("RABBITMQ_USER_SECRET is not set (or shorter than 16 characters)")
+    passwords = {s: os.environ.get(f"{s.upper()}_RABBITMQ_PASSWORD", "") for s in SERVICES}
+    for service, password in passwords.items():
+        if len(password or key) < 16:
+            sys.exit(f"{service.upper()}_RABBITMQ_PASSWORD (or RABBITMQ_USER_SECRET) is not set or shorter than 16")
     url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     defs = definitions(vhost=vhost_of(url), events=os.environ.get("EVENTS_EXCHANGE", "browserfleet.events"),
-                       key=key, prefix=args.prefix)
+                       key=key, passwords=passwords, prefix=args.prefix)
     if args.management:
         post_definitions(defs, management_url=args.management)
     else:

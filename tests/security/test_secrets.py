@@ -100,3 +100,16 @@ def test_on_loopback_an_unset_admin_token_opens_nothing(fresh_db, fresh_mq, tmp_
         assert "ADMIN_TOKEN is not set" in proc.log_path.read_text()
     finally:
         assert proc.stop() == 0
+
+
+def test_make_run_generates_private_secrets_once_and_keeps_them(tmp_path):
+    from shared.devrun import GENERATED, ensure_secrets
+
+    env = tmp_path / ".env"
+    env.write_text("LOG_LEVEL=DEBUG\nADMIN_TOKEN=dev-admin-token\n")  # an older release's default
+    first, made = ensure_secrets(env)
+    assert set(made) == set(GENERATED) and env.stat().st_mode & 0o777 == 0o600
+    assert first["ADMIN_TOKEN"] != "dev-admin-token" and len(first["ADMIN_TOKEN"]) >= 32
+    assert "LOG_LEVEL=DEBUG" in env.read_text()
+    again, made = ensure_secrets(env)
+    assert made == [] and again == first
