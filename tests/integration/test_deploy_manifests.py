@@ -340,12 +340,8 @@ def _request(user, kind, operation):
 def test_admission_confines_the_provisioner_to_tenant_namespaces(rendered):
     policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-tenants-only")
     binding = by_name(rendered, "ValidatingAdmissionPolicyBinding", "browserfleet-provisioner-tenants-only")
-    assert {k: v for k, v in binding["spec"].items() if k != "paramRef"} == {
-        "policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     assert policy["spec"]["failurePolicy"] == "Fail"
-    assert binding["spec"]["paramRef"] == {"name": "browserfleet-config", "namespace": "browserfleet",
-                                           "parameterNotFoundAction": "Deny"}
-    assert policy["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
     tenant, system = _ns("tenant-abc", True), _ns("kube-system", False)
     ns = lambda op: _request("provisioner", "Namespace", op)  # noqa: E731
     assert admit(policy, ns("CREATE"), obj=tenant) is True
@@ -355,18 +351,31 @@ def test_admission_confines_the_provisioner_to_tenant_namespaces(rendered):
     assert admit(policy, ns("DELETE"), old=tenant) is True
     assert admit(policy, ns("DELETE"), old=system) is False
     deployment = _browser_deployment(rendered)
-    params = by_name(rendered, "ConfigMap", "browserfleet-config")
     for op in ("CREATE", "UPDATE", "DELETE"):
         obj = None if op == "DELETE" else deployment
-        assert admit(policy, _request("provisioner", "Deployment", op), obj=obj, old=deployment,
-                     namespace=tenant, params=params) is True
-        assert admit(policy, _request("provisioner", "Deployment", op), obj=obj, old=deployment,
-                     namespace=system, params=params) is False
-    # What the policy pins in a tenant's objects: tests/security/test_kube_policies.py.
+        assert admit(policy, _request("provisioner", "Deployment", op), obj=obj, old=deployment, namespace=tenant) is True
+        assert admit(policy, _request("provisioner", "Deployment", op), obj=obj, old=deployment, namespace=system) is False
     assert admit(policy, _request("warm-pool", "Namespace", "DELETE"), old=system) is None
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
     covered = {(g, r) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
     assert covered == RBAC_EXPECTED["browserfleet-provisioner"]
+    # What the policies pin in a tenant's objects: tests/security/test_kube_policies.py.
+
+
+def test_the_browser_image_policy_reads_the_configmap_and_binds_to_tenant_namespaces_only(rendered):
+    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-browser-image")
+    binding = by_name(rendered, "ValidatingAdmissionPolicyBinding", "browserfleet-provisioner-browser-image")
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert policy["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    config = by_name(rendered, "ConfigMap", "browserfleet-config")["metadata"]
+    assert binding["spec"]["paramRef"] == {"name": config["name"], "namespace": config["namespace"],
+                                           "parameterNotFoundAction": "Deny"}
+    from services.provisioner.manifests import MANAGED_BY
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {"matchLabels": {"app.kubernetes.io/managed-by": MANAGED_BY}}}
+    params = by_name(rendered, "ConfigMap", "browserfleet-config")
+    deployment = _browser_deployment(rendered)
+    assert admit(policy, _request("provisioner", "Deployment", "CREATE"), obj=deployment, params=params) is True
 
 
 def test_admission_confines_warm_pool_to_tenant_pods(rendered):

@@ -92,6 +92,48 @@ def admit(policy: dict, request: dict, *, obj=None, old=None, namespace=None, pa
     return all(holds(v["expression"]) for v in policy["spec"]["validations"])
 
 
+RESOURCES = {"Namespace": ("", "namespaces"), "ResourceQuota": ("", "resourcequotas"),
+             "LimitRange": ("", "limitranges"), "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
+             "Deployment": ("apps", "deployments"), "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
+             "Pod": ("", "pods")}
+
+
+def verdicts(rendered, req: dict, *, obj=None, old=None, namespace=None, configmaps=None) -> dict[str, bool]:
+    """Each binding's verdict on a request, in the order the API server's dispatcher reaches it:
+    the policy's resource rules, the binding's matchResources (namespaceSelector), its parameter
+    (looked up before the policy's matchConditions: a missing one under `Deny` denies), then the
+    CEL. Bindings that do not apply are left out."""
+    if configmaps is None:
+        configmaps = [o for o in rendered if o["kind"] == "ConfigMap"]
+    found = {(c["metadata"].get("namespace"), c["metadata"]["name"]): c for c in configmaps}
+    group, resource = RESOURCES[req["kind"]["kind"]]
+    out = {}
+    for binding in (o for o in rendered if o["kind"] == "ValidatingAdmissionPolicyBinding"):
+        policy = by_name(rendered, "ValidatingAdmissionPolicy", binding["spec"]["policyName"])
+        if not any(group in r["apiGroups"] and resource in r["resources"] and req["operation"] in r["operations"]
+                   for r in policy["spec"]["matchConstraints"]["resourceRules"]):
+            continue
+        selector = (binding["spec"].get("matchResources") or {}).get("namespaceSelector")
+        if selector is not None:
+            ns = (obj or old) if req["kind"]["kind"] == "Namespace" else namespace
+            if not _selects(selector, ns["metadata"].get("labels") or {}):
+                continue
+        params = None
+        if ref := binding["spec"].get("paramRef"):
+            params = found.get((ref["namespace"], ref["name"]))
+            if params is None:
+                out[binding["metadata"]["name"]] = ref.get("parameterNotFoundAction") != "Deny"
+                continue
+        verdict = admit(policy, req, obj=obj, old=old, namespace=namespace, params=params)
+        if verdict is not None:
+            out[binding["metadata"]["name"]] = verdict
+    return out
+
+
+def allowed(rendered, req: dict, **kw) -> bool:
+    return all(verdicts(rendered, req, **kw).values())
+
+
 def request(user: str, kind: str, operation: str) -> dict:
     return {"userInfo": {"username": f"system:serviceaccount:browserfleet:{user}"},
             "kind": {"kind": kind}, "operation": operation}
@@ -173,43 +215,50 @@ WEAKENED_TEMPLATES = {
 
 
 def test_the_provisioner_may_write_the_tenant_objects_it_makes(rendered):
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-tenants-only")
-    params = by_name(rendered, "ConfigMap", "browserfleet-config")
     ns = tenant_namespace(rendered)
     for obj in tenant_objects(rendered):
         for op in ("CREATE", "UPDATE"):
             namespace = None if obj["kind"] == "Namespace" else ns
-            assert admit(policy, request("provisioner", obj["kind"], op), obj=obj, old=obj if op == "UPDATE" else None,
-                         namespace=namespace, params=params) is True, (obj["kind"], op)
+            kw = dict(obj=obj, old=obj if op == "UPDATE" else None, namespace=namespace)
+            assert allowed(rendered, request("provisioner", obj["kind"], op), **kw), (obj["kind"], op)
+    assert set(verdicts(rendered, request("provisioner", "Deployment", "CREATE"), obj=browser_deployment(rendered),
+                        namespace=ns)) == {"browserfleet-provisioner-tenants-only", "browserfleet-provisioner-browser-image"}
 
 
 @pytest.mark.parametrize("weakening", sorted(WEAKENED_TEMPLATES))
 @pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
 def test_the_provisioner_cannot_weaken_a_browser_pod(rendered, weakening, operation):
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-tenants-only")
-    params = by_name(rendered, "ConfigMap", "browserfleet-config")
     good = browser_deployment(rendered)
     bad = copy.deepcopy(good)
     WEAKENED_TEMPLATES[weakening](bad)
     assert bad != good
-    assert admit(policy, request("provisioner", "Deployment", operation), obj=bad,
-                 old=good if operation == "UPDATE" else None, namespace=tenant_namespace(rendered),
-                 params=params) is False
+    assert not allowed(rendered, request("provisioner", "Deployment", operation), obj=bad,
+                       old=good if operation == "UPDATE" else None, namespace=tenant_namespace(rendered))
 
 
 def test_the_browser_image_is_the_configured_one_exactly(rendered):
     """In production that is a digest: the same image by tag (which can be moved) is refused."""
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-tenants-only")
-    params = by_name(rendered, "ConfigMap", "browserfleet-config")
-    image = params["data"]["BROWSER_IMAGE"]
+    image = by_name(rendered, "ConfigMap", "browserfleet-config")["data"]["BROWSER_IMAGE"]
     by_tag = copy.deepcopy(browser_deployment(rendered))
     by_tag["spec"]["template"]["spec"]["containers"][0]["image"] = image.split("@")[0].rsplit(":", 1)[0] + ":latest"
-    assert admit(policy, request("provisioner", "Deployment", "CREATE"), obj=by_tag,
-                 namespace=tenant_namespace(rendered), params=params) is False
-    # No ConfigMap, or no BROWSER_IMAGE in it: refused, never let through unchecked.
-    for missing in (None, {"kind": "ConfigMap", "data": {}}):
-        assert admit(policy, request("provisioner", "Deployment", "CREATE"), obj=browser_deployment(rendered),
-                     namespace=tenant_namespace(rendered), params=missing) is False
+    assert by_tag != browser_deployment(rendered)
+    assert not allowed(rendered, request("provisioner", "Deployment", "CREATE"), obj=by_tag,
+                       namespace=tenant_namespace(rendered))
+
+
+def test_without_the_configmap_tenant_browsers_are_refused_and_nothing_else_is_blocked(rendered):
+    """The API server looks the parameter up before matchConditions, for every user: bound to
+    tenant namespaces only, a missing ConfigMap (or key) cannot block writes anywhere else."""
+    deployment = browser_deployment(rendered)
+    no_key = [{"kind": "ConfigMap", "metadata": {"name": "browserfleet-config", "namespace": "browserfleet"}, "data": {}}]
+    for configmaps in ([], no_key):
+        assert not allowed(rendered, request("provisioner", "Deployment", "CREATE"), obj=deployment,
+                           namespace=tenant_namespace(rendered), configmaps=configmaps)
+        elsewhere = {"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": "default", "labels": {"kubernetes.io/metadata.name": "default"}}}
+        operator = {"userInfo": {"username": "kubernetes-admin"}, "kind": {"kind": "Deployment"}, "operation": "CREATE"}
+        assert verdicts(rendered, operator, obj=deployment, namespace=elsewhere, configmaps=configmaps) == {}
+        assert allowed(rendered, {**operator, "kind": {"kind": "Namespace"}}, obj=elsewhere, configmaps=configmaps)
 
 
 @pytest.mark.parametrize("labels", [
@@ -221,8 +270,6 @@ def test_the_browser_image_is_the_configured_one_exactly(rendered):
 ])
 @pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
 def test_the_provisioner_cannot_weaken_a_tenant_namespace(rendered, labels, operation):
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-tenants-only")
-    params = by_name(rendered, "ConfigMap", "browserfleet-config")
     good = tenant_namespace(rendered)
     bad = copy.deepcopy(good)
     for key, value in labels.items():
@@ -230,17 +277,15 @@ def test_the_provisioner_cannot_weaken_a_tenant_namespace(rendered, labels, oper
             bad["metadata"]["labels"].pop(key)
         else:
             bad["metadata"]["labels"][key] = value
-    assert admit(policy, request("provisioner", "Namespace", operation), obj=bad,
-                 old=good if operation == "UPDATE" else None, params=params) is False
+    assert not allowed(rendered, request("provisioner", "Namespace", operation), obj=bad,
+                       old=good if operation == "UPDATE" else None)
 
 
 def test_the_provisioner_may_still_delete_what_it_made(rendered):
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-tenants-only")
-    params = by_name(rendered, "ConfigMap", "browserfleet-config")
     ns = tenant_namespace(rendered)
-    assert admit(policy, request("provisioner", "Namespace", "DELETE"), old=ns, params=params) is True
-    assert admit(policy, request("provisioner", "Deployment", "DELETE"), old=browser_deployment(rendered),
-                 namespace=ns, params=params) is True
+    assert allowed(rendered, request("provisioner", "Namespace", "DELETE"), old=ns)
+    assert allowed(rendered, request("provisioner", "Deployment", "DELETE"), old=browser_deployment(rendered),
+                   namespace=ns)
 
 
 # --- warm_pool: the lease labels and nothing else ----------------------------------------------
@@ -291,13 +336,13 @@ def warm_pool_lease_patch(pod: dict) -> dict:
 
 
 def test_warm_pool_may_lease_and_delete_a_tenant_pod(rendered):
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-warm-pool-tenants-only")
     pod = tenant_pod(rendered)
     leased = merge_patch(pod, warm_pool_lease_patch(pod))
     assert leased["metadata"]["labels"]["browserfleet.io/pool"] == "leased"
     ns = tenant_namespace(rendered)
-    assert admit(policy, request("warm-pool", "Pod", "UPDATE"), obj=leased, old=pod, namespace=ns) is True
-    assert admit(policy, request("warm-pool", "Pod", "DELETE"), old=leased, namespace=ns) is True
+    assert verdicts(rendered, request("warm-pool", "Pod", "UPDATE"), obj=leased, old=pod, namespace=ns) == {
+        "browserfleet-warm-pool-tenants-only": True}
+    assert allowed(rendered, request("warm-pool", "Pod", "DELETE"), old=leased, namespace=ns)
 
 
 WEAKENED_PODS = {
@@ -317,7 +362,6 @@ WEAKENED_PODS = {
 
 @pytest.mark.parametrize("weakening", sorted(WEAKENED_PODS))
 def test_warm_pool_can_change_nothing_but_the_lease_labels(rendered, weakening):
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-warm-pool-tenants-only")
     pod = tenant_pod(rendered)
     patch = WEAKENED_PODS[weakening]
     if "containers" in patch.get("spec", {}):  # a merge patch replaces lists: keep the rest of the container
@@ -327,23 +371,23 @@ def test_warm_pool_can_change_nothing_but_the_lease_labels(rendered, weakening):
         bad = merge_patch(pod, warm_pool_lease_patch(pod)) if with_lease else copy.deepcopy(pod)
         bad = merge_patch(bad, patch)
         assert bad != pod
-        assert admit(policy, request("warm-pool", "Pod", "UPDATE"), obj=bad, old=pod,
-                     namespace=tenant_namespace(rendered)) is False, (weakening, with_lease)
+        assert not allowed(rendered, request("warm-pool", "Pod", "UPDATE"), obj=bad, old=pod,
+                           namespace=tenant_namespace(rendered)), (weakening, with_lease)
 
 
 def test_warm_pool_cannot_relabel_other_pods(rendered):
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-warm-pool-tenants-only")
     pod = tenant_pod(rendered)
     leased = merge_patch(pod, warm_pool_lease_patch(pod))
-    assert admit(policy, request("warm-pool", "Pod", "UPDATE"), obj=leased, old=pod,
-                 namespace=platform_namespace()) is False
+    assert not allowed(rendered, request("warm-pool", "Pod", "UPDATE"), obj=leased, old=pod,
+                       namespace=platform_namespace())
     not_a_browser = merge_patch(pod, {"metadata": {"labels": {"app.kubernetes.io/component": "other"}}})
     relabelled = merge_patch(not_a_browser, warm_pool_lease_patch(not_a_browser))
-    assert admit(policy, request("warm-pool", "Pod", "UPDATE"), obj=relabelled, old=not_a_browser,
-                 namespace=tenant_namespace(rendered)) is False
+    assert not allowed(rendered, request("warm-pool", "Pod", "UPDATE"), obj=relabelled, old=not_a_browser,
+                       namespace=tenant_namespace(rendered))
     # Other users (the ReplicaSet controller orphaning the leased pod, an operator) are not its business.
-    assert admit(policy, {**request("x", "Pod", "UPDATE"), "userInfo": {"username": "system:serviceaccount:"
-                 "kube-system:replicaset-controller"}}, obj=leased, old=pod, namespace=tenant_namespace(rendered)) is None
+    controller = {"userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                  "kind": {"kind": "Pod"}, "operation": "UPDATE"}
+    assert verdicts(rendered, controller, obj=leased, old=pod, namespace=tenant_namespace(rendered)) == {}
 
 
 # --- network policies -------------------------------------------------------------------------
