@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/pay.py --plan professional [--tenant-id UUID] [--billing-url URL]
 
-Prints the tenant id. Uses the webhook secret from STRIPE_WEBHOOK_SECRET (default whsec_dev).
+Prints the tenant id. Signs with STRIPE_WEBHOOK_SECRET from the environment, else from `.env`
+(which `make run` writes).
 """
 import argparse
 import json
@@ -13,8 +14,10 @@ import uuid
 from pathlib import Path
 
 import httpx
+from dotenv import dotenv_values
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from tests import stripe_fakes  # noqa: E402
 
 
@@ -23,8 +26,11 @@ def main() -> None:
     parser.add_argument("--plan", default="professional")
     parser.add_argument("--tenant-id", default=str(uuid.uuid4()))
     parser.add_argument("--billing-url", default=os.environ.get("BILLING_URL", "http://127.0.0.1:8001"))
-    parser.add_argument("--secret", default=os.environ.get("STRIPE_WEBHOOK_SECRET", "whsec_dev"))
+    parser.add_argument("--secret", default=os.environ.get("STRIPE_WEBHOOK_SECRET")
+                        or dotenv_values(ROOT / ".env").get("STRIPE_WEBHOOK_SECRET"))
     args = parser.parse_args()
+    if not args.secret:
+        sys.exit("STRIPE_WEBHOOK_SECRET is not set and .env has none (`make run` writes it)")
     customer, subscription = f"cus_{uuid.uuid4().hex[:14]}", f"sub_{uuid.uuid4().hex[:14]}"
     now = int(time.time())
     events = [

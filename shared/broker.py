@@ -275,8 +275,9 @@ def _main(argv: list[str]) -> int:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m shared.broker")
     parser.add_argument("command", choices=["users"])
-    parser.add_argument("--management", help="management API URL with an administrator's credentials; "
-                                             "default: rabbitmqctl on this host")
+    parser.add_argument("--management", default=os.environ.get("RABBITMQ_MANAGEMENT_URL"),
+                        help="management API URL with an administrator's credentials (RABBITMQ_MANAGEMENT_URL); "
+                             "default: rabbitmqctl on this host")
     parser.add_argument("--prefix", default=os.environ.get("RABBITMQ_USER_PREFIX", "browserfleet-"))
     args = parser.parse_args(argv)
     key = os.environ.get("RABBITMQ_USER_SECRET", "")

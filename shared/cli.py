@@ -16,6 +16,7 @@ import re
 import sys
 
 import httpx
+from dotenv import dotenv_values
 
 DEFAULT_URLS = {"sessions": "http://127.0.0.1:8000", "billing": "http://127.0.0.1:8001",
                 "provisioner": "http://127.0.0.1:8002", "warm_pool": "http://127.0.0.1:8003"}
@@ -142,7 +143,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     urls = {name: os.environ.get(f"{name.upper()}_URL", url) for name, url in DEFAULT_URLS.items()}
-    admin = Admin(os.environ.get("ADMIN_TOKEN", "dev-admin-token"), urls)
+    token = os.environ.get("ADMIN_TOKEN") or dotenv_values(".env").get("ADMIN_TOKEN")  # make run's .env
+    if not token:
+        sys.exit("ADMIN_TOKEN is not set (`make run` keeps it in .env)")
+    admin = Admin(token, urls)
     try:
         print(run(args, admin))
     except httpx.HTTPError as exc:

@@ -52,10 +52,14 @@ def raw() -> dict:
     return yaml.safe_load((ROOT / "compose.yaml").read_text())
 
 
+# What `python -m shared.devrun secrets` writes into .env: the file ships no secret of its own.
+SECRETS = ("ADMIN_TOKEN", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "DATABASE_ROLE_SECRET", "POSTGRES_PASSWORD",
+           "RABBITMQ_ADMIN_PASSWORD", *(f"{s.upper()}_RABBITMQ_PASSWORD" for s in APP_SERVICES))
+
+
 @pytest.fixture(scope="module")
 def compose(raw) -> dict:
-    # An empty environment: the file must work with its own defaults alone.
-    return interpolate(raw, {})
+    return interpolate(raw, {name: f"generated-{name.lower()}" for name in SECRETS})
 
 
 def test_interpolation_follows_compose_rules():
@@ -89,9 +93,13 @@ def test_the_schema_check_catches_a_broken_file(compose, service, mutate):
 def test_every_service_is_health_checked_and_waits_for_healthy_dependencies(compose):
     services = compose["services"]
     assert APP_SERVICES | {"postgres", "rabbitmq"} <= set(services)
+    jobs = {name for name, service in services.items() if service.get("restart") == "no"}  # one-shot
     for name, service in services.items():
-        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert name in jobs or service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         for dependency, condition in service.get("depends_on", {}).items():
+            if dependency in jobs:
+                assert condition["condition"] == "service_completed_successfully", f"{name} -> {dependency}"
+                continue
             assert condition["condition"] == "service_healthy", f"{name} -> {dependency}"
             assert services[dependency].get("healthcheck"), dependency
     for name in APP_SERVICES:
@@ -113,10 +121,23 @@ def test_app_services_run_their_own_entrypoints_and_can_scale(compose):
             assert re.search(r"@(postgres|rabbitmq):", url), url
 
 
-def test_secrets_are_overridable_not_baked_in(raw):
+def test_secrets_are_required_not_baked_in(raw):
     env = raw["services"]["billing"]["environment"]
-    for key in ("ADMIN_TOKEN", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY"):
-        assert re.fullmatch(r"\$\{%s:-[^}]*\}" % key, env[key]), key
+    for key in ("ADMIN_TOKEN", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "DATABASE_ROLE_SECRET"):
+        assert re.fullmatch(r"\$\{%s:\?[^}]*\}" % key, env[key]), key
+    text = (ROOT / "compose.yaml").read_text()
+    for name in SECRETS:
+        assert re.search(r"\$\{%s:\?" % name, text), name
+        assert not re.search(r"\$\{%s:?-" % name, text), f"{name} has a default"
+        with pytest.raises(ValueError, match=name):
+            interpolate(raw, {n: "x" for n in SECRETS if n != name})
+
+
+def test_each_service_has_its_own_broker_user(compose):
+    users = {name: re.match(r"amqp://([^:]+):", compose["services"][name]["environment"]["RABBITMQ_URL"]).group(1)
+             for name in APP_SERVICES}
+    assert users == {name: f"browserfleet-{name}" for name in APP_SERVICES}
+    assert compose["services"]["broker-users"]["command"] == ["shared.broker", "users"]
 
 
 # --- Dockerfile ---
