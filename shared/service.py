@@ -36,6 +36,8 @@ class Runtime:
     stopping: asyncio.Event
     _tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # uvicorn.Config options a service's build() sets (sessions: its websocket protocol and cap).
+    server_options: dict = field(default_factory=dict)
 
     def background(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(fn)
@@ -109,8 +111,8 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
 
     # The sans-I/O websockets protocol measured about half the relay overhead of "websockets".
     server = _Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                                    log_config=None, access_log=False, ws="websockets-sansio",
-                                    ws_ping_interval=None, lifespan="off"))
+                                    log_config=None, access_log=False, ws_ping_interval=None, lifespan="off",
+                                    **{"ws": "websockets-sansio", **runtime.server_options}))
     loop = asyncio.get_running_loop()
 
     def _stop(*_):

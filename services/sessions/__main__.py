@@ -7,7 +7,7 @@ from pathlib import Path
 from services.sessions import credentials_rpc, handlers, http, subscribers
 from services.sessions.adapters.lease import LeaseClient
 from services.sessions.dashboard import routes as dashboard
-from services.sessions.gateway import RedactTokens, Relays
+from services.sessions.gateway import RedactTokens, Relays, ServerProtocol
 from services.sessions.settings import SessionsSettings
 from shared.service import Runtime, run, serve
 
@@ -38,6 +38,10 @@ async def build(runtime: Runtime):
 
     runtime.background(reaper)
     runtime.background(activity)
+    # The cap is checked on frame headers. No permessage-deflate: a few KiB on the wire would
+    # inflate to the cap in memory before being refused (and compressing costs the relay CPU).
+    runtime.server_options.update(ws=ServerProtocol, ws_max_size=settings.max_cdp_message_bytes,
+                                  ws_per_message_deflate=False)
     runtime.on_stop(lease.close)
     return http.create_app(runtime=runtime, settings=settings, lease=lease, api_keys=api_keys, relays=relays)
 

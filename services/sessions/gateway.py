@@ -4,25 +4,37 @@ Every relay registers here; when a session ends (on this replica, or on another 
 from `sessions.session_completed`), `end` closes each of its relays with a close code that
 says why. Relay traffic marks the session active; `flush` writes that to the database about
 once a second rather than per frame.
+
+Limits: a session has at most `max_relays` relays at once (counted in its row, so across
+replicas; the next handshake gets 429), and a message over `max_message_bytes` either way
+closes its relay with 1009, decided from the frame header by the websockets library on both
+sides (uvicorn's `ws_max_size` for clients, `max_size` towards the browser): nothing of it is
+buffered. The session itself goes on.
 """
 import asyncio
 import contextlib
 import logging
 import re
+from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from services.sessions import domain, repository as repo
 from services.sessions.adapters import cdp
 from services.sessions.metrics import RELAYED_BYTES, RELAYED_FRAMES, RELAYS_OPEN
+from shared.http import error_response
 
 log = logging.getLogger(__name__)
 # Label lookups once, not per frame: the relay is on the hot path of every CDP round trip.
 _FRAMES_IN, _BYTES_IN = RELAYED_FRAMES.labels("to_browser"), RELAYED_BYTES.labels("to_browser")
 _FRAMES_OUT, _BYTES_OUT = RELAYED_FRAMES.labels("to_client"), RELAYED_BYTES.labels("to_client")
+TOO_BIG = "too_big"
 
 
 class RedactTokens(logging.Filter):
@@ -34,6 +46,28 @@ class RedactTokens(logging.Filter):
         if "token=" in message:
             record.msg, record.args = self.PATTERN.sub("token=[redacted]", message), None
         return True
+
+
+class ServerProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O websocket protocol, except after refusing a message (1009, or any
+    protocol error): uvicorn closes the socket at once with the rest of that message unread,
+    so the kernel resets the connection and the client may never read the close frame. Here
+    the close frame is followed by a half-close, and what still arrives is read and discarded
+    (by the websockets parser) until the client closes, or the close timeout."""
+
+    def handle_parser_exception(self) -> None:
+        if self.close_sent:  # refused already: this is the rest of the message
+            return
+        close = self.conn.close_sent
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
 
 class Relays:
@@ -67,77 +101,114 @@ class Relays:
                 await repo.touch_sessions(conn, session_ids=ids)
 
 
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int
+    max_relays: int
+
+
 async def serve(ws: WebSocket, *, session_id: UUID, token: str | None, pool: asyncpg.Pool,
-                relays: Relays) -> None:
+                relays: Relays, limits: Limits) -> None:
     async with pool.acquire() as conn:
         row = await repo.get_session(conn, session_id=session_id)
     if (row is None or not token or not domain.secret_matches(token, row["token_hash"])
             or row["status"] != "running"):
         await ws.close(code=1008)  # before accept: the handshake is refused with 403
         return
+    ended = relays.add(session_id)  # before counting in: an end from now on is heard
     try:
-        upstream = await cdp.connect(row["browser_ws_url"])
-    except Exception as exc:
-        log.warning("browser unreachable", extra={"session_id": str(session_id), "error": repr(exc)[:200]})
-        await ws.close(code=1011)
-        return
-    ended = relays.add(session_id)
-    RELAYS_OPEN.inc()
-    tasks, counted = [], None
+        await _relay(ws, row, pool=pool, relays=relays, limits=limits, ended=ended)
+    finally:
+        relays.remove(session_id, ended)
+
+
+async def _relay(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limits: Limits,
+                 ended: asyncio.Future) -> None:
+    session_id = row["id"]
+    # Counting in is a write (it enforces the relay cap across replicas), connecting is a round
+    # trip to the browser: side by side, the handshake waits for the slower one only.
+    counted, upstream = await asyncio.gather(
+        _count_in(pool, session_id, limits.max_relays),
+        cdp.connect(row["browser_ws_url"], max_size=limits.max_message_bytes), return_exceptions=True)
+    tasks = []
     try:
-        await ws.accept()
-        tasks = [asyncio.create_task(_client_to_browser(ws, upstream, session_id, relays)),
-                 asyncio.create_task(_browser_to_client(ws, upstream, session_id, relays))]
-        # Counting the client in is a write; the relay does not wait for it. A session that ended
-        # between the check above and the registration is closed as soon as the write says so.
-        counted = asyncio.create_task(_count_in(pool, session_id, ended))
-        done, _ = await asyncio.wait([*tasks, ended], return_when=asyncio.FIRST_COMPLETED)
-        with contextlib.suppress(Exception):
-            if ended in done:
-                reason = ended.result()
-                await ws.close(code=domain.close_code(reason), reason=f"session ended: {reason}")
-            elif tasks[1] in done:
-                await ws.close(code=1011, reason="browser connection closed")
+        if counted == "full":
+            await ws.send_denial_response(error_response(
+                429, "too_many_relays", f"at most {limits.max_relays} CDP connections to one session at once",
+                headers={"Retry-After": "5"}))
+            return
+        if counted != "ok":  # it ended meanwhile (or the count failed: the handshake is refused)
+            if isinstance(counted, BaseException):
+                log.warning("relay not counted in", extra={"session_id": str(session_id), "error": repr(counted)[:200]})
+            await ws.close(code=1008)
+            return
+        if isinstance(upstream, BaseException):
+            log.warning("browser unreachable", extra={"session_id": str(session_id), "error": repr(upstream)[:200]})
+            await ws.close(code=1011)
+            return
+        RELAYS_OPEN.inc()
+        try:
+            await ws.accept()
+            tasks = [asyncio.create_task(_client_to_browser(ws, upstream, session_id, relays, limits)),
+                     asyncio.create_task(_browser_to_client(ws, upstream, session_id, relays))]
+            done, _ = await asyncio.wait([*tasks, ended], return_when=asyncio.FIRST_COMPLETED)
+            with contextlib.suppress(Exception):
+                if ended in done:
+                    reason = ended.result()
+                    await ws.close(code=domain.close_code(reason), reason=f"session ended: {reason}")
+                elif tasks[1] in done and tasks[1].result() == TOO_BIG:
+                    await ws.close(code=1009, reason=f"a CDP message from the browser was larger than "
+                                                     f"{limits.max_message_bytes} bytes")
+                elif tasks[1] in done:
+                    await ws.close(code=1011, reason="browser connection closed")
+                elif tasks[0].result() == TOO_BIG:
+                    await ws.close(code=1009, reason=f"a CDP message was larger than {limits.max_message_bytes} bytes")
+        finally:
+            RELAYS_OPEN.dec()
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        RELAYS_OPEN.dec()
-        relays.remove(session_id, ended)
-        with contextlib.suppress(Exception):
-            await upstream.close()
-        if counted is not None and await asyncio.gather(counted, return_exceptions=True) == [True]:
+        if not isinstance(upstream, BaseException):
+            with contextlib.suppress(Exception):
+                await upstream.close()
+        if counted == "ok":
             async with pool.acquire() as conn:
                 await repo.client_disconnected(conn, session_id=session_id)
 
 
-async def _count_in(pool: asyncpg.Pool, session_id: UUID, ended: asyncio.Future) -> bool:
+async def _count_in(pool: asyncpg.Pool, session_id: UUID, max_relays: int) -> str:
     async with pool.acquire() as conn:
-        if await repo.client_connected(conn, session_id=session_id):
-            return True
-        row = await repo.get_session(conn, session_id=session_id)
-    if not ended.done():
-        ended.set_result((row and row["end_reason"]) or "ended")
-    return False
+        return await repo.client_connected(conn, session_id=session_id, max_relays=max_relays)
 
 
-async def _client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: Relays) -> None:
-    with contextlib.suppress(WebSocketDisconnect):
+async def _client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: Relays, limits: Limits) -> str | None:
+    try:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
-                return
+                if message.get("code") == 1009:  # the server refused it from the frame header
+                    log.info("client message over the cap", extra={"session_id": str(session_id)})
+                return None
             data = message.get("text") if message.get("text") is not None else message.get("bytes")
             if data is None:
                 continue
+            size = len(data)
+            if size > limits.max_message_bytes:  # only if served without the cap (see __main__)
+                return TOO_BIG
             await upstream.send(data)
             _FRAMES_IN.inc()
-            _BYTES_IN.inc(len(data))
+            _BYTES_IN.inc(size)
             relays.touch(session_id)
+    except (WebSocketDisconnect, ConnectionClosed):
+        return None
+    except Exception as exc:
+        _log_failure("client to browser", session_id, exc)
+        return None
 
 
-async def _browser_to_client(ws: WebSocket, upstream, session_id: UUID, relays: Relays) -> None:
-    with contextlib.suppress(Exception):
+async def _browser_to_client(ws: WebSocket, upstream, session_id: UUID, relays: Relays) -> str | None:
+    try:
         async for data in upstream:
             if isinstance(data, str):
                 await ws.send_text(data)
@@ -146,3 +217,20 @@ async def _browser_to_client(ws: WebSocket, upstream, session_id: UUID, relays: 
             _FRAMES_OUT.inc()
             _BYTES_OUT.inc(len(data))
             relays.touch(session_id)
+    except ConnectionClosedError as exc:
+        if exc.sent is not None and exc.sent.code == 1009:  # websockets refused it from the frame header
+            log.info("browser message over the cap", extra={"session_id": str(session_id)})
+            return TOO_BIG
+        log.info("browser connection closed", extra={
+            "session_id": str(session_id), "code": exc.rcvd.code if exc.rcvd else None})
+    except (WebSocketDisconnect, ClientDisconnected):
+        pass
+    except Exception as exc:
+        _log_failure("browser to client", session_id, exc)
+    return None
+
+
+def _log_failure(direction: str, session_id: UUID, exc: Exception) -> None:
+    # The exception's type and text only: no frame contents, no URL (the CDP token is in the client's).
+    log.warning("relay failed", extra={"direction": direction, "session_id": str(session_id),
+                                       "error": f"{type(exc).__name__}: {str(exc)[:200]}"})

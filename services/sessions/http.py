@@ -97,7 +97,10 @@ to Playwright's `connect_over_cdp` or Puppeteer's `connect`). A wrong token or a
 is not running refuses the handshake (403). When the session ends, the socket closes with code
 4001 client, 4002 timeout, 4003 idle, 4004 disconnected, 4005 browser_crashed, 4006 canceled.
 Without `keep_alive`, closing the socket ends the session after a short grace period; with
-it, the same URL reconnects while the session runs."""
+it, the same URL reconnects while the session runs. At most `MAX_RELAYS_PER_SESSION` (4)
+sockets of one session are open at once: the next handshake is refused with 429
+`too_many_relays`. A CDP message larger than `MAX_CDP_MESSAGE_BYTES` (64 MiB) in either
+direction closes its socket with 1009; the session goes on and the URL connects again."""
 
 
 def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: gateway.Relays) -> FastAPI:
@@ -177,13 +180,16 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
                                           plans_file=settings.plans_file, ended=relays.end)
 
     @app.get("/v1/sessions/{session_id}/screenshot", response_class=Response, tags=["sessions"],
-             responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 503)})
+             responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 503, 504)})
     async def screenshot(session_id: UUID, tenant_id: UUID = Depends(tenant)):
         ws_url = await handlers.browser_url(pool=pool, tenant_id=tenant_id, session_id=session_id)
         try:
-            png = await cdp.screenshot(ws_url)
+            png = await cdp.screenshot(ws_url, timeout_s=settings.cdp_call_timeout_s,
+                                       max_size=settings.max_cdp_message_bytes)
         except cdp.NoPage:
             raise APIError(409, "no_page", "the session has no open page") from None
+        except TimeoutError:
+            raise APIError(504, "browser_timeout", "the browser did not answer in time") from None
         except Exception:
             raise APIError(503, "unavailable", "the browser did not answer") from None
         return Response(png, media_type="image/png")
@@ -192,8 +198,11 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
     async def usage(tenant_id: UUID = Depends(tenant)):
         return await handlers.usage(pool=pool, tenant_id=tenant_id)
 
+    relay_limits = gateway.Limits(max_message_bytes=settings.max_cdp_message_bytes,
+                                  max_relays=settings.max_relays_per_session)
+
     @app.websocket("/v1/sessions/{session_id}/cdp")
     async def cdp_relay(ws: WebSocket, session_id: UUID, token: str | None = None):
-        await gateway.serve(ws, session_id=session_id, token=token, pool=pool, relays=relays)
+        await gateway.serve(ws, session_id=session_id, token=token, pool=pool, relays=relays, limits=relay_limits)
 
     return app

@@ -222,11 +222,21 @@ async def touch_sessions(conn: asyncpg.Connection, *, session_ids: list[UUID]) -
                        " AND status = 'running'", session_ids)
 
 
-async def client_connected(conn: asyncpg.Connection, *, session_id: UUID) -> bool:
-    """Count a client in; False if the session is no longer running."""
-    return bool(await conn.fetchval(
-        "UPDATE sessions SET connections = connections + 1, disconnected_at = NULL,"
-        " last_activity_at = now() WHERE id = $1 AND status = 'running' RETURNING 1", session_id))
+async def client_connected(conn: asyncpg.Connection, *, session_id: UUID, max_relays: int) -> str:
+    """Count a relay in: "ok"; "full" when `max_relays` are open already (on any replica: the
+    count is this row's, and a concurrent update re-checks it under the row lock); "ended"."""
+    return await conn.fetchval(
+        """
+        WITH target AS (SELECT status FROM sessions WHERE id = $1),
+             counted AS (UPDATE sessions
+                            SET connections = connections + 1, disconnected_at = NULL, last_activity_at = now()
+                          WHERE id = $1 AND status = 'running' AND connections < $2
+                         RETURNING 1)
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM counted) THEN 'ok'
+                    WHEN (SELECT status FROM target) = 'running' THEN 'full'
+                    ELSE 'ended' END
+        """,
+        session_id, max_relays)
 
 
 async def client_disconnected(conn: asyncpg.Connection, *, session_id: UUID) -> None:

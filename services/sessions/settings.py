@@ -16,6 +16,13 @@ class SessionsSettings(ServiceSettings):
     default_idle_timeout_s: int = 60
     # A revoked API key keeps working on other replicas for at most this long.
     api_key_cache_s: float = 2
+    # A CDP message (either direction) larger than this closes its relay with 1009.
+    max_cdp_message_bytes: int = 64 * 2**20
+    # Parallel CDP relays of one session, counted across replicas in its row.
+    max_relays_per_session: int = 4
+    # Deadline of each CDP exchange the platform itself makes with a browser (screenshots).
+    cdp_call_timeout_s: float = 10
+    max_api_keys_per_tenant: int = 25
 
     def own_database_url(self) -> str | None:
         return self.sessions_database_url.get_secret_value() if self.sessions_database_url else None

@@ -1,4 +1,5 @@
 """Talking CDP to a browser: connect for relaying, and take a screenshot of its first page."""
+import asyncio
 import base64
 
 import websockets
@@ -6,8 +7,10 @@ import websockets
 from shared.cdp import CdpCommands
 
 
-def connect(ws_url: str):
-    return websockets.connect(ws_url, max_size=None, compression=None, ping_interval=None,
+def connect(ws_url: str, *, max_size: int):
+    """`max_size` is checked against each frame header (fragments of one message add up), so an
+    oversized message fails the connection with 1009 before any of it is buffered."""
+    return websockets.connect(ws_url, max_size=max_size, compression=None, ping_interval=None,
                               open_timeout=10, close_timeout=2)
 
 
@@ -15,10 +18,11 @@ class NoPage(Exception):
     pass
 
 
-async def screenshot(ws_url: str) -> bytes:
-    """PNG of the browser's first page target, via a flat-session attach on the browser endpoint."""
-    async with connect(ws_url) as ws:
-        call = CdpCommands(ws).call
+async def screenshot(ws_url: str, *, timeout_s: float, max_size: int) -> bytes:
+    """PNG of the browser's first page target, via a flat-session attach on the browser endpoint.
+    The whole exchange, connecting included, has `timeout_s` (TimeoutError past it)."""
+    async with asyncio.timeout(timeout_s), connect(ws_url, max_size=max_size) as ws:
+        call = CdpCommands(ws, timeout_s=timeout_s).call
         targets = (await call("Target.getTargets"))["targetInfos"]
         pages = [t for t in targets if t.get("type") == "page"]
         if not pages:
