@@ -362,9 +362,9 @@ def test_admission_confines_the_provisioner_to_tenant_namespaces(rendered):
     # What the policies pin in a tenant's objects: tests/security/test_kube_policies.py.
 
 
-def test_the_browser_image_policy_reads_the_configmap_and_binds_to_tenant_namespaces_only(rendered):
-    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-browser-image")
-    binding = by_name(rendered, "ValidatingAdmissionPolicyBinding", "browserfleet-provisioner-browser-image")
+def test_the_tenant_config_policy_reads_the_configmap_and_binds_to_tenant_namespaces_only(rendered):
+    policy = by_name(rendered, "ValidatingAdmissionPolicy", "browserfleet-provisioner-tenant-config")
+    binding = by_name(rendered, "ValidatingAdmissionPolicyBinding", "browserfleet-provisioner-tenant-config")
     assert policy["spec"]["failurePolicy"] == "Fail"
     assert policy["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
     config = by_name(rendered, "ConfigMap", "browserfleet-config")["metadata"]

@@ -222,7 +222,7 @@ def test_the_provisioner_may_write_the_tenant_objects_it_makes(rendered):
             kw = dict(obj=obj, old=obj if op == "UPDATE" else None, namespace=namespace)
             assert allowed(rendered, request("provisioner", obj["kind"], op), **kw), (obj["kind"], op)
     assert set(verdicts(rendered, request("provisioner", "Deployment", "CREATE"), obj=browser_deployment(rendered),
-                        namespace=ns)) == {"browserfleet-provisioner-tenants-only", "browserfleet-provisioner-browser-image"}
+                        namespace=ns)) == {"browserfleet-provisioner-tenants-only", "browserfleet-provisioner-tenant-config"}
 
 
 @pytest.mark.parametrize("weakening", sorted(WEAKENED_TEMPLATES))
@@ -259,6 +259,85 @@ def test_without_the_configmap_tenant_browsers_are_refused_and_nothing_else_is_b
         operator = {"userInfo": {"username": "kubernetes-admin"}, "kind": {"kind": "Deployment"}, "operation": "CREATE"}
         assert verdicts(rendered, operator, obj=deployment, namespace=elsewhere, configmaps=configmaps) == {}
         assert allowed(rendered, {**operator, "kind": {"kind": "Namespace"}}, obj=elsewhere, configmaps=configmaps)
+
+
+def _policy(name):
+    def pick(objects):
+        return next(o for o in objects if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == name)
+    return pick
+
+
+def _ingress_peer(peer):
+    return lambda objects: _policy("allow-gateway-ingress")(objects)["spec"]["ingress"][0].update({"from": [peer]})
+
+
+def _egress(rule):
+    return lambda objects: _policy("allow-internet-egress")(objects)["spec"]["egress"].append(rule)
+
+
+def _new_policy(spec):
+    def add(objects):
+        objects.append({**copy.deepcopy(_policy("default-deny")(objects)), "spec": spec})
+        objects[-1]["metadata"]["name"] = "allow-all"
+    return add
+
+
+WEAKENED_POLICIES = {
+    "default-deny selects nothing": lambda o: _policy("default-deny")(o)["spec"].update(
+        {"podSelector": {"matchLabels": {"nothing": "here"}}}),
+    "default-deny ingress only": lambda o: _policy("default-deny")(o)["spec"].update({"policyTypes": ["Ingress"]}),
+    "default-deny allows all": lambda o: _policy("default-deny")(o)["spec"].update({"ingress": [{}]}),
+    "ingress from anyone": lambda o: _policy("allow-gateway-ingress")(o)["spec"]["ingress"][0].pop("from"),
+    "ingress on any port": lambda o: _policy("allow-gateway-ingress")(o)["spec"]["ingress"][0].pop("ports"),
+    "ingress on another port": lambda o: _policy("allow-gateway-ingress")(o)["spec"]["ingress"][0].update(
+        {"ports": [{"protocol": "TCP", "port": 9222}, {"protocol": "TCP", "port": 22}]}),
+    "ingress from every namespace": _ingress_peer({"namespaceSelector": {}, "podSelector": {"matchLabels": {"a": "b"}}}),
+    "ingress from another tenant": _ingress_peer({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace_for(TENANT_B)}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/component": "browser"}}}),
+    "ingress from every pod of the platform": _ingress_peer({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "browserfleet"}}, "podSelector": {}}),
+    "ingress from the tenant's own browsers": _ingress_peer({"podSelector": {"matchLabels": {"a": "b"}}}),
+    "ingress from addresses": _ingress_peer({"ipBlock": {"cidr": "0.0.0.0/0"}}),
+    "an allow-all policy": _new_policy({"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [{}],
+                                        "egress": [{}]}),
+    "egress anywhere": _egress({}),
+    "egress to the metadata service": lambda o: _policy("allow-internet-egress")(o)["spec"]["egress"][0]["to"][0][
+        "ipBlock"]["except"].remove("169.254.0.0/16"),
+    "egress to private ranges": lambda o: _policy("allow-internet-egress")(o)["spec"]["egress"][0]["to"][0][
+        "ipBlock"].pop("except"),
+    "egress over IPv6": _egress({"to": [{"ipBlock": {"cidr": "::/0"}}]}),
+    "egress to the cluster": _egress({"to": [{"namespaceSelector": {}}]}),
+    "egress to the platform": _egress({"to": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "browserfleet"}}, "podSelector": {"matchLabels": {"a": "b"}}}]}),
+    "egress to kube-dns on any port": lambda o: _policy("allow-dns-egress")(o)["spec"]["egress"][0].pop("ports"),
+    "egress to all of kube-system": lambda o: _policy("allow-dns-egress")(o)["spec"]["egress"][0]["to"][0].update(
+        {"podSelector": {}}),
+}
+
+
+@pytest.mark.parametrize("weakening", sorted(WEAKENED_POLICIES))
+@pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
+def test_the_provisioner_cannot_weaken_a_tenants_network_policies(rendered, weakening, operation):
+    good = [o for o in tenant_objects(rendered) if o["kind"] == "NetworkPolicy"]
+    bad = copy.deepcopy(good)
+    WEAKENED_POLICIES[weakening](bad)
+    changed = [b for b in bad if b not in good]
+    assert changed
+    for policy in changed:
+        old = next((g for g in good if g["metadata"]["name"] == policy["metadata"]["name"]), None)
+        assert not allowed(rendered, request("provisioner", "NetworkPolicy", operation), obj=policy,
+                           old=old if operation == "UPDATE" else None, namespace=tenant_namespace(rendered))
+
+
+def test_the_provisioner_cannot_delete_the_tenants_default_deny(rendered):
+    ns = tenant_namespace(rendered)
+    policies = {o["metadata"]["name"]: o for o in tenant_objects(rendered) if o["kind"] == "NetworkPolicy"}
+    assert not allowed(rendered, request("provisioner", "NetworkPolicy", "DELETE"), old=policies["default-deny"],
+                       namespace=ns)
+    # It prunes what a plan no longer has; that may still go.
+    assert allowed(rendered, request("provisioner", "NetworkPolicy", "DELETE"), old=policies["allow-dns-egress"],
+                   namespace=ns)
 
 
 @pytest.mark.parametrize("labels", [
