@@ -19,7 +19,9 @@ ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m"]
 
 FROM base AS warm_pool
 USER root
+# bubblewrap, nftables, iproute2 and util-linux build each browser's sandbox (local backend).
 RUN apt-get update && apt-get install -y --no-install-recommends chromium-headless-shell fonts-liberation \
+    bubblewrap nftables iproute2 util-linux \
  && rm -rf /var/lib/apt/lists/*
 USER 10001:10001
 CMD ["services.warm_pool"]

@@ -76,3 +76,40 @@ def leftovers(pid: int, slots: set[int], *, uid_base: int = 2_100_000_000, me: i
         "processes": processes_of_uids({uid_base + s for s in slots}),
     }
     return {k: v for k, v in left.items() if v}
+
+
+def _live_warm_pool(pid: int) -> bool:
+    try:
+        return b"services.warm_pool" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stray(*, uid_base: int = 2_100_000_000) -> list[str]:
+    """Sandbox pieces on this host whose warm_pool is gone (any run's: none may outlive its owner)."""
+    owners = slot_owners()
+    live_slots = {slot for slot, pid in owners.items() if _live_warm_pool(pid)}
+    problems = [f"slot {slot} of dead warm_pool {pid}" for slot, pid in owners.items() if slot not in live_slots]
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout.split()
+    problems += [f"nft table {t}" for t in tables
+                 if t.startswith("browserfleet_") and t[13:].isdigit() and not _live_warm_pool(int(t[13:]))]
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in (controllers.split(",") if controllers else [""]):
+            for tree in (Path("/sys/fs/cgroup") / controller / path.lstrip("/")).glob("browserfleet-*"):
+                if tree.name[13:].isdigit() and not _live_warm_pool(int(tree.name[13:])):
+                    problems.append(f"cgroup {tree}")
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    problems += [f"netns {n}" for n in names if n.startswith("browserfleet-") and n[13:].isdigit()
+                 and int(n[13:]) not in live_slots]
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout or "[]")
+    problems += [f"veth {l['ifname']}" for l in links if l["ifname"].startswith("bfh")
+                 and l["ifname"][3:].isdigit() and int(l["ifname"][3:]) not in live_slots]
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            uid = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("Uid:"))
+        except (OSError, StopIteration):
+            continue
+        if uid >= uid_base and uid - uid_base not in live_slots:
+            problems.append(f"process {status.parent.name} of browser uid {uid}")
+    return problems

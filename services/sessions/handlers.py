@@ -113,12 +113,15 @@ async def browser_crashed(event: BrowserCrashed, *, pool: asyncpg.Pool, plans_fi
 # --- API keys -------------------------------------------------------------------------------
 
 
-async def create_api_key(*, pool: asyncpg.Pool, tenant_id: UUID) -> dict:
+async def create_api_key(*, pool: asyncpg.Pool, tenant_id: UUID, max_live: int) -> dict:
     key = domain.new_api_key()
     key_id = uuid4()
     async with transaction(pool) as conn:
-        if await repo.get_tenant(conn, tenant_id=tenant_id) is None:
+        # The tenant's row lock serializes its creates: the cap holds under concurrent requests.
+        if await repo.get_tenant(conn, tenant_id=tenant_id, for_update=True) is None:
             raise APIError(404, "not_found", "tenant not known yet")
+        if await repo.count_live_api_keys(conn, tenant_id=tenant_id) >= max_live:
+            raise APIError(409, "api_key_limit", f"at most {max_live} live API keys per tenant: revoke one first")
         await repo.insert_api_key(conn, key_id=key_id, tenant_id=tenant_id, key_hash=domain.digest(key),
                                   prefix=key[:12])
     return {"id": str(key_id), "api_key": key}

@@ -117,9 +117,9 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
         http.require_admin(request, settings.admin_token.get_secret_value())
 
     @app.post("/v1/admin/tenants/{tenant_id}/api-keys", status_code=201, response_model=ApiKeyCreated,
-              responses=error_responses(404), dependencies=[Depends(admin)], tags=["admin"])
+              responses=error_responses(404, 409), dependencies=[Depends(admin)], tags=["admin"])
     async def create_api_key(tenant_id: UUID):
-        return await handlers.create_api_key(pool=pool, tenant_id=tenant_id)
+        return await handlers.create_api_key(pool=pool, tenant_id=tenant_id, max_live=settings.max_api_keys_per_tenant)
 
     @app.delete("/v1/admin/api-keys/{key_id}", status_code=204, responses=error_responses(404),
                 dependencies=[Depends(admin)], tags=["admin"])

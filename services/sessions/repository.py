@@ -111,6 +111,11 @@ async def insert_api_key(conn: asyncpg.Connection, *, key_id: UUID, tenant_id: U
                        key_id, tenant_id, key_hash, prefix)
 
 
+async def count_live_api_keys(conn: asyncpg.Connection, *, tenant_id: UUID) -> int:
+    return await conn.fetchval("SELECT count(*) FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL",
+                               tenant_id)
+
+
 async def revoke_api_key(conn: asyncpg.Connection, *, key_id: UUID) -> bytes | None:
     return await conn.fetchval(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING key_hash", key_id)

@@ -5,6 +5,7 @@ from uuid import UUID, uuid4
 from faststream.rabbit import RabbitQueue
 
 from services.sessions import handlers
+from services.sessions.dashboard import sign_ins
 from services.sessions.gateway import Relays
 from shared.broker import events_exchange
 from shared.messages import (BrowserCrashed, PaymentVerified, SessionCompleted, SubscriptionChanged,
@@ -12,13 +13,19 @@ from shared.messages import (BrowserCrashed, PaymentVerified, SessionCompleted, 
 from shared.service import Runtime
 
 
+async def _subscription_changed(event: SubscriptionChanged, **ports) -> None:
+    await handlers.subscription_changed(event, **ports)
+    if event.status == "canceled":  # after the inbox has it; ending sign-ins again is harmless
+        await sign_ins.subscription_canceled(pool=ports["pool"], tenant_id=event.tenant_id)
+
+
 def register(runtime: Runtime, *, relays: Relays) -> None:
     pool, plans_file = runtime.pool, runtime.settings.plans_file
     runtime.consumers.on(PaymentVerified, partial(handlers.payment_verified, pool=pool))
     runtime.consumers.on(TenantProvisioned, partial(handlers.tenant_provisioned, pool=pool))
     runtime.consumers.on(TenantDeprovisioned, partial(handlers.tenant_deprovisioned, pool=pool))
-    runtime.consumers.on(SubscriptionChanged, partial(handlers.subscription_changed, pool=pool,
-                                                      plans_file=plans_file, ended=relays.end))
+    runtime.consumers.on(SubscriptionChanged, partial(_subscription_changed, pool=pool, plans_file=plans_file,
+                                                      ended=relays.end))
     runtime.consumers.on(BrowserCrashed, partial(handlers.browser_crashed, pool=pool, plans_file=plans_file,
                                                  ended=relays.end))
 

@@ -9,3 +9,9 @@ LAUNCH_SECONDS = Histogram("warm_pool_launch_duration_seconds", "Chromium launch
 LEASES = Counter("warm_pool_leases_total", "Lease requests answered", ["result"])  # warm | cold | no_capacity | ...
 WARM_HIT_RATIO = Gauge("warm_pool_warm_hit_ratio", "Share of the last 200 leases served from the idle pool")
 CRASHES = Counter("warm_pool_browser_crashes_total", "Browsers that died unasked", ["state"])
+SANDBOX_SECONDS = Histogram("warm_pool_sandbox_setup_seconds",
+                            "Building one browser's sandbox (cgroups, network namespace, relays), before its launch",
+                            buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1))
+SANDBOX_REFUSED = Counter("warm_pool_sandbox_refused_total",
+                          "Browsers not started: BROWSER_SANDBOX=off and another tenant's", [])
+MEMORY_KILLS = Counter("warm_pool_browser_memory_kills_total", "Browsers killed at their cgroup's memory limit")

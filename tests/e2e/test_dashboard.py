@@ -318,12 +318,58 @@ async def test_operator_link_signs_a_customer_in(platform, tenants, browser, art
     await expect(page.locator("#qs-key")).to_have_text("<your API key>")
     await page.click("a[data-nav=keys]")
     await expect(page.locator("#keys-body tr").first).to_be_visible()
+    await expect(page.locator("#sign-ins-body tr")).to_have_count(1)
+    await expect(page.locator("#sign-ins-body")).to_contain_text("this tab")
     await page.screenshot(path=artifacts_dir / "dashboard-keys-via-link.png")
 
-    # A tampered link signs no one in; signing out forgets the credential.
+    # Signing out ends the sign-in on the server, not only in the tab; the used link stays used.
+    signed_in = bearer(await page.evaluate("sessionStorage.getItem('browserfleet.credential')"))
     await page.click("#sign-out")
     await page.wait_for_url(f"{base}/dashboard/")
     assert await page.evaluate("sessionStorage.length") == 0
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{base}/v1/usage", headers=signed_in)).status_code == 401
+    await page.goto(url)
+    await expect(page.locator("#signin-error")).to_contain_text("invalid, used or has expired")
+
+    # A tampered link signs no one in.
+    await page.goto(f"{base}/dashboard/")
     await page.goto(url[:-3] + ("AAA" if not url.endswith("AAA") else "BBB"))
-    await expect(page.locator("#signin-error")).to_contain_text("invalid or has expired")
+    await expect(page.locator("#signin-error")).to_contain_text("invalid, used or has expired")
     await page.screenshot(path=artifacts_dir / "dashboard-signin-bad-link.png")
+
+
+async def test_a_link_asks_before_replacing_a_signed_in_tab(platform, tenants, browser):
+    base = platform.urls["sessions"]
+    (_, key_a), (tenant_b, _) = tenants
+
+    async def link() -> str:
+        async with httpx.AsyncClient() as http:
+            r = await http.post(f"{base}/v1/admin/tenants/{tenant_b}/dashboard-links", headers=platform.admin)
+        return r.json()["url"]
+
+    page, _ = await sign_in(browser, base, key_a)
+    asked = []
+
+    async def decline(dialog):
+        asked.append(dialog.message)
+        await dialog.dismiss()
+    page.once("dialog", decline)
+    declined = await link()
+    await page.goto(declined)
+    await page.wait_for_url(f"{base}/dashboard/usage")
+    assert asked and "replacing the current one" in asked[0]
+    assert await page.evaluate("sessionStorage.getItem('browserfleet.credential')") == key_a
+    async with httpx.AsyncClient() as http:  # declined, the link was not used
+        r = await http.post(f"{base}/v1/dashboard/sign-ins", json={"link": declined.split("#link=")[1]})
+        assert r.status_code == 200
+
+    async def accept(dialog):
+        asked.append(dialog.message)
+        await dialog.accept()
+    page.once("dialog", accept)
+    await page.goto(await link())
+    await page.wait_for_url(f"{base}/dashboard/usage")
+    assert len(asked) == 2
+    assert await page.evaluate("sessionStorage.getItem('browserfleet.credential.kind')") == "link"
+    await expect(page.locator("#u-remaining")).to_have_text("5,000")

@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 
 from tests import infra, stripe_fakes
+from tests import sandbox_audit
 from tests.e2e.platform import WEBHOOK_SECRET, Platform
 from tests.helpers import chromium_pids, eventually
 
@@ -313,9 +314,11 @@ def chromium_dirs(platform: Platform) -> set[str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        for arg in cmd:
-            if arg.startswith(b"--user-data-dir=" + root.encode()):
+        for arg, value in zip(cmd, cmd[1:]):
+            if arg.startswith(b"--user-data-dir=" + root.encode()):  # unsandboxed
                 found.add(Path(arg.decode().split("=", 1)[1]).relative_to(root).parts[0])
+            elif arg == b"BROWSERFLEET_DIR" and value.startswith(root.encode()):  # a sandbox's bwrap
+                found.add(Path(value.decode()).relative_to(root).parts[0])
     return found
 
 
@@ -347,6 +350,7 @@ async def no_leaks(platform: FaultPlatform, *, timeout: float = 45) -> None:
             stray_procs = chromium_dirs(platform) - live
             problems = leases + [f"stray dir {d}" for d in stray_dirs] + [f"stray chromium {d}" for d in stray_procs]
             problems += [f"zombie {z}" for z in zombies(platform.past_pids | {os.getpid()})]
+            problems += sandbox_audit.stray()  # namespaces, veths, cgroups, tables, slots, processes
             assert not problems, problems
             return True
         await eventually(clean, timeout=timeout, interval=0.5, what="no leaked browser")

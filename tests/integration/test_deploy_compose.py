@@ -179,10 +179,20 @@ def test_each_compose_target_runs_non_root_under_tini(compose):
     for target in targets:
         lines = chain(stages, target)
         user = _instruction(lines, "USER")[-1].split(":")[0]
-        assert user not in {"root", "0"}, f"{target} runs as root"
+        assert user not in {"root", "0"}, f"{target} runs as root"  # Kubernetes runs both images as is
         assert any("tini" in run for run in _instruction(lines, "RUN")), f"{target} does not install tini"
         entrypoint = json.loads(_instruction(lines, "ENTRYPOINT")[-1])
         assert entrypoint[0].endswith("tini") and entrypoint[1] == "--", entrypoint
+
+
+def test_only_compose_warm_pool_runs_privileged_to_build_browser_sandboxes(compose):
+    privileged = {name for name, svc in compose["services"].items() if svc.get("privileged")}
+    assert privileged == {"warm_pool"}
+    assert compose["services"]["warm_pool"]["user"] == "0:0"
+    assert "BROWSER_SANDBOX" not in compose["services"]["warm_pool"].get("environment", {})  # sandbox on
+    installs = " ".join(_instruction(chain(dockerfile_stages(), "warm_pool"), "RUN"))
+    for package in ("bubblewrap", "nftables", "iproute2"):
+        assert package in installs
 
 
 def test_only_the_warm_pool_image_carries_chromium(compose):

@@ -23,7 +23,8 @@ from tests import infra
 
 ADMIN = {"authorization": f"Bearer {infra.SECRETS['ADMIN_TOKEN']}"}
 EXCHANGE = "browserfleet.events"
-CDP_URL = re.compile(r"^ws://127\.0\.0\.1:(\d+)/devtools/browser/[0-9a-f-]+$")
+# A sandboxed browser's DevTools, at its own network namespace's address.
+CDP_URL = re.compile(r"^ws://([\d.]+:\d+)/devtools/browser/[0-9a-f-]+$")
 
 
 class WarmPool:
@@ -156,9 +157,9 @@ async def next_crash(queue, timeout: float = 15) -> BrowserCrashed:
 
 
 def devtools_answers(cdp_ws_url: str) -> bool:
-    port = CDP_URL.match(cdp_ws_url).group(1)
+    address = CDP_URL.match(cdp_ws_url).group(1)
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/json/version", timeout=2).json()["webSocketDebuggerUrl"] == cdp_ws_url
+        return httpx.get(f"http://{address}/json/version", timeout=2).json()["webSocketDebuggerUrl"] == cdp_ws_url
     except httpx.HTTPError:
         return False
 

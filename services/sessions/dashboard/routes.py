@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.sessions import handlers as sessions_handlers
-from services.sessions.dashboard import domain, handlers
+from services.sessions.dashboard import domain, handlers, sign_ins
 from shared import http
 from shared.http import error_responses
 
@@ -77,9 +77,21 @@ class SignedIn(BaseModel):
     expires_at: datetime
 
 
-def auth(api_keys: sessions_handlers.ApiKeys, settings) -> handlers.DashboardAuth:
+class SignInOut(BaseModel):
+    id: UUID
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+    current: bool = Field(False, description="the sign-in this request was made with")
+
+
+class SignInList(BaseModel):
+    data: list[SignInOut]
+
+
+def auth(api_keys: sessions_handlers.ApiKeys, settings=None) -> sign_ins.DashboardAuth:
     """API-key auth that also accepts dashboard sign-ins; use it for every customer route."""
-    return handlers.DashboardAuth(api_keys, domain.signing_key(settings.admin_token.get_secret_value()))
+    return sign_ins.DashboardAuth(api_keys)
 
 
 @lru_cache(maxsize=32)
@@ -100,7 +112,7 @@ def render(page: str, public_url: str) -> str:
     return text
 
 
-def router(*, pool, settings, auth: handlers.DashboardAuth) -> APIRouter:
+def router(*, pool, settings, auth: sign_ins.DashboardAuth) -> APIRouter:
     api = APIRouter()
     bearer = HTTPBearer(auto_error=False)
 
@@ -149,11 +161,13 @@ def router(*, pool, settings, auth: handlers.DashboardAuth) -> APIRouter:
         """This tenant's API keys, without their secrets."""
         return await handlers.list_api_keys(pool=pool, tenant_id=tenant_id, credential=token)
 
-    @api.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated, responses=error_responses(),
+    @api.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated, responses=error_responses(409),
               tags=["api-keys"])
     async def create_api_key(tenant_id: UUID = Depends(tenant)):
-        """A new key; its secret is in this answer only."""
-        return await sessions_handlers.create_api_key(pool=pool, tenant_id=tenant_id)
+        """A new key; its secret is in this answer only. At most `MAX_API_KEYS_PER_TENANT` (25) live
+        keys per tenant: past that, 409 `api_key_limit`."""
+        return await sessions_handlers.create_api_key(pool=pool, tenant_id=tenant_id,
+                                                      max_live=settings.max_api_keys_per_tenant)
 
     @api.delete("/v1/api-keys/{key_id}", status_code=204, responses=error_responses(404), tags=["api-keys"])
     async def revoke_api_key(key_id: UUID, tenant_id: UUID = Depends(tenant)):
@@ -163,13 +177,46 @@ def router(*, pool, settings, auth: handlers.DashboardAuth) -> APIRouter:
     @api.post("/v1/admin/tenants/{tenant_id}/dashboard-links", status_code=201, response_model=Link,
               responses=error_responses(404), dependencies=[Depends(admin)], tags=["admin"])
     async def mint_dashboard_link(tenant_id: UUID, body: LinkRequest | None = None):
-        """A dashboard sign-in link for this tenant, valid for `ttl_s` seconds (default 15 minutes)."""
-        return await handlers.mint_link(pool=pool, key=auth.key, tenant_id=tenant_id,
-                                        public_url=settings.public_url, ttl_s=(body or LinkRequest()).ttl_s)
+        """A dashboard sign-in link for this tenant: it works once, within `ttl_s` seconds (default 15 minutes)."""
+        return await sign_ins.mint_link(pool=pool, tenant_id=tenant_id, public_url=settings.public_url,
+                                        ttl_s=(body or LinkRequest()).ttl_s)
+
+    @api.get("/v1/admin/tenants/{tenant_id}/sign-ins", response_model=SignInList, responses=error_responses(404),
+             dependencies=[Depends(admin)], tags=["admin"])
+    async def admin_list_sign_ins(tenant_id: UUID):
+        """This tenant's live dashboard sign-ins."""
+        return await sign_ins.admin_list(pool=pool, tenant_id=tenant_id)
+
+    @api.delete("/v1/admin/tenants/{tenant_id}/sign-ins", status_code=204, responses=error_responses(),
+                dependencies=[Depends(admin)], tags=["admin"])
+    async def admin_end_sign_ins(tenant_id: UUID):
+        """End every dashboard sign-in of this tenant, and void its unused links."""
+        await sign_ins.end_all(pool=pool, tenant_id=tenant_id, reason="revoked")
+        return Response(status_code=204)
 
     @api.post("/v1/dashboard/sign-ins", response_model=SignedIn, responses=error_responses(), tags=["dashboard"])
     async def sign_in(body: SignIn):
-        """Exchange a dashboard link's token for a sign-in credential (8 hours) used as a Bearer token."""
-        return handlers.exchange_link(key=auth.key, link=body.link)
+        """Exchange a dashboard link's token, once, for a sign-in credential (8 hours) used as a Bearer
+        token. A used, expired or unknown link is a 401."""
+        return await sign_ins.exchange_link(pool=pool, link=body.link)
+
+    @api.get("/v1/dashboard/sign-ins", response_model=SignInList, responses=error_responses(), tags=["dashboard"])
+    async def list_sign_ins(tenant_id: UUID = Depends(tenant), token: str | None = Depends(credential)):
+        """This tenant's live dashboard sign-ins."""
+        return await sign_ins.list_sign_ins(pool=pool, tenant_id=tenant_id, credential=token)
+
+    @api.delete("/v1/dashboard/sign-ins/current", status_code=204, responses=error_responses(404),
+                tags=["dashboard"])
+    async def sign_out(tenant_id: UUID = Depends(tenant), token: str | None = Depends(credential)):
+        """Sign out: end the sign-in this request is made with; it is a 401 from now on."""
+        await sign_ins.sign_out(pool=pool, tenant_id=tenant_id, credential=token)
+        return Response(status_code=204)
+
+    @api.delete("/v1/dashboard/sign-ins/{sign_in_id}", status_code=204, responses=error_responses(404),
+                tags=["dashboard"])
+    async def revoke_sign_in(sign_in_id: UUID, tenant_id: UUID = Depends(tenant)):
+        """End one of this tenant's sign-ins (another tenant's is a 404)."""
+        await sign_ins.revoke_sign_in(pool=pool, tenant_id=tenant_id, sign_in_id=sign_in_id)
+        return Response(status_code=204)
 
     return api

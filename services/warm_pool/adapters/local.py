@@ -21,7 +21,7 @@ from uuid import UUID
 
 import httpx
 
-from services.warm_pool import domain
+from services.warm_pool import domain, metrics
 from services.warm_pool.adapters.expose import PortForwarder
 from services.warm_pool.adapters.sandbox import Prepared, Sandbox
 
@@ -37,9 +37,10 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          # +2 s, 1.2 → 0.4 CPU-s). Unknown feature names are ignored by older versions.
          "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup,"
          "OmniboxAimPopup,AiModeOmniboxEntryPoint,OmniboxFullPopup",
-         ]
-# In the sandbox Chromium's own sandbox stays on (it runs as an unprivileged user there).
-SANDBOXED_FLAGS = [f for f in FLAGS if f != "--no-sandbox"]
+         "--remote-debugging-port=0"]
+# In the sandbox Chromium's own sandbox stays on (it runs as an unprivileged user there), and
+# DevTools has a fixed port in the browser's own network namespace (the sandbox adds it).
+SANDBOXED_FLAGS = [f for f in FLAGS if f not in ("--no-sandbox", "--remote-debugging-port=0")]
 
 
 # Browsers start and wait in the pool under SCHED_IDLE: they only get CPU nobody else wants, so
@@ -170,6 +171,7 @@ class LocalChromium:
         if self._only_tenant is None:
             self._only_tenant = tenant_id
         elif tenant_id != self._only_tenant:
+            metrics.SANDBOX_REFUSED.inc()
             log.error("BROWSER_SANDBOX=off: this warm_pool serves one tenant only; refusing a browser "
                       "for another", extra={"tenant_id": str(tenant_id), "serving": str(self._only_tenant)})
             raise TenantRefused("this host runs browsers without a sandbox (BROWSER_SANDBOX=off) "
@@ -186,6 +188,7 @@ class LocalChromium:
         owner = base / "owner.json"
         owner.write_text(json.dumps({"owner_pid": os.getpid()}))  # before the dir can look orphaned
         if self.sandbox is not None:
+            started = time.perf_counter()
             try:
                 prepared = await self.sandbox.prepare(
                     browser_id=browser_id, tenant_id=tenant_id, tenant_browsers=tenant_browsers,
@@ -195,6 +198,7 @@ class LocalChromium:
                 if isinstance(exc, (asyncio.CancelledError, LaunchFailed)):
                     raise
                 raise LaunchFailed(f"sandbox: {exc}") from exc
+            metrics.SANDBOX_SECONDS.observe(time.perf_counter() - started)
             self._sandboxed[browser_id] = prepared
             argv, env, devtools = prepared.argv, {"PATH": "/usr/bin:/bin"}, self.sandbox.devtools(prepared)
             keep = (prepared.home_fd,)
@@ -202,7 +206,7 @@ class LocalChromium:
             profile = base / "profile"
             profile.mkdir()
             argv = [*([] if urgent else ["chrt", "--idle", "0"]), self.chromium_path, *FLAGS,
-                    f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"]
+                    f"--user-data-dir={profile}", "about:blank"]
             env, devtools, keep = None, None, ()
         # fork+exec in a thread: forking this process can take tens of ms, which would stall leases.
         spawn = asyncio.ensure_future(asyncio.to_thread(
@@ -277,6 +281,7 @@ class LocalChromium:
                 gone.append(bid)
             elif prepared is not None and self.sandbox.oom_killed(prepared):
                 log.warning("browser hit its memory limit", extra={"browser_id": str(bid)})
+                metrics.MEMORY_KILLS.inc()
                 self.sandbox.kill(prepared)
                 gone.append(bid)
         return gone
@@ -290,13 +295,15 @@ class LocalChromium:
         if proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-        if prepared is not None:
-            await self.sandbox.release(prepared)  # kills whatever is left in its cgroups
-        if proc is not None:
             deadline = time.monotonic() + 5
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+        if prepared is not None:
+            await self.sandbox.release(prepared)  # kills whatever is left in its cgroups
         await _remove_dir_async(self._dir(browser_id))
+
+    def owned(self) -> list[UUID]:
+        return list(self._procs)
 
     async def kill_all(self) -> None:
         await asyncio.gather(*(self.kill(bid) for bid in list(self._procs)))

@@ -1,6 +1,7 @@
 """A network namespace per browser: the public internet through NAT, and nothing else.
 
-Host side (one nftables table per warm_pool process, `inet browserfleet_<pid>`):
+Host side (one nftables table per warm_pool process, `inet browserfleet_<pid>`, and a blackhole
+route for the whole BROWSER_NET_CIDR beneath the browsers' own /30s):
 - nothing that comes in from a browser's veth (`bfh*`) reaches the host itself (input: only
   replies to connections the host opened, e.g. to DevTools);
 - nothing is forwarded into a browser but replies, so no browser reaches another;
@@ -134,6 +135,9 @@ class HostNetwork:
     def setup(self) -> None:
         run_sync("nft", "-f", "-", stdin=host_table(name=self.table, cidr=str(self.cidr),
                                                     extra_blocked=[*host_networks(), *self.blocked]))
+        # A browser's /30 is routed to its veth while it lives; the rest of the range (a browser
+        # that has gone) is a black hole, never the default route.
+        run_sync("ip", "route", "replace", "blackhole", str(self.cidr))
         forward = Path("/proc/sys/net/ipv4/ip_forward")
         self._forward_was = forward.read_text().strip()
         if self._forward_was != "1":
@@ -141,8 +145,10 @@ class HostNetwork:
 
     def teardown(self) -> None:
         run_sync("nft", "delete", "table", "inet", self.table, check=False)
-        if self._forward_was == "0" and not self.tables():
-            Path("/proc/sys/net/ipv4/ip_forward").write_text("0")
+        if not self.tables():  # the last warm_pool on this host
+            run_sync("ip", "route", "del", "blackhole", str(self.cidr), check=False)
+            if self._forward_was == "0":
+                Path("/proc/sys/net/ipv4/ip_forward").write_text("0")
 
     @staticmethod
     def tables() -> list[str]:

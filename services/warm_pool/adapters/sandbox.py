@@ -236,13 +236,15 @@ class Sandbox:
                          *([] if urgent else ["chrt", "--idle", "0"]),
                          "nsenter", f"--net={prepared.net.path}", "--",
                          "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                         "--", *self._bwrap(prepared.home_fd), self.chromium, *flags,
+                         "--", *self._bwrap(prepared.home_fd, marker=base), self.chromium, *flags,
                          "--user-data-dir=/browser/profile", f"--remote-debugging-port={netns.DEVTOOLS_PORT}",
                          "about:blank"]
         return prepared
 
-    def _bwrap(self, home_fd: int) -> list[str]:
-        args = ["bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+    def _bwrap(self, home_fd: int, *, marker: Path) -> list[str]:
+        # The host directory is named on bwrap's command line only (ps, audits, `pgrep -f`): set and
+        # unset again, so the browser's environment never holds it.
+        args = ["bwrap", "--setenv", "BROWSERFLEET_DIR", str(marker), "--unsetenv", "BROWSERFLEET_DIR", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--hostname", "browser",
                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                 "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",

@@ -14,10 +14,22 @@
     sessionStorage.setItem(KIND, kind);
     location.replace('/dashboard/usage');
   }
-  function signOut(reason) {
+  function forget(reason) {
     sessionStorage.removeItem(STORE);
     sessionStorage.removeItem(KIND);
     location.replace('/dashboard/' + (reason ? '?reason=' + reason : ''));
+  }
+  async function endSignIn() {
+    // A dashboard sign-in ends on the server (an API key only leaves this tab).
+    if (!credential() || sessionStorage.getItem(KIND) !== 'link') return;
+    try {
+      await fetch('/v1/dashboard/sign-ins/current', { method: 'DELETE', credentials: 'omit',
+        headers: { Authorization: 'Bearer ' + credential() } });
+    } catch (_) { /* offline: it still expires */ }
+  }
+  async function signOut() {
+    await endSignIn();
+    forget();
   }
 
   class ApiError extends Error {
@@ -29,7 +41,7 @@
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     const res = await fetch(path, { method, headers, cache: 'no-store', credentials: 'omit',
       body: body === undefined ? undefined : JSON.stringify(body) });
-    if (res.status === 401) { signOut('expired'); throw new ApiError(401, 'unauthorized', 'signed out'); }
+    if (res.status === 401) { forget('expired'); throw new ApiError(401, 'unauthorized', 'signed out'); }
     if (!res.ok) {
       let err = {};
       try { err = (await res.json()).error || {}; } catch (_) { /* not JSON */ }
@@ -86,11 +98,19 @@
       const link = new URLSearchParams(location.hash.slice(1)).get('link');
       if (!link) return false;
       history.replaceState(null, '', location.pathname); // the token leaves the address bar at once
+      // A link someone else sent must not silently replace this tab's sign-in (login CSRF):
+      // declined, the link stays unused and the tab as it was.
+      if (credential() && !window.confirm('This link signs this tab in with another dashboard sign-in, '
+          + 'replacing the current one. Continue only if you asked for this link.')) {
+        location.replace('/dashboard/usage');
+        return true;
+      }
       fetch('/v1/dashboard/sign-ins', { method: 'POST', headers: { 'Content-Type': 'application/json' },
         body: JSON.stringify({ link }), credentials: 'omit' })
         .then(async (res) => {
-          if (!res.ok) throw new Error('This dashboard link is invalid or has expired. Ask for a new one.');
+          if (!res.ok) throw new Error('This dashboard link is invalid, used or has expired. Ask for a new one.');
           const body = await res.json();
+          await endSignIn(); // the sign-in this one replaces, if any
           signIn(body.credential, 'link');
         })
         .catch((e) => error(e.message));
@@ -258,7 +278,7 @@
             }
             button.disabled = true;
             await api(`/v1/api-keys/${k.id}`, { method: 'DELETE' });
-            if (k.current) signOut('expired'); else await load();
+            if (k.current) forget('expired'); else await load();
           }) }, 'Revoke');
         return el('tr', { 'data-key': k.id },
           el('td', { class: 'mono' }, k.prefix + '…', k.current ? el('span', { class: 'badge in-use' }, 'in use here') : null),
@@ -266,6 +286,23 @@
           el('td', {}, k.last_used_at ? fmtTime(k.last_used_at) : 'never'),
           el('td', {}, badge(k.revoked_at ? 'revoked' : 'active')),
           el('td', {}, revoke));
+      }));
+    }
+    async function loadSignIns() {
+      const body = await api('/v1/dashboard/sign-ins');
+      $('sign-ins-empty').hidden = body.data.length > 0;
+      $('sign-ins-body').replaceChildren(...body.data.map((s) => {
+        const end = el('button', { type: 'button', class: 'danger', 'data-end-sign-in': s.id,
+          onclick: guarded(async (e) => {
+            e.target.disabled = true;
+            await api(`/v1/dashboard/sign-ins/${s.id}`, { method: 'DELETE' });
+            if (s.current) forget(); else await loadSignIns();
+          }) }, s.current ? 'Sign out' : 'End');
+        return el('tr', { 'data-sign-in': s.id },
+          el('td', {}, fmtTime(s.created_at), s.current ? el('span', { class: 'badge in-use' }, 'this tab') : null),
+          el('td', {}, s.last_used_at ? fmtTime(s.last_used_at) : '—'),
+          el('td', {}, fmtTime(s.expires_at)),
+          el('td', {}, end));
       }));
     }
     $('create-key').addEventListener('click', guarded(async () => {
@@ -276,6 +313,7 @@
     }));
     $('copy-key').addEventListener('click', () => copy($('new-key-secret').textContent, $('copy-key')));
     guarded(load)();
+    guarded(loadSignIns)();
   }
 
   async function copy(text, button) {
