@@ -72,15 +72,16 @@ async def relay_platform(module_db, module_mq, artifacts_dir):
     browsers = Browsers(module_mq)
     await browsers.start()
     await bind_event_sink(module_mq)
-    service = start_sessions(module_db, module_mq, artifacts_dir, name="sessions-relay-limits",
-                             cdp_call_timeout_s=2)
-    platform = Platform(module_mq, [service], browsers)
-    platform.pid = service.proc.pid
+    services = [start_sessions(module_db, module_mq, artifacts_dir, name=f"sessions-relay-limits-{i}",
+                               cdp_call_timeout_s=2) for i in (1, 2)]  # two replicas of one database
+    platform = Platform(module_mq, services, browsers)
+    platform.pid = services[0].proc.pid
     try:
         yield platform
     finally:
         await platform.http.aclose()
-        service.stop(signal.SIGTERM)
+        for service in services:
+            service.stop(signal.SIGTERM)
         await browsers.stop()
 
 
@@ -230,6 +231,23 @@ async def test_the_fifth_parallel_relay_of_a_session_is_refused(relay_platform):
             except websockets.InvalidStatus:
                 return False
         assert await eventually(fifth_connects, what="a relay slot freed by a close")
+    await p.http.post(f"/v1/sessions/{session['id']}/end", headers=auth)
+
+
+async def test_the_relay_cap_holds_across_replicas(relay_platform):
+    p = relay_platform
+    _, auth = await p.tenant()
+    session = await _session(p, auth)
+    first = session["cdp_url"]
+    second = first.replace(p.services[0].url.split("//")[1], p.services[1].url.split("//")[1])
+    async with contextlib.AsyncExitStack() as stack:
+        for url in (first, second, first, second):
+            await stack.enter_async_context(websockets.connect(url))
+        for url in (first, second):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(url):
+                    pass
+            assert refused.value.response.status_code == 429
     await p.http.post(f"/v1/sessions/{session['id']}/end", headers=auth)
 
 
