@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.sessions import domain, repository as repo
 from services.sessions.metrics import CREDITS, RUNNING, SESSIONS_CREATED, SESSIONS_ENDED
-from shared import faults
+from shared import faults, http
 from shared import outbox
 from shared.db import transaction
 from shared.http import APIError
@@ -128,27 +128,50 @@ async def create_api_key(*, pool: asyncpg.Pool, tenant_id: UUID, max_live: int) 
 
 
 class ApiKeys:
-    """API key lookups, cached for `ttl_s` so a revoked key stops working within seconds."""
+    """API key lookups; all their state is this replica's own.
+
+    A valid key is cached for `ttl_s`, so a revoked key stops working within seconds. A rejected
+    key is remembered for REJECTED_S and refused again without asking Postgres; the memory is
+    keyed by the whole key's hash and only Postgres saying "no such live key" puts one there, so
+    it cannot be made to refuse a valid key. Failures count against the client's address
+    (`shared.http`): once that is throttled (429), only keys that have worked on this replica
+    are still looked up, so honest clients sharing the address with a guesser keep working."""
+
+    REJECTED_S = 300
+    REMEMBERED = 10_000  # per memory; the oldest entries go first
+    TOUCH_EVERY_S = 60  # last_used_at is written at most this often per key and replica
 
     def __init__(self, pool: asyncpg.Pool, ttl_s: float):
         self.pool, self.ttl_s = pool, ttl_s
         self._cache: dict[bytes, tuple[float, UUID]] = {}
+        self._rejected: dict[bytes, float] = {}
+        self._worked: dict[bytes, None] = {}
 
     async def tenant_for(self, key: str | None) -> UUID:
         if not key:
             raise APIError(401, "unauthorized", "API key required")
         key_hash = domain.digest(key)
+        now = time.monotonic()
         hit = self._cache.get(key_hash)
-        if hit and hit[0] > time.monotonic():
+        if hit and hit[0] > now:
             return hit[1]
+        if key_hash not in self._worked:
+            http.refuse_if_throttled()
+        if self._rejected.get(key_hash, 0) > now:
+            http.auth_failed()
+            raise APIError(401, "unauthorized", "invalid API key")
         async with self.pool.acquire() as conn:
-            row = await repo.use_api_key(conn, key_hash=key_hash)
+            row = await repo.find_api_key(conn, key_hash=key_hash)
+            if row is not None and _touch_due(row["last_used_at"], ApiKeys.TOUCH_EVERY_S):
+                await repo.touch_api_key(conn, key_id=row["id"])
         if row is None:
             self._cache.pop(key_hash, None)
+            self._worked.pop(key_hash, None)
+            _remember(self._rejected, key_hash, now + self.REJECTED_S)
+            http.auth_failed()
             raise APIError(401, "unauthorized", "invalid API key")
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key_hash] = (time.monotonic() + self.ttl_s, row["tenant_id"])
+        _remember(self._cache, key_hash, (now + self.ttl_s, row["tenant_id"]))
+        _remember(self._worked, key_hash, None)
         return row["tenant_id"]
 
     async def revoke(self, key_id: UUID) -> None:
@@ -157,6 +180,17 @@ class ApiKeys:
         if key_hash is None:
             raise APIError(404, "not_found", "API key not found")
         self._cache.pop(bytes(key_hash), None)
+
+
+def _touch_due(last_used_at: datetime | None, every_s: float) -> bool:
+    return last_used_at is None or (datetime.now(timezone.utc) - last_used_at).total_seconds() > every_s
+
+
+def _remember(memory: dict, key, value) -> None:
+    memory.pop(key, None)
+    memory[key] = value
+    while len(memory) > ApiKeys.REMEMBERED:
+        del memory[next(iter(memory))]
 
 # --- sessions -------------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ direction closes its socket with 1009; the session goes on and the URL connects 
 
 def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: gateway.Relays) -> FastAPI:
     app = FastAPI(title="browserfleet sessions", version="1", description=DESCRIPTION)
-    http.install(app, ready=runtime.ready)
+    http.install(app, ready=runtime.ready, settings=settings)
     pool, bearer = runtime.pool, HTTPBearer(auto_error=False)
     api_keys = dashboard.auth(api_keys, settings)  # API keys, plus dashboard-link sign-ins
     app.include_router(dashboard.router(pool=pool, settings=settings, auth=api_keys))
@@ -152,9 +152,14 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
         return await handlers.end_session(pool=pool, tenant_id=None, session_id=session_id,
                                           plans_file=settings.plans_file, ended=relays.end, reason="canceled")
 
+    # The body comes from a dependency after `tenant`: a request without a valid key is refused
+    # before its body is read (FastAPI reads a declared body before any dependency runs).
     @app.post("/v1/sessions", status_code=201, response_model=SessionCreated,
-              responses=error_responses(402, 403, 409, 429, 503), tags=["sessions"])
-    async def create_session(body: handlers.CreateSession | None = None, tenant_id: UUID = Depends(tenant),
+              responses=error_responses(402, 403, 409, 413, 503), tags=["sessions"],
+              openapi_extra=http.json_body_openapi(app, handlers.CreateSession, required=False))
+    async def create_session(tenant_id: UUID = Depends(tenant),
+                             body: handlers.CreateSession | None = Depends(
+                                 http.json_body(handlers.CreateSession, required=False)),
                              idempotency_key: str | None = Header(None, min_length=1, max_length=255)):
         return await handlers.create_session(
             body or handlers.CreateSession(), pool=pool, lease=lease, tenant_id=tenant_id,

@@ -121,16 +121,14 @@ async def revoke_api_key(conn: asyncpg.Connection, *, key_id: UUID) -> bytes | N
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING key_hash", key_id)
 
 
-async def use_api_key(conn: asyncpg.Connection, *, key_hash: bytes):
-    """The live key with this hash, recording its use; None if unknown or revoked."""
+async def find_api_key(conn: asyncpg.Connection, *, key_hash: bytes):
+    """The live key with this hash; None if unknown or revoked. A read: a wrong key writes nothing."""
     return await conn.fetchrow(
-        """
-        UPDATE api_keys SET last_used_at = now()
-         WHERE key_hash = $1 AND revoked_at IS NULL
-        RETURNING id, tenant_id
-        """,
-        key_hash,
-    )
+        "SELECT id, tenant_id, last_used_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash)
+
+
+async def touch_api_key(conn: asyncpg.Connection, *, key_id: UUID) -> None:
+    await conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = $1", key_id)
 
 # --- sessions -----------------------------------------------------------------------------
 

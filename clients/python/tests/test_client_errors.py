@@ -14,6 +14,7 @@ from sdk_mock import error, ok
     (403, browserfleet.PermissionDeniedError, "subscription_inactive"),
     (404, browserfleet.NotFoundError, "not_found"),
     (409, browserfleet.ConflictError, "profile_in_use"),
+    (413, browserfleet.PayloadTooLargeError, "payload_too_large"),
     (422, browserfleet.UnprocessableEntityError, "invalid_request"),
     (429, browserfleet.RateLimitError, "concurrency_limit"),
     (503, browserfleet.ServiceUnavailableError, "no_capacity"),

@@ -9,8 +9,8 @@ from browserfleet._client import AsyncBrowserfleet, Browserfleet
 from browserfleet._connect import AsyncSessionConnection, SessionConnection
 from browserfleet._errors import (APIConnectionError, APIError, APIStatusError, APITimeoutError, AuthenticationError,
                                   BrowserfleetError, ConflictError, InsufficientCreditsError, NotFoundError,
-                                  PermissionDeniedError, RateLimitError, ServiceUnavailableError,
-                                  UnprocessableEntityError)
+                                  PayloadTooLargeError, PermissionDeniedError, RateLimitError,
+                                  ServiceUnavailableError, UnprocessableEntityError)
 from browserfleet._models import (Download, Profile, ProfilePage, Session, SessionCreated, SessionPage,
                                   SessionStatus, Usage)
 from browserfleet._pagination import AsyncCursorPager, SyncCursorPage
@@ -22,5 +22,6 @@ __all__ = [
     "SyncCursorPage", "AsyncCursorPager", "SessionConnection", "AsyncSessionConnection",
     "BrowserfleetError", "APIError", "APIStatusError", "APIConnectionError", "APITimeoutError",
     "APIResponseValidationError", "AuthenticationError", "InsufficientCreditsError", "PermissionDeniedError",
-    "NotFoundError", "ConflictError", "UnprocessableEntityError", "RateLimitError", "ServiceUnavailableError",
+    "NotFoundError", "ConflictError", "PayloadTooLargeError", "UnprocessableEntityError", "RateLimitError",
+    "ServiceUnavailableError",
 ]

@@ -70,6 +70,10 @@ class UnprocessableEntityError(APIStatusError):
     pass
 
 
+class PayloadTooLargeError(APIStatusError):
+    pass
+
+
 class RateLimitError(APIStatusError):
     def __init__(self, message: str, *, response: httpx.Response, code: str | None, body: object) -> None:
         super().__init__(message, response=response, code=code, body=body)
@@ -84,7 +88,8 @@ class ServiceUnavailableError(APIStatusError):
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     401: AuthenticationError, 402: InsufficientCreditsError, 403: PermissionDeniedError, 404: NotFoundError,
-    409: ConflictError, 422: UnprocessableEntityError, 429: RateLimitError, 503: ServiceUnavailableError,
+    409: ConflictError, 413: PayloadTooLargeError, 422: UnprocessableEntityError, 429: RateLimitError,
+    503: ServiceUnavailableError,
 }
 
 
