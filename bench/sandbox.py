@@ -42,6 +42,7 @@ async def launches(samples: int) -> dict:
     backends = {"plain": LocalChromium(chromium_path=default_chromium(), profile_root=root / "plain"),
                 "sandboxed": LocalChromium(chromium_path=default_chromium(), profile_root=root / "sandboxed",
                                            sandbox=sandbox)}
+    tenant = uuid.uuid4()  # one tenant: the plain backend serves only one
     times: dict[str, list[float]] = {name: [] for name in backends}
     kills: dict[str, list[float]] = {name: [] for name in backends}
     try:
@@ -49,7 +50,7 @@ async def launches(samples: int) -> dict:
             for name, backend in (backends.items() if i % 2 == 0 else reversed(backends.items())):
                 browser_id = uuid.uuid4()
                 t = time.perf_counter()
-                await backend.launch(browser_id, tenant_id=uuid.uuid4(), urgent=True)
+                await backend.launch(browser_id, tenant_id=tenant, urgent=True)
                 times[name].append(time.perf_counter() - t)
                 t = time.perf_counter()
                 await backend.kill(browser_id)

@@ -221,7 +221,7 @@ table ip browserfleet {{
 
 
 async def destroy(slot: int) -> None:
-    await run("ip", "link", "del", f"bfh{slot}", check=False)
+    """Its processes are gone: removing the namespace takes its veth pair with it."""
     await run("ip", "netns", "del", f"browserfleet-{slot}", check=False)
 
 

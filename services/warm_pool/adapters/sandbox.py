@@ -251,6 +251,8 @@ class Sandbox:
                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
         for name in ETC_FROM_HOST:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        # The host's font cache: without it fontconfig rescans every font at each launch.
+        args += ["--ro-bind-try", "/var/cache/fontconfig", "/var/cache/fontconfig"]
         for name in ("passwd", "group", "hosts", "resolv.conf", "nsswitch.conf"):
             args += ["--ro-bind", str(self.etc_dir / name), f"/etc/{name}"]
         args += ["--bind-fd", str(home_fd), "/browser", "--chdir", "/browser",
