@@ -78,7 +78,8 @@ async def test_sign_ins_are_listed_per_tenant_and_revocable_by_id(platform):
     assert len(their_list) == 1
 
     # Another tenant's sign-in looks like a missing one; one's own ends at once.
-    assert (await platform.http.delete(f"/v1/dashboard/sign-ins/{their_list[0]['id']}", headers=mine)).status_code == 404
+    theirs_by_id = f"/v1/dashboard/sign-ins/{their_list[0]['id']}"
+    assert (await platform.http.delete(theirs_by_id, headers=mine)).status_code == 404
     assert (await platform.http.get("/v1/usage", headers=theirs)).status_code == 200
     other = next(s for s in listed if not s["current"])
     assert (await platform.http.delete(f"/v1/dashboard/sign-ins/{other['id']}", headers=mine)).status_code == 204
