@@ -60,21 +60,21 @@ async def _usage(platform, headers: dict):
 
 
 @asynccontextmanager
-async def _api_keys_locked(db_url: str, mode: str):
-    """Hold `LOCK TABLE sessions.api_keys IN <mode> MODE`; yields `attempt(send)`, which runs one
-    request and returns (answer, whether it waited on the lock)."""
+async def _locked(db_url: str, mode: str, table: str = "sessions.api_keys"):
+    """Hold `LOCK TABLE <table> IN <mode> MODE`; yields `attempt(send)`, which runs one request
+    and returns (answer, whether it waited on the lock)."""
     holder, watcher = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
     tx = holder.transaction()
     await tx.start()
-    await holder.execute(f"LOCK TABLE sessions.api_keys IN {mode} MODE")
+    await holder.execute(f"LOCK TABLE {table} IN {mode} MODE")
     released = False
 
     async def attempt(send):
         nonlocal released
         request = asyncio.ensure_future(send())
         while not request.done():
-            if await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted AND "
-                                      "relation = 'sessions.api_keys'::regclass"):
+            if await watcher.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = $1::regclass",
+                                      table):
                 await tx.rollback()  # let it through, and say that it needed the table
                 released = True
                 return await request, True
@@ -104,7 +104,7 @@ async def test_failed_attempts_from_one_address_end_in_429_with_retry_after(plat
 
 async def test_a_bad_key_costs_a_read_not_a_write(platform):
     # SHARE lets reads through and makes any write (UPDATE, INSERT) wait.
-    async with _api_keys_locked(platform.db_url, "SHARE") as attempt:
+    async with _locked(platform.db_url, "SHARE") as attempt:
         r, waited = await attempt(lambda: _usage(platform, _from("198.51.100.10", _guess())))
     assert r.status_code == 401, r.text
     assert not waited, "a failed authentication wrote to sessions.api_keys"
@@ -116,7 +116,7 @@ async def test_a_rejected_key_and_a_throttled_address_never_reach_the_database(p
     for _ in range(LIMIT - 1):
         assert (await _usage(platform, _from("198.51.100.21", _guess()))).status_code == 401
     # ACCESS EXCLUSIVE makes even a read wait.
-    async with _api_keys_locked(platform.db_url, "ACCESS EXCLUSIVE") as attempt:
+    async with _locked(platform.db_url, "ACCESS EXCLUSIVE") as attempt:
         for address in ("198.51.100.20", "198.51.100.22"):  # the rejection is remembered for every address
             r, waited = await attempt(lambda: _usage(platform, _from(address, rejected)))
             assert r.status_code == 401 and not waited, (address, r.status_code, waited)
@@ -166,3 +166,23 @@ async def test_admin_token_guessing_is_throttled_but_the_operator_is_not(platfor
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0, r.text
     r = await platform.http.get("/v1/admin/tenants", headers={**_from(operator), **ADMIN})
     assert r.status_code == 200, r.text
+
+
+async def test_dashboard_sign_in_and_link_guessing_is_throttled_too(platform):
+    # A sign-in credential (bfd_…) and a link (bfl_…) are checked by their own lookups, under the same limit.
+    guesser = "198.51.100.60"
+    for _ in range(LIMIT):
+        r = await _usage(platform, _from(guesser, "bfd_" + secrets.token_urlsafe(32)))
+        assert r.status_code == 401, r.text
+    async with _locked(platform.db_url, "ACCESS EXCLUSIVE", "sessions.dashboard_sign_ins") as attempt:
+        r, waited = await attempt(lambda: _usage(platform, _from(guesser, "bfd_" + secrets.token_urlsafe(32))))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0, r.text
+    assert not waited, "a throttled guess was still looked up"
+    linker = "198.51.100.61"
+    for _ in range(LIMIT):
+        r = await platform.http.post("/v1/dashboard/sign-ins", json={"link": "bfl_" + secrets.token_urlsafe(32)},
+                                     headers=_from(linker))
+        assert r.status_code == 401, r.text
+    r = await platform.http.post("/v1/dashboard/sign-ins", json={"link": "bfl_" + secrets.token_urlsafe(32)},
+                                 headers=_from(linker))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0, r.text

@@ -7,6 +7,7 @@ import asyncpg
 
 from services.sessions import domain as sessions_domain, handlers as sessions_handlers, repository as repo
 from services.sessions.dashboard import domain, repository as dash_repo
+from shared import http
 from shared.db import transaction
 from shared.http import APIError
 
@@ -20,6 +21,7 @@ class DashboardAuth:
 
     def __init__(self, api_keys: sessions_handlers.ApiKeys):
         self.api_keys, self.pool = api_keys, api_keys.pool
+        self._worked: dict[bytes, None] = {}  # sign-ins that worked here: looked up even when throttled
 
     async def tenant_for(self, credential: str | None) -> UUID:
         if domain.is_sign_in(credential):
@@ -27,14 +29,21 @@ class DashboardAuth:
         return await self.api_keys.tenant_for(credential)
 
     async def sign_in(self, credential: str):
-        row = None
+        token_hash, row = sessions_domain.digest(credential), None
+        if token_hash not in self._worked:  # failed-auth limit, as for API keys (shared.http)
+            http.refuse_if_throttled()
         if len(credential) <= domain.MAX_TOKEN_CHARS:
             async with self.pool.acquire() as conn:
-                row = await dash_repo.find_sign_in(conn, token_hash=sessions_domain.digest(credential))
+                row = await dash_repo.find_sign_in(conn, token_hash=token_hash)
                 if row is not None and _touch_due(row["last_used_at"]):
                     await dash_repo.touch_sign_in(conn, sign_in_id=row["id"])
         if row is None:
+            self._worked.pop(token_hash, None)
+            http.auth_failed()
             raise APIError(401, "unauthorized", "the dashboard sign-in has ended, sign in again")
+        self._worked[token_hash] = None
+        if len(self._worked) > sessions_handlers.ApiKeys.REMEMBERED:
+            del self._worked[next(iter(self._worked))]
         return row
 
     async def revoke(self, key_id: UUID) -> None:
@@ -60,11 +69,13 @@ async def mint_link(*, pool: asyncpg.Pool, tenant_id: UUID, public_url: str, ttl
 async def exchange_link(*, pool: asyncpg.Pool, link: str) -> dict:
     """The link's one sign-in; a used, expired or unknown link (or a canceled tenant's) is a 401."""
     credential, sign_in_id = domain.new_sign_in(), uuid4()
+    http.refuse_if_throttled()
     async with transaction(pool) as conn:
         tenant_id = None
         if link.startswith(domain.LINK_PREFIX):
             tenant_id = await dash_repo.use_link(conn, token_hash=sessions_domain.digest(link))
         if tenant_id is None:
+            http.auth_failed()
             raise APIError(401, "unauthorized", "this dashboard link is invalid, used or expired")
         expires_at = await dash_repo.insert_sign_in(conn, sign_in_id=sign_in_id, tenant_id=tenant_id,
                                                     token_hash=sessions_domain.digest(credential),
