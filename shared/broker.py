@@ -91,8 +91,9 @@ class Consumers:
     """The explicit list of which handler takes which message, for one service."""
 
     def __init__(self, broker: RabbitBroker, *, service: str, events: str, delivery_limit: int,
-                 outage_retry_s: float = 300.0):
+                 outage_retry_s: float = 300.0, user: str | None = None):
         self.broker = broker
+        self.user = user  # this service's RabbitMQ user
         self.outage_retry_s = outage_retry_s
         self.service = service
         self.events = events
@@ -109,6 +110,15 @@ class Consumers:
 
         async def consume(body: Any, message: RabbitMessage) -> None:
             started = time.perf_counter()
+            publisher = message.raw_message.user_id
+            expected = expected_publisher(self.user, self.service, message_type)
+            if expected is not None and publisher not in (expected, self.user):
+                # Not dead-lettered: a replay from the DLQ would then launder it under our own user.
+                log.error("message from a user that may not send it dropped",
+                          extra={"queue": qname, "publisher": publisher, "expected": expected})
+                metrics.MESSAGES_HANDLED.labels(qname, "forged").inc()
+                await message.ack()
+                return
             try:
                 event = model.model_validate_json(message.body)
             except ValidationError as exc:
@@ -180,13 +190,25 @@ def _ids(event: BaseModel) -> dict:
 # --- users and permissions: each service its own RabbitMQ user ----------------------------------
 # A service may declare, bind and consume only queues named `<service>.…`, publish to the events
 # exchange only routing keys `<service>.…` (topic permissions), and bind its queues to any event.
-# Request/reply and dead-letter replay publish through the default exchange, which RabbitMQ
-# authorises per exchange only (not per target queue): see docs/SECURITY.md.
+# Request/reply and dead-letter replay need the default exchange, which RabbitMQ authorises per
+# exchange only and which reaches any queue by name: so consumers also check each event's
+# user_id (validated by RabbitMQ) against the service its type is named after (`Consumers`).
 SERVICES = ("billing", "provisioner", "sessions", "warm_pool")
 
 
 def user_for(service: str, *, prefix: str = "browserfleet-") -> str:
     return f"{prefix}{service}"
+
+
+def expected_publisher(own_user: str | None, own_service: str, message_type: str) -> str | None:
+    """Who alone may have sent `message_type` where each service has its own user (named
+    `<prefix><service>`, ours included): the user of the service the type is named after.
+    RabbitMQ refuses a publish whose user_id property is not the publisher's own user, so this
+    holds whatever exchange the message came through (the default one takes any queue name).
+    None where the services share a user: nothing to check."""
+    if not own_user or not own_user.endswith(own_service) or own_user == own_service:
+        return None
+    return own_user[: -len(own_service)] + message_type.split(".", 1)[0]
 
 
 def user_password(key: str, user: str) -> str:

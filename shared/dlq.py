@@ -1,6 +1,7 @@
 """Dead-letter queues of one service: depth (also as a metric) and replay, behind admin routes."""
 import asyncio
 import contextlib
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from fastapi import APIRouter, Request
@@ -50,6 +51,7 @@ class DeadLetters:
                 await channel.default_exchange.publish(
                     aio_pika.Message(message.body, headers=headers, content_type=message.content_type,
                                      message_id=message.message_id, type=message.type,
+                                     user_id=unquote(urlsplit(self.url).username or "") or None,
                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                     routing_key=name, mandatory=True)
                 await message.ack()

@@ -38,8 +38,9 @@ async def add(conn: asyncpg.Connection, event: Event, *, headers: dict | None = 
 
 class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, broker: RabbitBroker, *, exchange: str, dsn: str,
-                 poll_seconds: float = 1.0, batch: int = 100):
+                 poll_seconds: float = 1.0, batch: int = 100, user_id: str | None = None):
         self.pool = pool
+        self.user_id = user_id  # RabbitMQ checks it is the connection's own user: consumers trust it
         self.broker = broker
         self.exchange = events_exchange(exchange)
         self.dsn = dsn
@@ -122,6 +123,7 @@ class OutboxRelay:
                             mandatory=True,
                             message_id=str(row["id"]),
                             message_type=row["routing_key"],
+                            user_id=self.user_id,
                             content_type="application/json",
                             headers=row["headers"] or None,
                             timeout=10,

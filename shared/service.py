@@ -11,7 +11,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import uvicorn
@@ -93,8 +93,9 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
     login = logins[0]
     pool = await db.create_pool(login, schema=schema, max_size=settings.db_pool_max)
     broker = make_broker(settings.rabbitmq_url)
+    mq_user = unquote(urlsplit(settings.rabbitmq_url).username or "") or None
     consumers = Consumers(broker, service=name, events=settings.events_exchange,
-                          delivery_limit=settings.delivery_limit)
+                          delivery_limit=settings.delivery_limit, user=mq_user)
     runtime = Runtime(name, settings, pool, broker, consumers, asyncio.Event())
     app = await build(runtime)
     dead_letters = dlq.DeadLetters(settings.rabbitmq_url, consumers.queue_names)
@@ -105,7 +106,7 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
     await _retry("broker", broker.connect)
     await consumers.declare_dead_letters()
     await broker.start()
-    relay = OutboxRelay(pool, broker, exchange=settings.events_exchange, dsn=login)
+    relay = OutboxRelay(pool, broker, exchange=settings.events_exchange, dsn=login, user_id=mq_user)
     await relay.start()
     tasks = [asyncio.create_task(_forever(fn.__name__, fn), name=fn.__name__) for fn in runtime._tasks]
 

@@ -24,6 +24,7 @@ async def publish(rabbitmq_url: str, routing_key: str, body: bytes) -> None:
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(EXCHANGE, ensure=True)
         await exchange.publish(aio_pika.Message(body, content_type="application/json", message_id=str(uuid.uuid4()),
+                                                user_id=aio_pika.connection.URL(rabbitmq_url).user,
                                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                                routing_key=routing_key, mandatory=True)
     finally:
@@ -50,9 +51,10 @@ async def test_poison_message_goes_to_the_dead_letter_queue(fault_platform, repo
 
         poison = SessionStarted(session_id=uuid.uuid4(), tenant_id=uuid.uuid4(), browser_id=uuid.uuid4(), warm=True,
                                 started_at=datetime.now(timezone.utc))
-        await publish(platform.rabbitmq_url, SessionStarted.TYPE, poison.model_dump_json().encode())
+        buggy_sessions = platform.procs["sessions"].env["RABBITMQ_URL"]  # billing takes sessions.* from it alone
+        await publish(buggy_sessions, SessionStarted.TYPE, poison.model_dump_json().encode())
         for _ in range(MALFORMED):
-            await publish(platform.rabbitmq_url, "sessions.session_completed", b'{"not": "a session"')
+            await publish(buggy_sessions, "sessions.session_completed", b'{"not": "a session"')
 
         async def dead_lettered():
             r = await http.get(f"{billing}/v1/admin/dlq", headers=platform.admin)

@@ -5,11 +5,20 @@ The attacker holds the RabbitMQ credentials the running sessions service was giv
 free credits: announce `billing.payment_verified` itself, or read billing's queue.
 """
 import json
+import re
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import aio_pika
 import aiormq.exceptions
+import asyncpg
+import httpx
 import pytest
+
+from shared.messages import PaymentVerified
+from shared.plans import load_plans
+from shared.settings import DEFAULT_PLANS_FILE
+from tests.helpers import eventually
 
 EXCHANGE = "browserfleet.events"
 REFUSED = (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelClosed)
@@ -70,3 +79,33 @@ async def test_sessions_cannot_tap_billings_queue_with_a_binding(as_sessions):
     channel = await as_sessions.channel()
     with pytest.raises(REFUSED, match="ACCESS_REFUSED"):
         await channel.declare_queue("billing.tap", durable=False, auto_delete=True)
+
+
+async def test_an_event_forged_through_the_default_exchange_is_not_acted_on(deployed, as_sessions):
+    """The default exchange takes any queue's name and RabbitMQ authorises it per exchange only,
+    so sessions can put a `billing.payment_verified` straight into provisioner's queue: provisioner
+    drops it, since only billing's user may have sent it (user_id, which RabbitMQ validates)."""
+    tenant_id = uuid.uuid4()
+    now = datetime.now(timezone.utc)
+    forged = PaymentVerified(tenant_id=tenant_id, subscription_id="sub_forged", plan="professional",
+                             period_start=now, period_end=now + timedelta(days=30), credits=50_000,
+                             limits=load_plans(DEFAULT_PLANS_FILE)["professional"].limits)
+    sessions_user = aio_pika.connection.URL(credentials_of(deployed, "sessions")).user
+    channel = await as_sessions.channel(publisher_confirms=True, on_return_raises=True)
+    for user_id in (None, sessions_user):
+        await channel.default_exchange.publish(
+            aio_pika.Message(forged.model_dump_json().encode(), content_type="application/json", user_id=user_id),
+            routing_key="provisioner.billing.payment_verified", mandatory=True)
+
+    queue = "provisioner.billing.payment_verified"
+    async with httpx.AsyncClient() as http:
+        async def dropped():
+            text = (await http.get(f"{deployed.urls['provisioner']}/metrics")).text
+            found = re.search(rf'^messages_handled_total{{queue="{queue}",result="forged"}} (\S+)$', text, re.M)
+            return found and float(found.group(1)) >= 2
+        await eventually(dropped, what="both forged messages dropped")
+    conn = await asyncpg.connect(deployed.database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM provisioner.tenants WHERE tenant_id = $1", tenant_id) == 0
+    finally:
+        await conn.close()
