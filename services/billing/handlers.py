@@ -13,7 +13,7 @@ from services.billing.adapters.credentials import Credentials, CredentialsUnavai
 from services.billing.adapters.stripe import StripeAPI
 from services.billing.domain import (CheckoutCompleted, InvoiceFailed, InvoicePaid, Ignored, Ref,
                                      SubscriptionState)
-from shared import faults
+from shared import faults, http
 from shared import outbox
 from shared.db import transaction
 from shared.http import APIError
@@ -248,26 +248,43 @@ async def store_stripe_event(pool: asyncpg.Pool, *, payload: dict) -> bool:
 
 # --- checkout ------------------------------------------------------------------------------
 
-async def checkout_tenant(*, requested: UUID | None, credential: str | None, admin_token: str,
-                          credentials: Credentials) -> UUID:
-    """Whose checkout this is. Without a credential: always a new tenant. An existing tenant's
-    (a plan change): its own API key or dashboard sign-in, or the admin token."""
+@dataclass(frozen=True)
+class Caller:
+    """Who asks for a checkout: nobody known, the operator, or a tenant (by its own credential)."""
+    admin: bool = False
+    tenant_id: UUID | None = None
+
+
+async def checkout_caller(*, credential: str | None, admin_token: str, credentials: Credentials) -> Caller:
+    """Checked before the request body is read: a bad credential is a 401 whatever the body."""
     if credential is None:
-        if requested is not None:
-            raise APIError(401, "unauthorized", "a checkout for an existing tenant needs that tenant's "
-                                                "API key or dashboard sign-in")
-        return uuid4()
+        return Caller()
     if admin_token and hmac.compare_digest(credential.encode(), admin_token.encode()):
-        return requested or uuid4()
+        return Caller(admin=True)
+    http.refuse_if_throttled()  # sessions' failed-auth limit, applied here too: no guessing through billing
     try:
         owner = await credentials.tenant_for(credential) if len(credential) <= 1024 else None
     except CredentialsUnavailable:
         raise APIError(503, "unavailable", "the credential cannot be checked right now; try again") from None
     if owner is None:
+        http.auth_failed()
         raise APIError(401, "unauthorized", "invalid API key or dashboard sign-in")
-    if requested is not None and requested != owner:
+    return Caller(tenant_id=owner)
+
+
+def checkout_tenant(caller: Caller, *, requested: UUID | None) -> UUID:
+    """Whose checkout this is. Without a credential: always a new tenant. An existing tenant's
+    (a plan change): its own API key or dashboard sign-in, or the admin token."""
+    if caller.admin:
+        return requested or uuid4()
+    if caller.tenant_id is None:
+        if requested is not None:
+            raise APIError(401, "unauthorized", "a checkout for an existing tenant needs that tenant's "
+                                                "API key or dashboard sign-in")
+        return uuid4()
+    if requested is not None and requested != caller.tenant_id:
         raise APIError(403, "forbidden", "this credential belongs to another tenant")
-    return owner
+    return caller.tenant_id
 
 
 async def start_checkout(*, pool: asyncpg.Pool, stripe_api: StripeAPI, plan: Plan, tenant_id: UUID,

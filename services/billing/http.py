@@ -7,7 +7,7 @@ from uuid import UUID
 
 import asyncpg
 import stripe
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
 from services.billing import handlers, metrics, repository
@@ -86,13 +86,19 @@ def create_app(*, settings: BillingSettings, pool: asyncpg.Pool, plans: dict[str
             metrics.WEBHOOKS.labels(payload["type"], "duplicate").inc()
         return {"received": True}
 
-    @app.post("/v1/checkout-sessions", response_model=CheckoutOut, responses=error_responses(403, 503))
-    async def create_checkout_session(body: CheckoutRequest, request: Request):
+    async def checkout_caller(request: Request) -> handlers.Caller:
+        return await handlers.checkout_caller(credential=bearer_token(request), admin_token=admin_token,
+                                              credentials=credentials)
+
+    # The body comes from a dependency after the caller's: a bad credential is refused unread.
+    @app.post("/v1/checkout-sessions", response_model=CheckoutOut, responses=error_responses(403, 413, 429, 503),
+              openapi_extra=http.json_body_openapi(app, CheckoutRequest))
+    async def create_checkout_session(caller: handlers.Caller = Depends(checkout_caller),
+                                      body: CheckoutRequest = Depends(http.json_body(CheckoutRequest))):
         """A Stripe Checkout for a plan. Without credentials it always starts a new tenant; a plan change
         for an existing tenant needs `Authorization: Bearer` with that tenant's API key or dashboard
         sign-in (or the admin token)."""
-        tenant_id = await handlers.checkout_tenant(requested=body.tenant_id, credential=bearer_token(request),
-                                                   admin_token=admin_token, credentials=credentials)
+        tenant_id = handlers.checkout_tenant(caller, requested=body.tenant_id)
         plan = plans.get(body.plan)
         if plan is None or not plan.stripe_price_id:
             raise APIError(422, "invalid_request", f"unknown plan {body.plan!r}")

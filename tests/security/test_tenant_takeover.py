@@ -69,8 +69,14 @@ class Platform:
             return not ids & {e["id"] for e in r.json()["data"]}
         wait_for(done, what="stripe events processed")
 
-    def checkout(self, body: dict, credential: str | None = None) -> httpx.Response:
+    def checkout(self, body: dict | bytes, credential: str | None = None, *, client: str | None = None
+                 ) -> httpx.Response:
         headers = {"authorization": f"Bearer {credential}"} if credential else {}
+        if client:  # speak for another client address (uvicorn takes X-Forwarded-For from loopback)
+            headers["x-forwarded-for"] = client
+        if isinstance(body, bytes):
+            headers["content-type"] = "application/json"
+            return self.http.post(f"{self.billing}/v1/checkout-sessions", content=body, headers=headers)
         return self.http.post(f"{self.billing}/v1/checkout-sessions", json=body, headers=headers)
 
     def account(self, tenant_id) -> dict:
@@ -306,3 +312,24 @@ def test_no_credential_that_crossed_to_sessions_is_logged(platform, victim, atta
         assert text.strip()
         for secret in (victim.key, attacker.key, credential, credential[:-2], ADMIN_TOKEN):
             assert secret not in text, f"a credential is in {name}.log"
+
+
+def test_a_bad_credential_is_refused_before_the_body_is_read(platform):
+    assert_error(platform.checkout(b'{"plan": ', "bf_not-a-key", client="192.0.2.10"), 401, "unauthorized")
+    assert_error(platform.checkout(b'{"plan": '), 422, "invalid_request")  # anonymous: the body decides
+
+
+def test_guessing_credentials_through_billing_is_throttled(platform, victim):
+    guesser, limit = "198.51.100.23", 20  # AUTH_FAILURES_MAX's default
+    for _ in range(limit):
+        assert_error(platform.checkout({"plan": "starter", "tenant_id": victim.id}, f"bf_{uuid.uuid4().hex}",
+                                       client=guesser), 401, "unauthorized")
+    r = platform.checkout({"plan": "starter", "tenant_id": victim.id}, f"bf_{uuid.uuid4().hex}", client=guesser)
+    assert_error(r, 429, "rate_limited")
+    assert int(r.headers["retry-after"]) > 0
+    # billing cannot tell a good tenant credential from a guess without asking: refused from there too;
+    # the operator's token, checked for free, still goes through, and other addresses are not affected.
+    assert_error(platform.checkout({"plan": "enterprise"}, victim.key, client=guesser), 429, "rate_limited")
+    assert platform.checkout({"plan": "enterprise", "tenant_id": victim.id}, ADMIN_TOKEN,
+                             client=guesser).status_code == 200
+    assert platform.checkout({"plan": "enterprise"}, victim.key, client="198.51.100.24").status_code == 200
