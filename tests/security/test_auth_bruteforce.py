@@ -4,7 +4,8 @@ Against sessions as a process with AUTH_FAILURES_MAX=5: failed authentications f
 address end in 429 with Retry-After; a bad key is checked with a read, never a write; a key just
 rejected is rejected again without Postgres, and so is any new guess from a throttled address;
 an honest client sharing the address keeps working; near-misses of a valid key cannot make it
-fail; admin-token guessing is throttled while the right token still goes through.
+fail; admin-token, dashboard sign-in and link guessing are throttled (the right admin token still
+goes through); billing throttles the credential of a plan-change checkout the same way.
 
 Whether a request reached Postgres is observed with a lock the test holds on sessions.api_keys:
 a request that needs a conflicting lock waits (visible in pg_locks) until the test lets go, so
@@ -15,10 +16,14 @@ import asyncio
 import secrets
 import signal
 from contextlib import asynccontextmanager
+from pathlib import Path
+from uuid import uuid4
 
 import asyncpg
+import httpx
 import pytest_asyncio
 
+from tests import infra
 from tests.integration.test_sessions_support import ADMIN, LeaseResponder, Platform, bind_event_sink, start_sessions
 
 LIMIT = 5
@@ -34,12 +39,20 @@ async def platform(module_db, module_mq, artifacts_dir):
     # API_KEY_CACHE_S=0: every request with a valid key is looked up, none is served from the cache.
     service = start_sessions(module_db, module_mq, artifacts_dir, name="sessions-auth-bruteforce",
                              auth_failures_max=LIMIT, auth_failure_window_s=WINDOW_S, api_key_cache_s=0)
+    # billing checks a checkout's credential with sessions (credentials RPC), under its own limit.
+    billing = infra.ServiceProcess("billing", {
+        "DATABASE_URL": module_db, "RABBITMQ_URL": module_mq, "HTTP_PORT": str(infra.free_port()),
+        "STRIPE_API_BASE": "http://127.0.0.1:9", "LOG_FORMAT": "text", "AUTH_FAILURES_MAX": str(LIMIT),
+        "AUTH_FAILURE_WINDOW_S": str(WINDOW_S)}, artifacts_dir)
+    billing.log_path = Path(artifacts_dir) / "billing-auth-bruteforce.log"
     p = Platform(module_mq, [service], lease)
-    p.db_url = module_db
+    p.db_url, p.billing = module_db, billing
     try:
+        billing.start().wait_ready()
         yield p
     finally:
         await p.http.aclose()
+        billing.stop(signal.SIGTERM)
         service.stop(signal.SIGTERM)
         await lease.stop()
 
@@ -185,4 +198,17 @@ async def test_dashboard_sign_in_and_link_guessing_is_throttled_too(platform):
         assert r.status_code == 401, r.text
     r = await platform.http.post("/v1/dashboard/sign-ins", json={"link": "bfl_" + secrets.token_urlsafe(32)},
                                  headers=_from(linker))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0, r.text
+
+
+async def test_checkout_credential_guessing_is_throttled_in_billing(platform):
+    # A plan change names a tenant and proves it with that tenant's credential, which billing asks sessions about.
+    checkout = f"{platform.billing.url}/v1/checkout-sessions"
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(LIMIT):
+            r = await client.post(checkout, json={"plan": "starter", "tenant_id": str(uuid4())},
+                                  headers=_from("198.51.100.70", _guess()))
+            assert r.status_code == 401, r.text
+        r = await client.post(checkout, json={"plan": "starter", "tenant_id": str(uuid4())},
+                              headers=_from("198.51.100.70", _guess()))
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0, r.text
