@@ -6,21 +6,26 @@ from functools import partial
 from pathlib import Path
 
 from services.warm_pool import handlers, http, subscribers
+from services.warm_pool.ports import Pool, UnitOfWork
 from services.warm_pool.settings import WarmPoolSettings
+from services.warm_pool.uow import PostgresUnitOfWork
 from shared.service import Runtime, run, serve
 
 log = logging.getLogger(__name__)
 
 
-def make_backend(settings: WarmPoolSettings):
+def make_pool(settings: WarmPoolSettings, uow: UnitOfWork) -> Pool:
     if settings.warm_pool_backend == "kubernetes":
         from services.warm_pool.adapters.kubernetes import KubernetesPods
-        return KubernetesPods.from_settings(settings)
+        from services.warm_pool.pool_cluster import ClusterPool
+        return ClusterPool(KubernetesPods.from_settings(settings), uow, settings)
     from services.warm_pool.adapters.local import LocalChromium
-    return LocalChromium(chromium_path=settings.chromium_path, profile_root=settings.profile_root,
-                         launch_timeout_s=settings.launch_timeout_s,
-                         advertise_host=advertised_host(settings.browser_advertise_host),
-                         sandbox=make_sandbox(settings))
+    from services.warm_pool.pool_local import LocalPool
+    backend = LocalChromium(chromium_path=settings.chromium_path, profile_root=settings.profile_root,
+                            launch_timeout_s=settings.launch_timeout_s,
+                            advertise_host=advertised_host(settings.browser_advertise_host),
+                            sandbox=make_sandbox(settings))
+    return LocalPool(backend, uow, settings)
 
 
 def make_sandbox(settings: WarmPoolSettings):
@@ -63,14 +68,19 @@ def every(seconds: float, fn):
 
 async def build(runtime: Runtime):
     settings: WarmPoolSettings = runtime.settings
-    ports = handlers.PoolPorts(db=runtime.pool, backend=make_backend(settings), settings=settings)
-    await handlers.start_up(ports=ports)
-    subscribers.register(runtime, ports=ports)
-    monitor_s = settings.kube_monitor_interval_s if ports.backend.cluster else settings.monitor_interval_s
-    runtime.background(every(monitor_s, partial(handlers.check_crashes, ports=ports)))
-    runtime.background(every(settings.reconcile_interval_s, partial(handlers.reconcile, ports=ports)))
-    runtime.on_stop(partial(handlers.shut_down, ports=ports))
-    return http.create_app(runtime)
+    uow = PostgresUnitOfWork(runtime.pool)
+    pool = make_pool(settings, uow)
+    await handlers.start_up(pool=pool)
+    subscribers.register(runtime, pool=pool, uow=uow)
+    cluster = settings.warm_pool_backend == "kubernetes"
+    monitor_s = settings.kube_monitor_interval_s if cluster else settings.monitor_interval_s
+    runtime.background(every(monitor_s, partial(handlers.check_crashes, pool=pool, uow=uow)))
+    runtime.background(every(settings.reconcile_interval_s, partial(
+        handlers.reconcile, pool=pool, uow=uow, confirm_timeout_s=settings.lease_confirm_timeout_s)))
+    runtime.background(every(settings.prune_interval_s, partial(
+        handlers.prune, uow=uow, retention_s=settings.dead_browser_retention_s)))
+    runtime.on_stop(partial(handlers.shut_down, pool=pool))
+    return http.create_app(runtime, uow=uow)
 
 
 def main() -> None:

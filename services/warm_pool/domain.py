@@ -1,22 +1,12 @@
 """Pure rules of the warm pool: browser states and pool sizing."""
 import math
-from dataclasses import dataclass
 from typing import Literal
-from uuid import UUID
 
 State = Literal["launching", "idle", "leased", "retiring", "dead"]
-LIVE_STATES = ("launching", "idle", "leased", "retiring")
 
 # z for the 97.5th percentile: the pool covers the refills outstanding at almost every lease.
 Z = 1.96
 MAX_UTILISATION = 0.95
-
-
-@dataclass(frozen=True)
-class Lease:
-    browser_id: UUID
-    cdp_ws_url: str
-    warm: bool
 
 
 def refill_time(*, launch_seconds: float, lease_rate: float, launch_slots: int) -> float:

@@ -1,19 +1,19 @@
 from fastapi import FastAPI, Request
 
-from services.warm_pool import repository
+from services.warm_pool import handlers
+from services.warm_pool.ports import UnitOfWork
 from shared import http
 from shared.service import Runtime
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(runtime: Runtime, *, uow: UnitOfWork) -> FastAPI:
     app = FastAPI(title="browserfleet warm_pool", version="1")
-    http.install(app, ready=runtime.ready, settings=runtime.settings)
+    http.install(app, ready=runtime.ready)
 
     @app.get("/v1/pool")
     async def pool(request: Request):
         http.require_admin(request, runtime.settings.admin_token.get_secret_value())
-        async with runtime.pool.acquire() as conn:
-            rows = await repository.tenant_pools(conn, rate_window_s=60)
+        rows = await handlers.pool_view(uow=uow)
         return {"replica_id": runtime.settings.replica_id, "max_browsers": runtime.settings.max_browsers,
                 "tenants": [{"tenant_id": str(r["tenant_id"]), "plan": r["plan"], "status": r["status"],
                              "prewarm": r["prewarm"], "idle": r["idle"], "leased": r["leased"],

@@ -15,3 +15,5 @@ SANDBOX_SECONDS = Histogram("warm_pool_sandbox_setup_seconds",
 SANDBOX_REFUSED = Counter("warm_pool_sandbox_refused_total",
                           "Browsers not started: BROWSER_SANDBOX=off and another tenant's", [])
 MEMORY_KILLS = Counter("warm_pool_browser_memory_kills_total", "Browsers killed at their cgroup's memory limit")
+PRUNED = Counter("warm_pool_dead_browsers_pruned_total",
+                 "Rows of dead browsers deleted after DEAD_BROWSER_RETENTION_S (by any replica's prune)")

@@ -1,223 +1,239 @@
-"""asyncpg queries for the warm_pool schema."""
+"""asyncpg queries for the warm_pool schema: `Repository(conn)`, one method per query."""
 from uuid import UUID
 
 import asyncpg
 
 
-async def upsert_tenant(conn: asyncpg.Connection, *, tenant_id: UUID, plan: str, prewarm: int,
-                        max_concurrent: int, status: str, namespace: str | None = None) -> None:
-    await conn.execute(
-        """
-        INSERT INTO tenants (tenant_id, plan, prewarm, max_concurrent, status, namespace)
-        VALUES ($1, $2, $3, $4, $5, $6)
-        ON CONFLICT (tenant_id) DO UPDATE
-           SET plan = EXCLUDED.plan, prewarm = EXCLUDED.prewarm,
-               max_concurrent = EXCLUDED.max_concurrent, status = EXCLUDED.status,
-               namespace = coalesce(EXCLUDED.namespace, tenants.namespace), updated_at = now()
-        """,
-        tenant_id, plan, prewarm, max_concurrent, status, namespace,
-    )
+class Repository:
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
 
 
-async def get_tenant(conn: asyncpg.Connection, *, tenant_id: UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", tenant_id)
+    async def upsert_tenant(self, *, tenant_id: UUID, plan: str, prewarm: int,
+                            max_concurrent: int, status: str, namespace: str | None = None) -> None:
+        await self.conn.execute(
+            """
+            INSERT INTO tenants (tenant_id, plan, prewarm, max_concurrent, status, namespace)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (tenant_id) DO UPDATE
+               SET plan = EXCLUDED.plan, prewarm = EXCLUDED.prewarm,
+                   max_concurrent = EXCLUDED.max_concurrent, status = EXCLUDED.status,
+                   namespace = coalesce(EXCLUDED.namespace, tenants.namespace), updated_at = now()
+            """,
+            tenant_id, plan, prewarm, max_concurrent, status, namespace,
+        )
 
 
-async def set_tenant_status(conn: asyncpg.Connection, *, tenant_id: UUID, status: str) -> None:
-    await conn.execute("UPDATE tenants SET status = $2, updated_at = now() WHERE tenant_id = $1",
-                       tenant_id, status)
+    async def get_tenant(self, *, tenant_id: UUID) -> asyncpg.Record | None:
+        return await self.conn.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", tenant_id)
 
 
-async def lock_tenant(conn: asyncpg.Connection, *, tenant_id: UUID) -> None:
-    """Serialises pool-size decisions for one tenant across replicas (until the transaction ends)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('warm_pool.tenant.' || $1::uuid::text))", tenant_id)
+    async def set_tenant_status(self, *, tenant_id: UUID, status: str) -> None:
+        await self.conn.execute("UPDATE tenants SET status = $2, updated_at = now() WHERE tenant_id = $1",
+                           tenant_id, status)
 
 
-async def lease_idle(conn: asyncpg.Connection, *, tenant_id: UUID, session_id: UUID) -> asyncpg.Record | None:
-    """Take the oldest idle browser of the tenant; concurrent callers never get the same one."""
-    return await conn.fetchrow(
-        """
-        UPDATE browsers SET state = 'leased', session_id = $2, warm = true, leased_at = clock_timestamp()
-         WHERE id = (SELECT id FROM browsers
-                      WHERE state = 'idle' AND tenant_id = $1
-                      ORDER BY created_at
-                      LIMIT 1 FOR UPDATE SKIP LOCKED)
-        RETURNING *
-        """,
-        tenant_id, session_id,
-    )
+    async def lock_tenant(self, *, tenant_id: UUID) -> None:
+        """Serialises pool-size decisions for one tenant across replicas (until the transaction ends)."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('warm_pool.tenant.' || $1::uuid::text))", tenant_id)
 
 
-async def leased_for_session(conn: asyncpg.Connection, *, session_id: UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM browsers WHERE session_id = $1", session_id)
+    async def lease_idle(self, *, tenant_id: UUID, session_id: UUID) -> asyncpg.Record | None:
+        """Take the oldest idle browser of the tenant; concurrent callers never get the same one."""
+        return await self.conn.fetchrow(
+            """
+            UPDATE browsers SET state = 'leased', session_id = $2, warm = true, leased_at = clock_timestamp()
+             WHERE id = (SELECT id FROM browsers
+                          WHERE state = 'idle' AND tenant_id = $1
+                          ORDER BY created_at
+                          LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING *
+            """,
+            tenant_id, session_id,
+        )
 
 
-async def count_live(conn: asyncpg.Connection, *, replica_id: str) -> int:
-    return await conn.fetchval("SELECT count(*) FROM browsers WHERE replica_id = $1 AND state <> 'dead'",
-                               replica_id)
+    async def leased_for_session(self, *, session_id: UUID) -> asyncpg.Record | None:
+        return await self.conn.fetchrow("SELECT * FROM browsers WHERE session_id = $1", session_id)
 
 
-async def insert_browser(conn: asyncpg.Connection, *, browser_id: UUID, tenant_id: UUID, replica_id: str,
-                         owner_pid: int, host: str, session_id: UUID | None = None, warm: bool = False) -> None:
-    await conn.execute(
-        """
-        INSERT INTO browsers (id, tenant_id, replica_id, owner_pid, host, state, session_id, warm)
-        VALUES ($1, $2, $3, $4, $5, 'launching', $6, CASE WHEN $6::uuid IS NULL THEN NULL ELSE $7::boolean END)
-        """,
-        browser_id, tenant_id, replica_id, owner_pid, host, session_id, warm,
-    )
+    async def count_live(self, *, replica_id: str) -> int:
+        return await self.conn.fetchval("SELECT count(*) FROM browsers WHERE replica_id = $1 AND state <> 'dead'",
+                                   replica_id)
 
 
-async def mark_ready(conn: asyncpg.Connection, *, browser_id: UUID, state: str, pid: int | None, port: int,
-                     profile_dir: str, cdp_ws_url: str) -> asyncpg.Record | None:
-    """launching → idle (refill) or leased (on demand); None if it was retired meanwhile."""
-    return await conn.fetchrow(
-        """
-        UPDATE browsers
-           SET state = $2, pid = $3, port = $4, profile_dir = $5, cdp_ws_url = $6, ready_at = clock_timestamp(),
-               leased_at = CASE WHEN $2 = 'leased' THEN clock_timestamp() END
-         WHERE id = $1 AND state = 'launching'
-        RETURNING *
-        """,
-        browser_id, state, pid, port, profile_dir, cdp_ws_url,
-    )
+    async def insert_browser(self, *, browser_id: UUID, tenant_id: UUID, replica_id: str,
+                             owner_pid: int, host: str, session_id: UUID | None = None, warm: bool = False) -> None:
+        await self.conn.execute(
+            """
+            INSERT INTO browsers (id, tenant_id, replica_id, owner_pid, host, state, session_id, warm)
+            VALUES ($1, $2, $3, $4, $5, 'launching', $6, CASE WHEN $6::uuid IS NULL THEN NULL ELSE $7::boolean END)
+            """,
+            browser_id, tenant_id, replica_id, owner_pid, host, session_id, warm,
+        )
 
 
-async def confirm(conn: asyncpg.Connection, *, browser_id: UUID, session_id: UUID) -> bool:
-    row = await conn.fetchval(
-        "UPDATE browsers SET confirmed_at = clock_timestamp()"
-        " WHERE id = $1 AND session_id = $2 AND state = 'leased' RETURNING 1",
-        browser_id, session_id,
-    )
-    return row is not None
+    async def mark_ready(self, *, browser_id: UUID, state: str, pid: int | None, port: int,
+                         profile_dir: str | None, cdp_ws_url: str, pod: str | None = None) -> asyncpg.Record | None:
+        """launching → idle (refill) or leased (on demand); None if it was retired meanwhile."""
+        return await self.conn.fetchrow(
+            """
+            UPDATE browsers
+               SET state = $2, pid = $3, port = $4, profile_dir = $5, cdp_ws_url = $6, pod = $7,
+                   ready_at = clock_timestamp(), leased_at = CASE WHEN $2 = 'leased' THEN clock_timestamp() END
+             WHERE id = $1 AND state = 'launching'
+            RETURNING *
+            """,
+            browser_id, state, pid, port, profile_dir, cdp_ws_url, pod,
+        )
+
+    async def confirm(self, *, browser_id: UUID, session_id: UUID) -> bool:
+        row = await self.conn.fetchval(
+            "UPDATE browsers SET confirmed_at = clock_timestamp()"
+            " WHERE id = $1 AND session_id = $2 AND state = 'leased' RETURNING 1",
+            browser_id, session_id,
+        )
+        return row is not None
 
 
-async def retire_session(conn: asyncpg.Connection, *, session_id: UUID,
-                         browser_id: UUID | None) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """
-        UPDATE browsers SET state = 'retiring'
-         WHERE (session_id = $1 OR id = $2) AND state IN ('launching', 'idle', 'leased')
-        RETURNING id, tenant_id, replica_id
-        """,
-        session_id, browser_id,
-    )
+    async def retire_session(self, *, session_id: UUID,
+                             browser_id: UUID | None) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            """
+            UPDATE browsers SET state = 'retiring'
+             WHERE (session_id = $1 OR id = $2) AND state IN ('launching', 'idle', 'leased')
+            RETURNING id, tenant_id, replica_id
+            """,
+            session_id, browser_id,
+        )
 
 
-async def retire_tenant(conn: asyncpg.Connection, *, tenant_id: UUID,
-                        with_leased: bool = False) -> list[asyncpg.Record]:
-    """Drain: every browser of the tenant not serving a session (or every one, `with_leased`)."""
-    return await conn.fetch(
-        "UPDATE browsers SET state = 'retiring'"
-        " WHERE tenant_id = $1 AND (state IN ('launching', 'idle') OR ($2 AND state = 'leased'))"
-        " RETURNING id, tenant_id, replica_id",
-        tenant_id, with_leased,
-    )
+    async def retire_tenant(self, *, tenant_id: UUID,
+                            with_leased: bool = False) -> list[asyncpg.Record]:
+        """Drain: every browser of the tenant not serving a session (or every one, `with_leased`)."""
+        return await self.conn.fetch(
+            "UPDATE browsers SET state = 'retiring'"
+            " WHERE tenant_id = $1 AND (state IN ('launching', 'idle') OR ($2 AND state = 'leased'))"
+            " RETURNING id, tenant_id, replica_id",
+            tenant_id, with_leased,
+        )
 
 
-async def retire_idle(conn: asyncpg.Connection, *, tenant_id: UUID, replica_id: str, count: int) -> list[UUID]:
-    rows = await conn.fetch(
-        """
-        UPDATE browsers SET state = 'retiring'
-         WHERE id IN (SELECT id FROM browsers
-                       WHERE tenant_id = $1 AND replica_id = $2 AND state = 'idle'
-                       ORDER BY created_at DESC
-                       LIMIT $3 FOR UPDATE SKIP LOCKED)
-        RETURNING id
-        """,
-        tenant_id, replica_id, count,
-    )
-    return [r["id"] for r in rows]
+    async def retire_idle(self, *, tenant_id: UUID, replica_id: str, count: int) -> list[UUID]:
+        rows = await self.conn.fetch(
+            """
+            UPDATE browsers SET state = 'retiring'
+             WHERE id IN (SELECT id FROM browsers
+                           WHERE tenant_id = $1 AND replica_id = $2 AND state = 'idle'
+                           ORDER BY created_at DESC
+                           LIMIT $3 FOR UPDATE SKIP LOCKED)
+            RETURNING id
+            """,
+            tenant_id, replica_id, count,
+        )
+        return [r["id"] for r in rows]
 
 
-async def evict_one_idle(conn: asyncpg.Connection, *, replica_id: str, for_tenant: UUID) -> UUID | None:
-    """Make room at the host cap: retire the oldest idle browser of another tenant on this replica."""
-    return await conn.fetchval(
-        """
-        UPDATE browsers SET state = 'retiring'
-         WHERE id = (SELECT id FROM browsers WHERE replica_id = $1 AND state = 'idle' AND tenant_id <> $2
-                      ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-        RETURNING id
-        """,
-        replica_id, for_tenant,
-    )
+    async def evict_one_idle(self, *, replica_id: str, for_tenant: UUID) -> UUID | None:
+        """Make room at the host cap: retire the oldest idle browser of another tenant on this replica."""
+        return await self.conn.fetchval(
+            """
+            UPDATE browsers SET state = 'retiring'
+             WHERE id = (SELECT id FROM browsers WHERE replica_id = $1 AND state = 'idle' AND tenant_id <> $2
+                          ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING id
+            """,
+            replica_id, for_tenant,
+        )
 
 
-async def reclaim_unconfirmed(conn: asyncpg.Connection, *, timeout_s: float) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """
-        UPDATE browsers SET state = 'retiring'
-         WHERE state = 'leased' AND confirmed_at IS NULL
-           AND leased_at < clock_timestamp() - make_interval(secs => $1)
-        RETURNING id, tenant_id, replica_id
-        """,
-        timeout_s,
-    )
+    async def reclaim_unconfirmed(self, *, timeout_s: float) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            """
+            UPDATE browsers SET state = 'retiring'
+             WHERE state = 'leased' AND confirmed_at IS NULL
+               AND leased_at < clock_timestamp() - make_interval(secs => $1)
+            RETURNING id, tenant_id, replica_id
+            """,
+            timeout_s,
+        )
 
 
-async def own_in_state(conn: asyncpg.Connection, *, replica_id: str | None, state: str,
-                       older_than_s: float = 0) -> list[UUID]:
-    """This replica's browsers in `state` (every replica's when replica_id is None)."""
-    rows = await conn.fetch(
-        "SELECT id FROM browsers WHERE ($1::text IS NULL OR replica_id = $1) AND state = $2"
-        " AND created_at <= clock_timestamp() - make_interval(secs => $3)",
-        replica_id, state, older_than_s)
-    return [r["id"] for r in rows]
+    async def own_in_state(self, *, replica_id: str, state: str, older_than_s: float = 0) -> list[UUID]:
+        """This replica's browsers in `state`, created at least `older_than_s` ago."""
+        rows = await self.conn.fetch(
+            "SELECT id FROM browsers WHERE replica_id = $1 AND state = $2"
+            " AND created_at <= clock_timestamp() - make_interval(secs => $3)",
+            replica_id, state, older_than_s)
+        return [r["id"] for r in rows]
+
+    async def in_state(self, *, state: str, older_than_s: float = 0) -> list[UUID]:
+        """Every replica's browsers in `state` (a cluster's, which any replica may destroy)."""
+        rows = await self.conn.fetch(
+            "SELECT id FROM browsers WHERE state = $1 AND created_at <= clock_timestamp() - make_interval(secs => $2)",
+            state, older_than_s)
+        return [r["id"] for r in rows]
+
+    async def live_on_replica(self, *, replica_id: str) -> list[UUID]:
+        rows = await self.conn.fetch("SELECT id FROM browsers WHERE replica_id = $1 AND state <> 'dead'", replica_id)
+        return [r["id"] for r in rows]
+
+    async def ids_in_states(self, *, states: list[str]) -> set[UUID]:
+        rows = await self.conn.fetch("SELECT id FROM browsers WHERE state = ANY($1::text[])", states)
+        return {r["id"] for r in rows}
 
 
-async def ids_in_states(conn: asyncpg.Connection, *, states: list[str]) -> set[UUID]:
-    rows = await conn.fetch("SELECT id FROM browsers WHERE state = ANY($1::text[])", states)
-    return {r["id"] for r in rows}
+    async def mark_dead(self, *, browser_id: UUID) -> asyncpg.Record | None:
+        """→ dead; returns the row as it was before (None if it was dead already)."""
+        return await self.conn.fetchrow(
+            """
+            UPDATE browsers b SET state = 'dead', ended_at = clock_timestamp()
+              FROM (SELECT id, state, tenant_id, session_id FROM browsers WHERE id = $1 FOR UPDATE) old
+             WHERE b.id = old.id AND old.state <> 'dead'
+            RETURNING old.state, old.tenant_id, old.session_id
+            """,
+            browser_id,
+        )
 
 
-async def mark_dead(conn: asyncpg.Connection, *, browser_id: UUID) -> asyncpg.Record | None:
-    """→ dead; returns the row as it was before (None if it was dead already)."""
-    return await conn.fetchrow(
-        """
-        UPDATE browsers b SET state = 'dead', ended_at = clock_timestamp()
-          FROM (SELECT id, state, tenant_id, session_id FROM browsers WHERE id = $1 FOR UPDATE) old
-         WHERE b.id = old.id AND old.state <> 'dead'
-        RETURNING old.state, old.tenant_id, old.session_id
-        """,
-        browser_id,
-    )
+    async def stale_on_host(self, *, host: str, replica_id: str) -> list[asyncpg.Record]:
+        return await self.conn.fetch(
+            "SELECT id, tenant_id, session_id, state, owner_pid, pid, profile_dir FROM browsers"
+            " WHERE host = $1 AND replica_id <> $2 AND state <> 'dead'",
+            host, replica_id,
+        )
 
 
-async def stale_on_host(conn: asyncpg.Connection, *, host: str, replica_id: str) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT id, tenant_id, session_id, state, owner_pid, pid, profile_dir FROM browsers"
-        " WHERE host = $1 AND replica_id <> $2 AND state <> 'dead'",
-        host, replica_id,
-    )
+    async def tenant_pools(self, *, rate_window_s: float,
+                           tenant_id: UUID | None = None) -> list[asyncpg.Record]:
+        """Per tenant: plan limits, browser counts by state, and leases in the recent window."""
+        return await self.conn.fetch(
+            """
+            SELECT t.tenant_id, t.plan, t.prewarm, t.max_concurrent, t.status,
+                   count(*) FILTER (WHERE b.state = 'idle')      AS idle,
+                   count(*) FILTER (WHERE b.state = 'launching' AND b.session_id IS NULL) AS launching,
+                   count(*) FILTER (WHERE b.state = 'leased')    AS leased,
+                   count(*) FILTER (WHERE b.leased_at > clock_timestamp() - make_interval(secs => $1)) AS recent_leases
+              FROM tenants t
+              LEFT JOIN browsers b ON b.tenant_id = t.tenant_id
+                   AND (b.state <> 'dead' OR b.leased_at > clock_timestamp() - make_interval(secs => $1))
+             WHERE $2::uuid IS NULL OR t.tenant_id = $2
+             GROUP BY t.tenant_id
+             ORDER BY t.tenant_id
+            """,
+            rate_window_s, tenant_id,
+        )
 
 
-async def tenant_pools(conn: asyncpg.Connection, *, rate_window_s: float,
-                       tenant_id: UUID | None = None) -> list[asyncpg.Record]:
-    """Per tenant: plan limits, browser counts by state, and leases in the recent window."""
-    return await conn.fetch(
-        """
-        SELECT t.tenant_id, t.plan, t.prewarm, t.max_concurrent, t.status,
-               count(*) FILTER (WHERE b.state = 'idle')      AS idle,
-               count(*) FILTER (WHERE b.state = 'launching' AND b.session_id IS NULL) AS launching,
-               count(*) FILTER (WHERE b.state = 'leased')    AS leased,
-               count(*) FILTER (WHERE b.leased_at > clock_timestamp() - make_interval(secs => $1)) AS recent_leases
-          FROM tenants t
-          LEFT JOIN browsers b ON b.tenant_id = t.tenant_id
-               AND (b.state <> 'dead' OR b.leased_at > clock_timestamp() - make_interval(secs => $1))
-         WHERE $2::uuid IS NULL OR t.tenant_id = $2
-         GROUP BY t.tenant_id
-         ORDER BY t.tenant_id
-        """,
-        rate_window_s, tenant_id,
-    )
+    async def own_counts(self, *, replica_id: str) -> dict[str, int]:
+        rows = await self.conn.fetch("SELECT state, count(*) AS n FROM browsers WHERE replica_id = $1 AND state <> 'dead'"
+                                " GROUP BY state", replica_id)
+        return {r["state"]: r["n"] for r in rows}
 
 
-async def own_counts(conn: asyncpg.Connection, *, replica_id: str) -> dict[str, int]:
-    rows = await conn.fetch("SELECT state, count(*) AS n FROM browsers WHERE replica_id = $1 AND state <> 'dead'"
-                            " GROUP BY state", replica_id)
-    return {r["state"]: r["n"] for r in rows}
-
-
-async def prune_dead(conn: asyncpg.Connection, *, older_than_s: float) -> None:
-    await conn.execute("DELETE FROM browsers WHERE state = 'dead' AND ended_at < clock_timestamp()"
-                       " - make_interval(secs => $1)", older_than_s)
+    async def prune_dead(self, *, older_than_s: float) -> int:
+        """Delete the rows of browsers dead for longer than `older_than_s`; how many went."""
+        status = await self.conn.execute(
+            "DELETE FROM browsers WHERE state = 'dead' AND ended_at < clock_timestamp() - make_interval(secs => $1)",
+            older_than_s)
+        return int(status.split()[-1])

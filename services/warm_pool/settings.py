@@ -66,6 +66,9 @@ class WarmPoolSettings(ServiceSettings):
     replica_id: str = Field(default_factory=default_replica_id)
     reconcile_interval_s: float = 1.0
     monitor_interval_s: float = 0.25
+    # A dead browser's row is kept this long (for audits and the lease-rate window, 60 s), then deleted.
+    dead_browser_retention_s: float = Field(7 * 24 * 3600, ge=0)
+    prune_interval_s: float = Field(3600, gt=0)
 
     # The local backend's sandbox (docs/SECURITY.md). "off" only where namespaces cannot be had,
     # and then this replica serves one tenant only.

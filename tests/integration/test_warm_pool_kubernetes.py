@@ -18,8 +18,10 @@ from services.provisioner.domain import TenantSpec, namespace_for
 from services.provisioner.settings import ProvisionerSettings
 from services.warm_pool import handlers
 from services.warm_pool.adapters.kubernetes import KubernetesPods
+from services.warm_pool.pool_cluster import ClusterPool
 from services.warm_pool.adapters.local import LocalChromium
 from services.warm_pool.settings import WarmPoolSettings, default_chromium
+from services.warm_pool.uow import PostgresUnitOfWork
 from shared import db
 from shared.messages import (LEASE_QUEUE, BrowserCrashed, LeaseReply, LeaseRequest, SessionCompleted, SessionStarted,
                              SubscriptionChanged, TenantProvisioned)
@@ -57,18 +59,27 @@ def devtools_path(pod_ip: str, port: int) -> str:
     return f"/devtools/browser/{uuid.uuid5(uuid.NAMESPACE_URL, pod_ip)}"
 
 
+class Replica:
+    def __init__(self, pool: ClusterPool, settings: WarmPoolSettings):
+        self.pool, self.uow, self.settings = pool, pool.uow, settings
+
+    @property
+    def kw(self) -> dict:
+        return {"pool": self.pool, "uow": self.uow}
+
+
 @pytest.fixture
 async def replicas(pool, fake):
-    """Two warm_pool replicas' ports: each its own adapter (its own API client), one database."""
+    """Two warm_pool replicas: each its own pool and adapter (its own API client), one database."""
     made = []
     for _ in range(2):
         settings = WarmPoolSettings(kube_api_url=fake.url, kube_retry_base_seconds=0.01, kube_retry_max_seconds=0.05,
                                     lease_wait_s=1.0, warm_pool_backend="kubernetes")
         backend = KubernetesPods.from_settings(settings, poll_s=0.05, devtools_path=devtools_path)
-        made.append(handlers.PoolPorts(db=pool, backend=backend, settings=settings))
+        made.append(Replica(ClusterPool(backend, PostgresUnitOfWork(pool), settings), settings))
     yield made
     for ports in made:
-        await handlers.shut_down(ports=ports)
+        await handlers.shut_down(pool=ports.pool)
 
 
 @pytest.fixture
@@ -83,7 +94,7 @@ async def provision(fake, ports, *, ready: int) -> tuple[uuid.UUID, str]:
     for obj in manifests.build(spec, ProvisionerSettings()):
         fake.put_object(obj)
     await handlers.tenant_provisioned(TenantProvisioned(tenant_id=tenant_id, namespace=spec.namespace,
-                                                        plan="professional", limits=PLAN.limits), ports=ports)
+                                                        plan="professional", limits=PLAN.limits), **ports.kw)
     replicaset(fake, spec.namespace, ready)
     return tenant_id, spec.namespace
 
@@ -112,7 +123,7 @@ def pods(fake, namespace: str, selector: str) -> list[dict]:
 
 
 async def lease(ports, tenant_id, session_id=None):
-    return await handlers.lease(LeaseRequest(tenant_id=tenant_id, session_id=session_id or uuid.uuid4()), ports=ports)
+    return await handlers.lease(LeaseRequest(tenant_id=tenant_id, session_id=session_id or uuid.uuid4()), **ports.kw)
 
 
 async def crashes(pool) -> list[dict]:
@@ -170,6 +181,17 @@ async def test_a_lease_relabels_exactly_one_ready_pod_out_of_the_deployment(fake
     assert again.browser_id == reply.browser_id and len(pods(fake, namespace, LEASED)) == 1
 
 
+async def test_a_leased_pods_row_names_the_pod_and_no_profile_directory(fake, ports, pool):
+    """profile_dir is a local browser's directory (start-up removes it); a pod is not one."""
+    tenant_id, namespace = await provision(fake, ports, ready=1)
+    reply = await lease(ports, tenant_id)
+    (leased,) = pods(fake, namespace, LEASED)
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM browsers WHERE id = $1", reply.browser_id)
+    assert row["profile_dir"] is None
+    assert row["pod"] == f"{namespace}/{leased['metadata']['name']}"
+
+
 async def test_twenty_concurrent_leases_on_two_replicas_never_take_a_pod_twice(fake, replicas, pool):
     tenant_id, namespace = await provision(fake, replicas[0], ready=20)
 
@@ -216,13 +238,13 @@ async def test_session_end_deletes_the_pod_and_reports_no_crash(fake, ports, poo
     reply = await lease(ports, tenant_id, session_id)
     started = SessionStarted(session_id=session_id, tenant_id=tenant_id, browser_id=reply.browser_id, warm=True,
                              started_at=datetime.now(timezone.utc))
-    await handlers.session_started(started, ports=ports)
+    await handlers.session_started(started, uow=ports.uow)
 
-    await handlers.session_completed(completed(tenant_id, session_id, reply.browser_id), ports=ports)
+    await handlers.session_completed(completed(tenant_id, session_id, reply.browser_id), **ports.kw)
 
     assert not pods(fake, namespace, LEASED) and len(pods(fake, namespace, WARM)) == 1
     assert await states(pool, tenant_id) == ["dead"]
-    await handlers.check_crashes(ports=ports)
+    await handlers.check_crashes(**ports.kw)
     assert await crashes(pool) == []
 
 
@@ -236,7 +258,7 @@ async def test_a_vanished_or_failing_leased_pod_is_reported_as_crashed(fake, rep
     sick["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
     fake.objects[("", "pods", namespace, sick["metadata"]["name"])] = sick  # the kubelet's readiness verdict
 
-    await asyncio.gather(handlers.check_crashes(ports=ports), handlers.check_crashes(ports=other))
+    await asyncio.gather(handlers.check_crashes(**ports.kw), handlers.check_crashes(**other.kw))
 
     reported = await crashes(pool)
     assert sorted(c["browser_id"] for c in reported) == sorted([str(gone.browser_id), str(failing.browser_id)])
@@ -252,12 +274,13 @@ async def test_cancel_leaves_nothing_of_the_tenant_leased(fake, ports, pool):
         assert (await lease(ports, tenant_id)).ok
 
     await handlers.subscription_changed(SubscriptionChanged(tenant_id=tenant_id, plan="professional",
-                                                            status="canceled"), ports=ports)
+                                                            status="canceled"),
+                                        plans_file=ports.settings.plans_file, **ports.kw)
 
     assert not pods(fake, namespace, LEASED)
     assert await states(pool, tenant_id) == ["dead"] * 3
     assert (await lease(ports, tenant_id)).error == "unknown_tenant"
-    await handlers.check_crashes(ports=ports)
+    await handlers.check_crashes(**ports.kw)
     assert await crashes(pool) == []  # ended on purpose, not crashed
 
 
@@ -272,7 +295,7 @@ async def test_api_500s_and_429s_are_retried(fake, ports, pool):
 
     fake.fail_next(2, 500, method="DELETE")
     fake.fail_next(1, 429, method="GET", path_contains="/pods")
-    await handlers.session_completed(completed(tenant_id, session_id, reply.browser_id), ports=ports)
+    await handlers.session_completed(completed(tenant_id, session_id, reply.browser_id), **ports.kw)
     assert not pods(fake, namespace, LEASED) and await states(pool, tenant_id) == ["dead"]
 
 
@@ -283,7 +306,7 @@ async def test_start_up_deletes_leased_pods_whose_lease_is_gone(fake, ports, poo
     async with pool.acquire() as conn:  # its session ended while no replica was running
         await conn.execute("UPDATE browsers SET state = 'dead' WHERE id = $1", ended.browser_id)
 
-    await handlers.start_up(ports=ports)
+    await handlers.start_up(pool=ports.pool)
 
     (left,) = pods(fake, namespace, LEASED)
     assert left["metadata"]["labels"]["browserfleet.io/browser"] == str(kept.browser_id)

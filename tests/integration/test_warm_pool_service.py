@@ -342,3 +342,20 @@ async def test_two_replicas_share_leases_and_each_kills_only_its_own_browsers(st
     await wait_until(all_ended, timeout=30)
     await first.wait_pool(tenant, leased=0, launching=0)
     assert not {str(r.browser_id) for r in replies} & first.profile_dirs()
+
+
+async def test_dead_browsers_rows_are_deleted_after_their_retention(start_pool, fresh_mq, rpc):
+    wp = start_pool(dead_browser_retention_s=0, prune_interval_s=0.2)
+    tenant = await provision(fresh_mq, prewarm=1)
+    await wp.wait_pool(tenant, idle=1, launching=0)
+    session = uuid.uuid4()
+    reply = await lease(rpc, tenant, session)
+    await start_and_end_session(fresh_mq, tenant, reply.browser_id, session)
+
+    async def pruned():
+        return not await wp.browsers(id=reply.browser_id)
+    await wait_until(pruned)
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{wp.url}/metrics")).text
+    assert re.search(r"^warm_pool_dead_browsers_pruned_total [1-9]", metrics, re.M)
+    await wp.wait_pool(tenant, idle=1, leased=0, launching=0)  # the live pool is left alone

@@ -45,9 +45,8 @@ LEASED = f"app.kubernetes.io/component=browser,{POOL_LABEL}=leased,{BROWSER_LABE
 
 @dataclass(frozen=True)
 class Claimed:
-    pid: None
     port: int
-    profile_dir: str  # "<namespace>/<pod>": where the browser lives
+    pod: str  # "<namespace>/<name>": where the browser lives
     cdp_ws_url: str
 
 
@@ -82,8 +81,6 @@ def _browser_of(pod: dict) -> UUID | None:
 
 
 class KubernetesPods:
-    cluster = True  # browsers live in the cluster: every replica may act on any of them
-
     def __init__(self, rest: Rest, *, poll_s: float = 0.25,
                  devtools_path: Callable[[str, int], str] = fetch_devtools_path):
         self.rest, self.poll_s, self.devtools_path = rest, poll_s, devtools_path
@@ -139,8 +136,7 @@ class KubernetesPods:
                             extra={"pod": meta["name"], "namespace": namespace, "error": repr(exc)[:200]})
                 self._delete(namespace, meta["name"])
                 continue
-            return Claimed(pid=None, port=port, profile_dir=f"{namespace}/{meta['name']}",
-                           cdp_ws_url=f"ws://{ip}:{port}{path}")
+            return Claimed(port=port, pod=f"{namespace}/{meta['name']}", cdp_ws_url=f"ws://{ip}:{port}{path}")
         return None
 
     def _kill(self, browser_id: UUID) -> None:

@@ -146,8 +146,6 @@ class TenantRefused(LaunchFailed, domain.TenantRefused):
 
 
 class LocalChromium:
-    cluster = False  # browsers are this replica's own processes
-
     def __init__(self, *, chromium_path: str, profile_root: Path, launch_timeout_s: float = 20,
                  advertise_host: str | None = None, sandbox: Sandbox | None = None):
         self.chromium_path = chromium_path

@@ -1,0 +1,266 @@
+"""LocalPool: browsers as Chromium processes of this replica, with idle ones kept warm.
+
+A browser row moves launching → idle → leased → retiring → dead (launching → leased for an
+on-demand launch). A replica only starts and kills its own processes; others ask it to by
+setting a row to 'retiring', which its reconcile acts on.
+"""
+import asyncio
+import contextlib
+import logging
+import time
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from services.warm_pool import domain, metrics
+from services.warm_pool.pools import Background, LeaseStats, Replica, mark_dead, mark_dead_and_report
+from services.warm_pool.ports import ProcessBackend, Row, UnitOfWork
+from services.warm_pool.settings import WarmPoolSettings
+from shared import faults
+from shared.messages import LeaseReply, LeaseRequest
+
+log = logging.getLogger(__name__)
+RATE_WINDOW_S = 60.0
+REFILL_DELAY_S = 0.02
+
+
+class Refills:
+    """Coalesced: at most one refill per tenant runs, and one more is queued behind it."""
+
+    def __init__(self, refill, background: Background):
+        self._refill, self._background = refill, background
+        self.running: set[UUID] = set()
+        self.again: set[UUID] = set()
+
+    def request(self, tenant_id: UUID) -> None:
+        if tenant_id in self.running:
+            self.again.add(tenant_id)
+            return
+        self.running.add(tenant_id)
+        self._background.spawn(self._loop(tenant_id))
+
+    async def _loop(self, tenant_id: UUID) -> None:
+        try:
+            # Lets the lease reply go out first, and gathers a burst of leases into one pass.
+            await asyncio.sleep(REFILL_DELAY_S)
+            while True:
+                self.again.discard(tenant_id)
+                await self._refill(tenant_id)
+                if tenant_id not in self.again:
+                    return
+        finally:
+            self.running.discard(tenant_id)
+
+
+class LocalPool:
+    retires_leased_on_cancel = False  # sessions ends a canceled tenant's sessions, which retires them
+
+    def __init__(self, backend: ProcessBackend, uow: UnitOfWork, settings: WarmPoolSettings,
+                 replica: Replica | None = None):
+        self.backend, self.uow, self.settings = backend, uow, settings
+        self.replica = replica or Replica(settings.replica_id)
+        self.replica_id = self.replica.replica_id
+        self.stopping = False
+        self.launch_seconds = 1.0  # moving average, feeds pool sizing
+        self.stats = LeaseStats()
+        self.background = Background()
+        self.refills = Refills(self.refill, self.background)
+        self.refill_slots = asyncio.Semaphore(settings.launch_concurrency)
+        # Lock order everywhere: cap_lock, then a connection, then the tenant's advisory lock.
+        self.cap_lock = asyncio.Lock()
+
+    def request_refill(self, tenant_id: UUID) -> None:
+        self.refills.request(tenant_id)
+
+    def may_destroy(self, row: Row) -> bool:
+        return row["replica_id"] == self.replica_id
+
+    def _leased(self, warm: bool, row: Row) -> None:
+        self.backend.prioritize(pid=row["pid"], host=row["host"])
+        self.stats.record(warm)
+
+    # --- lease -----------------------------------------------------------------------------
+
+    async def take_idle(self, req: LeaseRequest) -> LeaseReply | None:
+        # Only an active tenant has idle browsers (a drain retires them), and session_id is
+        # unique, so a retried request cannot take a second one.
+        async with self.uow.connect() as tx:
+            try:
+                row = await tx.repo.lease_idle(tenant_id=req.tenant_id, session_id=req.session_id)
+            except asyncpg.UniqueViolationError:
+                return None
+        if row is None:
+            return None
+        faults.point("warm_pool.after_lease")  # leased in the database, not replied
+        self._leased(True, row)
+        self.request_refill(req.tenant_id)
+        return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=True)
+
+    async def lease_new(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
+        """Launch on demand; at the host cap, wait a little for one of the tenant's refills to become
+        idle or for capacity to free up, then answer no_capacity."""
+        deadline = time.monotonic() + self.settings.lease_wait_s
+        while not self.stopping:
+            reply = await self._launch_on_demand(req)
+            if reply is not None:
+                return reply
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+            async with self.uow.connect() as tx:
+                row = await tx.repo.lease_idle(tenant_id=req.tenant_id, session_id=req.session_id)
+            if row is not None:
+                self._leased(True, row)
+                self.request_refill(req.tenant_id)
+                return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=True)
+        metrics.LEASES.labels("no_capacity").inc()
+        return LeaseReply(ok=False, error="no_capacity")
+
+    async def _launch_on_demand(self, req: LeaseRequest) -> LeaseReply | None:
+        """None when this host is at its cap with no idle browser of another tenant to make room."""
+        browser_id, evicted = uuid4(), None
+        async with self.cap_lock:
+            async with self.uow.begin() as tx:
+                if await tx.repo.count_live(replica_id=self.replica_id) >= self.settings.max_browsers:
+                    evicted = await tx.repo.evict_one_idle(replica_id=self.replica_id, for_tenant=req.tenant_id)
+                    if evicted is None:
+                        return None
+                await tx.repo.insert_browser(browser_id=browser_id, tenant_id=req.tenant_id,
+                                             replica_id=self.replica_id, owner_pid=self.replica.pid,
+                                             host=self.replica.host, session_id=req.session_id)
+        if evicted is not None:
+            await self.kill(evicted)
+        try:
+            row = await self._launch(browser_id, "leased", tenant_id=req.tenant_id)
+        except domain.TenantRefused as exc:
+            metrics.LEASES.labels("no_capacity").inc()
+            return LeaseReply(ok=False, error="no_capacity", message=str(exc))
+        if row is None:
+            metrics.LEASES.labels("error").inc()
+            return LeaseReply(ok=False, error="error")
+        self._leased(False, row)
+        return LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=row["cdp_ws_url"], warm=False)
+
+    async def _launch(self, browser_id: UUID, state: str, *, tenant_id: UUID, urgent: bool = False) -> Row | None:
+        """Start the browser of a 'launching' row and move it to `state`; None if that failed,
+        `domain.TenantRefused` if the backend will not serve the tenant here."""
+        if self.stopping:
+            await mark_dead(self.uow, browser_id)
+            return None
+        started = time.perf_counter()
+        async with self.uow.connect() as tx:
+            tenant = await tx.repo.get_tenant(tenant_id=tenant_id)
+        browsers = (tenant["max_concurrent"] + tenant["prewarm"]) if tenant else 1
+        try:
+            launched = await self.backend.launch(browser_id, tenant_id=tenant_id, tenant_browsers=browsers,
+                                                 urgent=urgent or state == "leased")
+        except domain.TenantRefused:
+            await mark_dead(self.uow, browser_id)
+            raise
+        except Exception as exc:
+            log.warning("browser launch failed", extra={"browser_id": str(browser_id), "error": repr(exc)[:300]})
+            await mark_dead(self.uow, browser_id)
+            return None
+        took = time.perf_counter() - started
+        metrics.LAUNCH_SECONDS.observe(took)
+        self.launch_seconds = 0.8 * self.launch_seconds + 0.2 * took
+        async with self.uow.begin() as tx:
+            row = await tx.repo.mark_ready(browser_id=browser_id, state=state, pid=launched.pid,
+                                           port=launched.port, profile_dir=launched.profile_dir,
+                                           cdp_ws_url=launched.cdp_ws_url)
+        if row is None:  # retired while it was starting
+            await self.kill(browser_id)
+        return row
+
+    # --- pool maintenance ------------------------------------------------------------------
+
+    def target_for(self, pool_row: Row) -> int:
+        return domain.pool_target(prewarm=pool_row["prewarm"], max_concurrent=pool_row["max_concurrent"],
+                                  lease_rate=pool_row["recent_leases"] / RATE_WINDOW_S,
+                                  launch_seconds=self.launch_seconds,
+                                  launch_slots=self.settings.launch_concurrency)
+
+    async def refill(self, tenant_id: UUID) -> None:
+        """Start browsers until the tenant's idle + launching count reaches its target (this host's cap
+        permitting). Launches run in the background, at most `launch_concurrency` at a time."""
+        if self.stopping:
+            return
+        new: list[UUID] = []
+        async with self.cap_lock, self.uow.begin() as tx:
+            await tx.repo.lock_tenant(tenant_id=tenant_id)
+            pools = await tx.repo.tenant_pools(rate_window_s=RATE_WINDOW_S, tenant_id=tenant_id)
+            if not pools or pools[0]["status"] != "active":
+                return
+            p = pools[0]
+            # Refills leave room for on-demand launches: waiting sessions come first.
+            reserve = min(self.settings.launch_concurrency, self.settings.max_browsers // 4)
+            free = self.settings.max_browsers - reserve - await tx.repo.count_live(replica_id=self.replica_id)
+            target = self.target_for(p)
+            urgent = domain.refill_is_urgent(target=target, idle=p["idle"])
+            for _ in range(domain.launches_needed(target=target, idle=p["idle"], launching=p["launching"],
+                                                  host_free=free)):
+                new.append(uuid4())
+                await tx.repo.insert_browser(browser_id=new[-1], tenant_id=tenant_id, replica_id=self.replica_id,
+                                             owner_pid=self.replica.pid, host=self.replica.host)
+        for browser_id in new:
+            self.background.spawn(self._launch_idle(browser_id, tenant_id=tenant_id, urgent=urgent))
+
+    async def _launch_idle(self, browser_id: UUID, *, tenant_id: UUID, urgent: bool) -> None:
+        async with self.refill_slots:
+            with contextlib.suppress(domain.TenantRefused):  # logged by the backend; the tenant's creates say why
+                await self._launch(browser_id, "idle", tenant_id=tenant_id, urgent=urgent)
+
+    async def kill(self, browser_id: UUID) -> None:
+        await self.backend.kill(browser_id)
+        await mark_dead(self.uow, browser_id)
+
+    async def destroy(self, browser_id: UUID) -> None:
+        await self.backend.kill(browser_id)  # reaps the group, removes the profile
+
+    async def crashed(self) -> list[UUID]:
+        return self.backend.exited()
+
+    async def reconcile(self) -> None:
+        async with self.uow.begin() as tx:
+            retiring = await tx.repo.own_in_state(replica_id=self.replica_id, state="retiring")
+            # A launch that never finished its bookkeeping (its task failed) must not leak a process.
+            retiring += await tx.repo.own_in_state(replica_id=self.replica_id, state="launching",
+                                                   older_than_s=self.settings.launch_timeout_s + 30)
+            pools = await tx.repo.tenant_pools(rate_window_s=RATE_WINDOW_S)
+        await asyncio.gather(*(self.kill(b) for b in retiring))
+        for p in pools:
+            if p["status"] != "active":
+                continue
+            excess = domain.excess_idle(target=self.target_for(p), idle=p["idle"], launching=p["launching"])
+            if excess:
+                async with self.uow.begin() as tx:
+                    shrink = await tx.repo.retire_idle(tenant_id=p["tenant_id"], replica_id=self.replica_id,
+                                                       count=excess)
+                await asyncio.gather(*(self.kill(b) for b in shrink))
+            else:
+                self.request_refill(p["tenant_id"])
+
+    async def start_up(self) -> None:
+        """Remove what a crashed predecessor on this host left: its browsers, their rows, their dirs."""
+        async with self.uow.connect() as tx:
+            stale = await tx.repo.stale_on_host(host=self.replica.host, replica_id=self.replica_id)
+        for row in stale:
+            if self.backend.owner_alive(row["owner_pid"]):
+                continue  # a sibling replica on this host
+            await self.backend.remove_stale(row["id"], pid=row["pid"], profile_dir=row["profile_dir"])
+            await mark_dead_and_report(self.uow, row["id"])
+        removed = await self.backend.remove_orphans()
+        if stale or removed:
+            log.info("removed browsers left by a previous run", extra={"rows": len(stale), "dirs": len(removed)})
+
+    async def shut_down(self) -> None:
+        """Kill every browser this replica started; sessions on them are told their browser is gone."""
+        self.stopping = True
+        await self.background.cancel_all()
+        log.info("killing this replica's browsers")
+        await self.backend.close()
+        async with self.uow.connect() as tx:
+            ids = await tx.repo.live_on_replica(replica_id=self.replica_id)
+        for browser_id in ids:
+            await mark_dead_and_report(self.uow, browser_id)
+        log.info("browsers killed", extra={"count": len(ids)})

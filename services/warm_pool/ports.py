@@ -1,0 +1,118 @@
+"""The ports of warm_pool's handlers: the pool, the unit of work, and the two pools' backends.
+
+Handlers see a `Pool` and a `UnitOfWork` only. `LocalPool` (pool_local.py) runs Chromium processes
+on this host through a `ProcessBackend` (adapters/local.py); `ClusterPool` (pool_cluster.py) leases
+pods of the tenants' Deployments through a `ClusterBackend` (adapters/kubernetes.py).
+"""
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Mapping, Protocol
+from uuid import UUID
+
+from shared.messages import Event, LeaseReply, LeaseRequest
+
+Row = Mapping[str, Any]  # a database row as the repository returns it
+
+
+class Tx(Protocol):
+    """One unit of work: the repository, the outbox and the inbox, on one connection."""
+    repo: Any  # services.warm_pool.repository.Repository (or its fake)
+
+    async def publish(self, event: Event) -> None:
+        """Into the outbox, committed with the rest of the transaction."""
+
+    async def first_delivery(self, message_id: UUID) -> bool:
+        """True the first time warm_pool sees this message (recorded in the inbox)."""
+
+
+class UnitOfWork(Protocol):
+    def begin(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction, committed when the block ends without an exception."""
+
+    def connect(self) -> AbstractAsyncContextManager[Tx]:
+        """No transaction: each statement commits on its own (one round trip for the lease fast path)."""
+
+
+class Pool(Protocol):
+    """Everything the handlers ask of this replica's pool."""
+    replica_id: str
+    # On a tenant's cancel, are its leased browsers retired too (pods), or left to their
+    # sessions, which sessions ends (processes)?
+    retires_leased_on_cancel: bool
+
+    async def take_idle(self, req: LeaseRequest) -> LeaseReply | None:
+        """A browser the tenant had ready, leased in one round trip; None if there is none."""
+
+    async def lease_new(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
+        """No ready browser and no earlier answer to this session: get one, or answer no_capacity."""
+
+    def request_refill(self, tenant_id: UUID) -> None:
+        """Bring the tenant's ready browsers back to target, in the background."""
+
+    def may_destroy(self, row: Row) -> bool:
+        """May this replica destroy that browser (its `replica_id` column)?"""
+
+    async def kill(self, browser_id: UUID) -> None:
+        """Destroy the browser and mark its row dead."""
+
+    async def destroy(self, browser_id: UUID) -> None:
+        """Destroy the browser only (its row is the caller's)."""
+
+    async def crashed(self) -> list[UUID]:
+        """Browsers that died unasked since the last call."""
+
+    async def reconcile(self) -> None:
+        """Kill the retired and the stuck browsers this replica may kill; resize the pools."""
+
+    async def start_up(self) -> None:
+        """Remove what a crashed predecessor left."""
+
+    async def shut_down(self) -> None:
+        """Stop background work and release the backend (and this replica's browsers, if they die with it)."""
+
+
+class Launched(Protocol):
+    """A local browser process, started."""
+    pid: int
+    port: int
+    profile_dir: str
+    cdp_ws_url: str
+
+
+class Claimed(Protocol):
+    """A pod, leased."""
+    port: int
+    pod: str  # "<namespace>/<name>"
+    cdp_ws_url: str
+
+
+class ProcessBackend(Protocol):
+    """Browsers as processes of this replica (adapters/local.py)."""
+
+    async def launch(self, browser_id: UUID, *, tenant_id: UUID, tenant_browsers: int,
+                     urgent: bool = False) -> Launched:
+        """Start a browser; raises domain.TenantRefused if this host will
+        not serve the tenant (BROWSER_SANDBOX=off serves one), any other exception if it failed."""
+
+    def prioritize(self, *, pid: int | None, host: str) -> None:
+        """A leased browser gets normal CPU priority (pool browsers wait at the lowest)."""
+
+    async def kill(self, browser_id: UUID) -> None: ...
+    def exited(self) -> list[UUID]: ...
+    def owner_alive(self, pid: int) -> bool: ...
+    async def remove_stale(self, browser_id: UUID, *, pid: int | None, profile_dir: str | None) -> None: ...
+    async def remove_orphans(self) -> list[UUID]: ...
+    async def close(self) -> None: ...
+
+
+class ClusterBackend(Protocol):
+    """Browsers as pods of the tenant's Deployment (adapters/kubernetes.py)."""
+
+    async def claim(self, browser_id: UUID, *, namespace: str, session_id: UUID,
+                    wait_s: float) -> Claimed | None:
+        """Lease a Ready pod of the namespace; None if none became Ready in wait_s."""
+
+    async def kill(self, browser_id: UUID) -> None: ...
+    async def leased(self) -> dict[UUID, bool]:
+        """Every leased browser in the cluster → still alive and ready."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,314 @@
+"""In-memory fakes of warm_pool's ports: the unit of work (repository, outbox, inbox) and both
+backends, for service-layer tests of the handlers and pools (tests/unit/test_warm_pool_handlers.py).
+
+FakeRepository answers like services/warm_pool/repository.py's SQL (same methods, same keyword
+parameters: tests/unit/test_warm_pool_handlers.py checks), on rows held as dicts. A transaction
+that raises is rolled back. Time is `clock`, moved by the test.
+"""
+import asyncio
+import copy
+import itertools
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from services.warm_pool import domain
+
+LIVE = ("launching", "idle", "leased")
+
+
+class FakeRepository:
+    def __init__(self, state: "FakeUnitOfWork"):
+        self.s = state
+
+    def _now(self) -> float:
+        return self.s.clock
+
+    def _browsers(self, **where) -> list[dict]:
+        return [b for b in self.s.browsers.values() if all(b[k] == v for k, v in where.items())]
+
+    def _retire(self, rows: list[dict]) -> list[dict]:
+        for b in rows:
+            b["state"] = "retiring"
+        return [{"id": b["id"], "tenant_id": b["tenant_id"], "replica_id": b["replica_id"]} for b in rows]
+
+    def _session_taken(self, session_id) -> None:
+        if session_id is not None and self._browsers(session_id=session_id):
+            raise asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
+
+    async def upsert_tenant(self, *, tenant_id, plan, prewarm, max_concurrent, status, namespace=None):
+        old = self.s.tenants.get(tenant_id, {})
+        self.s.tenants[tenant_id] = {"tenant_id": tenant_id, "plan": plan, "prewarm": prewarm,
+                                     "max_concurrent": max_concurrent, "status": status,
+                                     "namespace": namespace if namespace is not None else old.get("namespace")}
+
+    async def get_tenant(self, *, tenant_id):
+        t = self.s.tenants.get(tenant_id)
+        return dict(t) if t else None
+
+    async def set_tenant_status(self, *, tenant_id, status):
+        self.s.tenants[tenant_id]["status"] = status
+
+    async def lock_tenant(self, *, tenant_id):
+        pass  # one event loop: nothing runs between the awaits of a fake transaction
+
+    async def lease_idle(self, *, tenant_id, session_id):
+        idle = sorted(self._browsers(state="idle", tenant_id=tenant_id), key=lambda b: b["created_at"])
+        if not idle:
+            return None
+        self._session_taken(session_id)
+        b = idle[0]
+        b.update(state="leased", session_id=session_id, warm=True, leased_at=self._now())
+        return dict(b)
+
+    async def leased_for_session(self, *, session_id):
+        rows = self._browsers(session_id=session_id)
+        return dict(rows[0]) if rows else None
+
+    async def count_live(self, *, replica_id):
+        return sum(1 for b in self._browsers(replica_id=replica_id) if b["state"] != "dead")
+
+    async def insert_browser(self, *, browser_id, tenant_id, replica_id, owner_pid, host, session_id=None,
+                             warm=False):
+        assert tenant_id in self.s.tenants, "browsers.tenant_id references tenants"
+        self._session_taken(session_id)
+        self.s.browsers[browser_id] = {
+            "id": browser_id, "tenant_id": tenant_id, "replica_id": replica_id, "owner_pid": owner_pid,
+            "host": host, "state": "launching", "session_id": session_id,
+            "warm": None if session_id is None else warm, "pid": None, "port": None, "profile_dir": None,
+            "pod": None, "cdp_ws_url": None, "created_at": self._now(), "ready_at": None, "leased_at": None,
+            "confirmed_at": None, "ended_at": None, "seq": next(self.s.seq)}
+
+    async def mark_ready(self, *, browser_id, state, pid, port, profile_dir, cdp_ws_url, pod=None):
+        b = self.s.browsers.get(browser_id)
+        if b is None or b["state"] != "launching":
+            return None
+        b.update(state=state, pid=pid, port=port, profile_dir=profile_dir, cdp_ws_url=cdp_ws_url, pod=pod,
+                 ready_at=self._now(), leased_at=self._now() if state == "leased" else None)
+        return dict(b)
+
+    async def confirm(self, *, browser_id, session_id):
+        rows = [b for b in self._browsers(id=browser_id, session_id=session_id, state="leased")]
+        for b in rows:
+            b["confirmed_at"] = self._now()
+        return bool(rows)
+
+    async def retire_session(self, *, session_id, browser_id):
+        return self._retire([b for b in self.s.browsers.values() if b["state"] in LIVE
+                             and (b["session_id"] == session_id or b["id"] == browser_id)])
+
+    async def retire_tenant(self, *, tenant_id, with_leased=False):
+        states = LIVE if with_leased else ("launching", "idle")
+        return self._retire([b for b in self._browsers(tenant_id=tenant_id) if b["state"] in states])
+
+    async def retire_idle(self, *, tenant_id, replica_id, count):
+        idle = sorted(self._browsers(tenant_id=tenant_id, replica_id=replica_id, state="idle"),
+                      key=lambda b: (b["created_at"], b["seq"]), reverse=True)[:count]
+        return [r["id"] for r in self._retire(idle)]
+
+    async def evict_one_idle(self, *, replica_id, for_tenant):
+        idle = sorted((b for b in self._browsers(replica_id=replica_id, state="idle") if b["tenant_id"] != for_tenant),
+                      key=lambda b: (b["created_at"], b["seq"]))[:1]
+        return self._retire(idle)[0]["id"] if idle else None
+
+    async def reclaim_unconfirmed(self, *, timeout_s):
+        return self._retire([b for b in self._browsers(state="leased", confirmed_at=None)
+                             if b["leased_at"] < self._now() - timeout_s])
+
+    async def own_in_state(self, *, replica_id, state, older_than_s=0):
+        return [b["id"] for b in self._browsers(replica_id=replica_id, state=state)
+                if b["created_at"] <= self._now() - older_than_s]
+
+    async def in_state(self, *, state, older_than_s=0):
+        return [b["id"] for b in self._browsers(state=state) if b["created_at"] <= self._now() - older_than_s]
+
+    async def live_on_replica(self, *, replica_id):
+        return [b["id"] for b in self._browsers(replica_id=replica_id) if b["state"] != "dead"]
+
+    async def ids_in_states(self, *, states):
+        return {b["id"] for b in self.s.browsers.values() if b["state"] in states}
+
+    async def mark_dead(self, *, browser_id):
+        b = self.s.browsers.get(browser_id)
+        if b is None or b["state"] == "dead":
+            return None
+        before = {"state": b["state"], "tenant_id": b["tenant_id"], "session_id": b["session_id"]}
+        b.update(state="dead", ended_at=self._now())
+        return before
+
+    async def stale_on_host(self, *, host, replica_id):
+        return [dict(b) for b in self._browsers(host=host)
+                if b["replica_id"] != replica_id and b["state"] != "dead"]
+
+    async def tenant_pools(self, *, rate_window_s, tenant_id=None):
+        since = self._now() - rate_window_s
+        out = []
+        for t in sorted(self.s.tenants.values(), key=lambda t: t["tenant_id"]):
+            if tenant_id is not None and t["tenant_id"] != tenant_id:
+                continue
+            mine = self._browsers(tenant_id=t["tenant_id"])
+            out.append({**t, "idle": sum(b["state"] == "idle" for b in mine),
+                        "launching": sum(b["state"] == "launching" and b["session_id"] is None for b in mine),
+                        "leased": sum(b["state"] == "leased" for b in mine),
+                        "recent_leases": sum(b["leased_at"] is not None and b["leased_at"] > since for b in mine)})
+        return out
+
+    async def own_counts(self, *, replica_id):
+        counts: dict[str, int] = {}
+        for b in self._browsers(replica_id=replica_id):
+            if b["state"] != "dead":
+                counts[b["state"]] = counts.get(b["state"], 0) + 1
+        return counts
+
+    async def prune_dead(self, *, older_than_s):
+        old = [b["id"] for b in self._browsers(state="dead") if b["ended_at"] < self._now() - older_than_s]
+        for browser_id in old:
+            del self.s.browsers[browser_id]
+        return len(old)
+
+
+class FakeTx:
+    def __init__(self, state: "FakeUnitOfWork"):
+        self.s = state
+        self.repo = FakeRepository(state)
+
+    async def publish(self, event) -> None:
+        self.s.outbox.append(event)
+
+    async def first_delivery(self, message_id: UUID) -> bool:
+        if message_id in self.s.inbox:
+            return False
+        self.s.inbox.add(message_id)
+        return True
+
+
+class FakeUnitOfWork:
+    def __init__(self) -> None:
+        self.tenants: dict[UUID, dict] = {}
+        self.browsers: dict[UUID, dict] = {}
+        self.outbox: list = []
+        self.inbox: set[UUID] = set()
+        self.clock = 0.0
+        self.seq = itertools.count()
+        self.commits = 0
+
+    @asynccontextmanager
+    async def begin(self):
+        saved = copy.deepcopy((self.tenants, self.browsers, self.outbox, self.inbox))
+        try:
+            yield FakeTx(self)
+        except BaseException:
+            self.tenants, self.browsers, self.outbox, self.inbox = saved
+            raise
+        self.commits += 1
+
+    @asynccontextmanager
+    async def connect(self):
+        yield FakeTx(self)
+
+    def rows(self, **where) -> list[dict]:
+        return [b for b in self.browsers.values() if all(b[k] == v for k, v in where.items())]
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+    port: int
+    profile_dir: str
+    cdp_ws_url: str
+
+
+class FakeProcessBackend:
+    """Browsers that start at once (or when `gate` opens), die when told to (`crash`)."""
+
+    def __init__(self) -> None:
+        self.running: dict[UUID, Started] = {}
+        self.launches: list[dict] = []
+        self.killed: list[UUID] = []
+        self.prioritized: list[int] = []
+        self.refuse: dict[UUID, str] = {}  # tenant → TenantRefused message
+        self.fail = False
+        self.gate: asyncio.Event | None = None
+        self.closed = False
+        self._exited: list[UUID] = []
+        self._pids = itertools.count(1000)
+
+    async def launch(self, browser_id, *, tenant_id, tenant_browsers, urgent=False):
+        self.launches.append({"browser_id": browser_id, "tenant_id": tenant_id,
+                              "tenant_browsers": tenant_browsers, "urgent": urgent})
+        if tenant_id in self.refuse:
+            raise domain.TenantRefused(self.refuse[tenant_id])
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        if self.fail:
+            raise RuntimeError("chromium did not start")
+        pid = next(self._pids)
+        started = Started(pid=pid, port=pid, profile_dir=f"/profiles/{browser_id}",
+                          cdp_ws_url=f"ws://10.0.0.1:{pid}/devtools/browser/{browser_id}")
+        self.running[browser_id] = started
+        return started
+
+    def prioritize(self, *, pid, host):
+        self.prioritized.append(pid)
+
+    async def kill(self, browser_id):
+        self.running.pop(browser_id, None)
+        self.killed.append(browser_id)
+
+    def crash(self, browser_id) -> None:
+        self._exited.append(browser_id)
+
+    def exited(self):
+        gone, self._exited = self._exited, []
+        return gone
+
+    def owner_alive(self, pid):
+        return False
+
+    async def remove_stale(self, browser_id, *, pid, profile_dir):
+        self.killed.append(browser_id)
+
+    async def remove_orphans(self):
+        return []
+
+    async def close(self):
+        self.closed = True
+        self.running.clear()
+
+
+@dataclass(frozen=True)
+class Claimed:
+    port: int
+    pod: str
+    cdp_ws_url: str
+
+
+class FakeClusterBackend:
+    """Ready pods per namespace; a claim takes one, `leased()` reports each claimed pod's health."""
+
+    def __init__(self) -> None:
+        self.ready: dict[str, int] = {}
+        self.leased_pods: dict[UUID, bool] = {}
+        self.killed: list[UUID] = []
+        self.closed = False
+
+    async def claim(self, browser_id, *, namespace, session_id, wait_s):
+        if not self.ready.get(namespace):
+            return None
+        self.ready[namespace] -= 1
+        self.leased_pods[browser_id] = True
+        return Claimed(port=9222, pod=f"{namespace}/browsers-{browser_id.hex[:5]}",
+                       cdp_ws_url=f"ws://10.244.0.1:9222/devtools/browser/{browser_id}")
+
+    async def kill(self, browser_id):
+        self.leased_pods.pop(browser_id, None)
+        self.killed.append(browser_id)
+
+    async def leased(self):
+        return dict(self.leased_pods)
+
+    async def close(self):
+        self.closed = True
