@@ -8,7 +8,7 @@ from shared.service import Runtime
 
 def create_app(runtime: Runtime, *, uow: UnitOfWork) -> FastAPI:
     app = FastAPI(title="browserfleet warm_pool", version="1")
-    http.install(app, ready=runtime.ready)
+    http.install(app, ready=runtime.ready, settings=runtime.settings)
 
     @app.get("/v1/pool")
     async def pool(request: Request):
