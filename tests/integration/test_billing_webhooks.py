@@ -407,7 +407,8 @@ async def test_the_same_customer_on_a_new_subscription_changes_plan_and_the_old_
         ("enterprise", "active", 50000, new_sub)
     assert [(c["plan"], c["status"]) for c in await billing.outbox(tenant, "billing.subscription_changed")] == \
         [("enterprise", "active")]
-    assert [v["plan"] for v in await billing.outbox(tenant, "billing.payment_verified")] == ["professional", "enterprise"]
+    verified = await billing.outbox(tenant, "billing.payment_verified")
+    assert [v["plan"] for v in verified] == ["professional", "enterprise"]
     assert (await client.get("/v1/admin/stripe-events/refused", headers=ADMIN,
                              params={"tenant_id": str(tenant)})).json()["data"] == []
 

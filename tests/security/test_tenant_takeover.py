@@ -4,7 +4,8 @@ The attack: `POST /v1/checkout-sessions {"plan": "starter", "tenant_id": "<victi
 credential, then the Stripe events of the attacker's own checkout (correctly signed: Stripe sends
 them) rebind the victim's tenant to the attacker's customer, replace its credits and, on the
 attacker's cancel, deprovision it. billing, sessions and the provisioner run as real processes on
-real Postgres and RabbitMQ; Stripe's API is the stand-in, its webhooks are signed fakes.
+real Postgres and RabbitMQ (each on its own RabbitMQ user, so the credential RPC runs under the
+deployed permissions); Stripe's API is the stand-in, its webhooks are signed fakes.
 """
 import json
 import os
@@ -131,7 +132,9 @@ def platform(module_db, module_mq, tmp_path_factory):
         common = {"DATABASE_URL": module_db, "RABBITMQ_URL": module_mq, "STRIPE_WEBHOOK_SECRET": SECRET,
                   "ADMIN_TOKEN": ADMIN_TOKEN, "STRIPE_API_BASE": stripe.url, "STRIPE_METER_ENABLED": "false",
                   "WEBHOOK_RETRY_INTERVAL_SECONDS": "0.2", "LOG_FORMAT": "text"}
-        procs = [infra.ServiceProcess(name, {**common, "HTTP_PORT": str(infra.free_port())}, logs)
+        own = infra.service_broker_urls(module_mq)  # each service its own RabbitMQ user, as deployed
+        procs = [infra.ServiceProcess(name, {**common, "RABBITMQ_URL": own[name], "HTTP_PORT": str(infra.free_port())},
+                                      logs)
                  for name in ("billing", "sessions", "provisioner")]
         try:
             for proc in procs:
