@@ -57,4 +57,10 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test,bench]'
   rm -f .venv/.installed-*; touch "$stamp"
 fi
+# Puppeteer, for the tests that drive sessions as a Node.js customer would (tests/js).
+if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+  command -v npm >/dev/null 2>&1 || { log "installing nodejs and npm"; apt_install nodejs npm; }
+  log "installing tests/js (puppeteer-core)"
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 log "ready"

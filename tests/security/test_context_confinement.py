@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import websockets
@@ -245,3 +246,24 @@ async def test_playwright_sees_the_session_context_as_its_default_and_only_conte
         assert set((await cdp.ok("Target.getBrowserContexts"))["browserContextIds"]) == set(contexts.values())
         assert await (await b.contexts[0].new_page()).evaluate("40 + 2") == 42
         await b.close()
+
+
+JS = Path(__file__).resolve().parents[1] / "js"
+
+
+async def puppeteer(url: str, cookie: str) -> dict:
+    proc = await asyncio.create_subprocess_exec("node", str(JS / "puppeteer_probe.mjs"), url, cookie,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return json.loads(out)
+
+
+async def test_puppeteer_sees_the_session_context_as_its_default_context(browser, platform):
+    cdp, contexts = platform
+    async with Relay(browser.ws_url, contexts) as relay:
+        a = await puppeteer(relay.url("a"), "a_cookie")
+        b = await puppeteer(relay.url("b"), "b_cookie")
+    # One context (the default, which is the session's), its own first page only, its own cookies.
+    assert a == {"contexts": 1, "pagesBefore": 1, "pagesAfter": 2, "sum": 42, "cookies": ["a_cookie"], "targets": 2}
+    assert b["cookies"] == ["b_cookie"] and b["pagesBefore"] == 1 and b["contexts"] == 1
