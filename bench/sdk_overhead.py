@@ -5,9 +5,9 @@
    (request building, the Idempotency-Key, pydantic parsing into typed models).
 2. Against the running platform (warm pool), interleaved create+end: raw httpx without a key, raw
    httpx with an Idempotency-Key (what the SDK sends: the server stores it, so it has a cost of its
-   own), and the SDK. Creates only are timed; each end is untimed.
+   own), and the SDK, each on a connection of its own. Creates only are timed; ends are untimed.
 
-    python -m bench.sdk_overhead [--local 5000] [--creates 60] [--settle 0.3]
+    python -m bench.sdk_overhead [--local 5000] [--creates 60] [--settle 0.5]
 """
 import argparse
 import asyncio
@@ -30,6 +30,8 @@ from bench.__main__ import BENCH_PLANS  # noqa: E402
 from tests import infra  # noqa: E402
 from tests.e2e.platform import WEBHOOK_SECRET, Platform  # noqa: E402
 
+# Five warm browsers are plenty for one create at a time, and fill quickly even with the sandbox.
+PLANS = {"bench": {**BENCH_PLANS["bench"], "prewarm_browsers": 5}}
 CANNED = {"id": str(uuid.uuid4()), "status": "running", "browser": "chromium", "warm": True, "keep_alive": False,
           "timeout_s": 300, "idle_timeout_s": 60, "created_at": "2026-12-01T09:00:00Z",
           "started_at": "2026-12-01T09:00:00.05Z", "expires_at": "2026-12-01T09:05:00Z", "ended_at": None,
@@ -72,7 +74,7 @@ def client_side(iterations: int) -> dict:
 def against_platform(creates: int, settle: float) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bf-bench-sdk-"))
     plans = workdir / "plans.json"
-    plans.write_text(json.dumps(BENCH_PLANS))
+    plans.write_text(json.dumps(PLANS))
     with infra.postgres_server() as pg, infra.rabbitmq_server() as mq, \
             infra.fresh_database(pg) as db, infra.fresh_vhost(mq) as vhost:
         platform = Platform(db, vhost, workdir, PLANS_FILE=str(plans), LOG_LEVEL="WARNING").start()
@@ -86,13 +88,13 @@ async def _tenant(platform) -> scenarios.Tenant:
     """A paying "bench" tenant whose warm pool is full, as the warm pool itself reports it."""
     async with httpx.AsyncClient(timeout=60) as http:
         tenant_id = await scenarios.pay(http, platform, "bench", WEBHOOK_SECRET)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             key = await http.post(f"{platform.urls['sessions']}/v1/admin/tenants/{tenant_id}/api-keys",
                                   headers=platform.admin)
             pool = (await http.get(f"{platform.urls['warm_pool']}/v1/pool", headers=platform.admin)).json()
             idle = [t["idle"] for t in pool["tenants"] if t["tenant_id"] == tenant_id]
-            if key.status_code == 201 and idle and idle[0] >= BENCH_PLANS["bench"]["prewarm_browsers"]:
+            if key.status_code == 201 and idle and idle[0] >= PLANS["bench"]["prewarm_browsers"]:
                 return scenarios.Tenant(platform, tenant_id, key.json()["api_key"])
             await asyncio.sleep(0.2)
     raise TimeoutError("the bench tenant's pool never filled")
@@ -100,42 +102,60 @@ async def _tenant(platform) -> scenarios.Tenant:
 
 def _interleaved(tenant, creates: int, settle: float) -> dict:
     url = f"{tenant.sessions}/v1/sessions"
-    raw = httpx.Client(timeout=60)
+    # Each kind has a client (a connection) of its own and ends its own sessions through it, so
+    # every connection sees the same traffic.
+    raw, raw_keyed = httpx.Client(timeout=60), httpx.Client(timeout=60)
     bf = browserfleet.Browserfleet(api_key=tenant.key, base_url=tenant.sessions, max_retries=0)
 
-    def raw_create(key: bool):
+    def raw_create(http: httpx.Client, key: bool):
         headers = {**tenant.auth, **({"idempotency-key": str(uuid.uuid4())} if key else {})}
-        r = raw.post(url, json={}, headers=headers)
+        r = http.post(url, json={}, headers=headers)
         r.raise_for_status()
         return r.json()["id"], r.json()["warm"]
+
+    def raw_end(http: httpx.Client, session_id: str) -> None:
+        http.post(f"{url}/{session_id}/end", headers=tenant.auth).raise_for_status()
 
     def sdk_create():
         s = bf.sessions.create()
         return s.id, s.warm
 
-    calls = {"raw_httpx": lambda: raw_create(False), "raw_httpx_with_key": lambda: raw_create(True),
+    calls = {"raw_httpx": lambda: raw_create(raw, False), "raw_httpx_with_key": lambda: raw_create(raw_keyed, True),
              "sdk": sdk_create}
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    ends = {"raw_httpx": lambda sid: raw_end(raw, sid), "raw_httpx_with_key": lambda sid: raw_end(raw_keyed, sid),
+            "sdk": bf.sessions.end}
+    rounds: list[dict[str, float]] = []  # one create of each kind per round, warm ones only
     cold = {name: 0 for name in calls}
     order = list(calls)
     for i in range(creates + 5):
+        this: dict[str, float] = {}
         for name in order[i % 3:] + order[:i % 3]:  # rotate who goes first
             t = time.perf_counter()
             session_id, warm = calls[name]()
             elapsed = time.perf_counter() - t
-            raw.post(f"{url}/{session_id}/end", headers=tenant.auth).raise_for_status()
-            if i >= 5:  # the first rounds warm up connections on both sides
-                if warm:
-                    times[name].append(elapsed)
-                else:
-                    cold[name] += 1
+            ends[name](session_id)
+            if warm:
+                this[name] = elapsed
+            elif i >= 5:
+                cold[name] += 1
             time.sleep(settle)  # let the pool refill, so each create takes a warm browser
+        if i >= 5:  # the first rounds warm up connections on both sides
+            rounds.append(this)
         print(f"\r  platform creates {i + 1}/{creates + 5}", end="", file=sys.stderr)
     print(file=sys.stderr)
-    out = {name: {"median_ms": round(statistics.median(v) * 1000, 2), "n": len(v), "not_warm": cold[name]}
-           for name, v in times.items()}
-    out["sdk_minus_raw_with_key_ms"] = round(out["sdk"]["median_ms"] - out["raw_httpx_with_key"]["median_ms"], 2)
-    out["key_minus_no_key_ms"] = round(out["raw_httpx_with_key"]["median_ms"] - out["raw_httpx"]["median_ms"], 2)
+    out: dict = {}
+    for name in calls:
+        ms = sorted(r[name] * 1000 for r in rounds if name in r)
+        out[name] = {"median_ms": round(statistics.median(ms), 2), "p25_ms": round(ms[len(ms) // 4], 2),
+                     "p75_ms": round(ms[3 * len(ms) // 4], 2), "n": len(ms), "not_warm": cold[name]}
+
+    def paired(a: str, b: str) -> dict:
+        """Median of the per-round differences: both creates of a round ran within a second of each other."""
+        diffs = [(r[a] - r[b]) * 1000 for r in rounds if a in r and b in r]
+        return {"median_ms": round(statistics.median(diffs), 2), "rounds": len(diffs)}
+    out["sdk_minus_raw_with_key"] = paired("sdk", "raw_httpx_with_key")
+    out["sdk_minus_raw"] = paired("sdk", "raw_httpx")
+    out["key_minus_no_key"] = paired("raw_httpx_with_key", "raw_httpx")
     return out
 
 
@@ -143,7 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--local", type=int, default=5000, help="client-side iterations of each")
     parser.add_argument("--creates", type=int, default=60, help="platform creates of each kind")
-    parser.add_argument("--settle", type=float, default=0.3, help="seconds between creates")
+    parser.add_argument("--settle", type=float, default=0.5, help="seconds between creates")
     args = parser.parse_args()
     result = {"client_side": client_side(args.local), "platform": against_platform(args.creates, args.settle)}
     print(json.dumps(result, indent=2))
