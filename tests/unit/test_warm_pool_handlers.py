@@ -346,6 +346,19 @@ async def test_shut_down_ends_every_browser_of_the_replica_and_reports_the_lease
     assert [e.browser_id for e in uow.outbox] == [reply.browser_id]
 
 
+async def test_start_up_removes_a_dead_predecessors_browsers_and_reports_its_leased_ones(uow, backend):
+    before = local_pool(uow, backend)
+    tenant = await provision(before, uow, prewarm=1)
+    reply = await lease(before, uow, tenant)
+    await settle(before)
+    successor = LocalPool(backend, uow, settings(replica_id="replica-a2"), Replica("replica-a2", host=HOST, pid=2))
+
+    await handlers.start_up(pool=successor)
+
+    assert all(r["state"] == "dead" for r in uow.rows()) and len(backend.killed) == 2
+    assert [e.browser_id for e in uow.outbox] == [reply.browser_id]
+
+
 # --- pruning ---------------------------------------------------------------------------------
 
 async def test_prune_deletes_only_dead_rows_past_their_retention(pool, uow, backend):
@@ -406,3 +419,14 @@ async def test_a_cluster_pods_loss_is_reported_and_a_cancel_ends_its_leased_pods
                                         pool=cluster_pool, uow=uow, plans_file=cluster_pool.settings.plans_file)
     assert all(r["state"] == "dead" for r in uow.rows(tenant_id=tenant)) and not cluster.leased_pods
     assert len(uow.outbox) == 1  # ended on purpose, not crashed
+
+
+async def test_cluster_start_up_deletes_leased_pods_without_a_lease(cluster_pool, uow, cluster):
+    tenant = await provision(cluster_pool, uow, prewarm=0, namespace="tenant-x")
+    cluster.ready["tenant-x"] = 2
+    kept, ended = await lease(cluster_pool, uow, tenant), await lease(cluster_pool, uow, tenant)
+    uow.rows(id=ended.browser_id)[0]["state"] = "dead"  # its session ended while no replica ran
+
+    await handlers.start_up(pool=cluster_pool)
+
+    assert list(cluster.leased_pods) == [kept.browser_id] and cluster.killed == [ended.browser_id]
