@@ -111,12 +111,14 @@ def create_app(*, settings: BillingSettings, pool: asyncpg.Pool, plans: dict[str
         require_admin(request, admin_token)
         async with pool.acquire() as conn:
             row = await repository.get_account(conn, tenant_id=tenant_id)
-        if row is None:
-            raise APIError(404, "not_found", "unknown tenant")
+            if row is None:
+                raise APIError(404, "not_found", "unknown tenant")
+            # Replaced by a plan change: they bill at Stripe until an operator cancels them there.
+            superseded = await repository.superseded_subscriptions(conn, tenant_id=tenant_id)
         return {"tenant_id": str(row["tenant_id"]), "plan": row["plan"], "status": row["status"],
                 "balance": row["balance"], "period_start": _iso(row["period_start"]),
                 "period_end": _iso(row["period_end"]), "stripe_customer_id": row["stripe_customer_id"],
-                "subscription_id": row["subscription_id"]}
+                "subscription_id": row["subscription_id"], "superseded_subscriptions": superseded}
 
     @app.get("/v1/admin/accounts/{tenant_id}/ledger")
     async def ledger(tenant_id: UUID, request: Request, limit: int = Query(50, ge=1, le=500),

@@ -90,6 +90,12 @@ async def is_superseded(conn, *, tenant_id: UUID, subscription_id: str | None) -
         subscription_id, tenant_id))
 
 
+async def superseded_subscriptions(conn, *, tenant_id: UUID) -> list[str]:
+    rows = await conn.fetch("SELECT subscription_id FROM superseded_subscriptions WHERE tenant_id = $1"
+                            " ORDER BY superseded_at", tenant_id)
+    return [r["subscription_id"] for r in rows]
+
+
 # --- accounts and ledger ---------------------------------------------------------------------
 
 async def find_tenant(conn, *, subscription: str | None, customer: str | None) -> UUID | None:

@@ -106,7 +106,7 @@ async def test_checkout_then_invoice_opens_account_grants_and_announces(billing,
     acct = await account(client, tenant)
     assert acct == {"tenant_id": str(tenant), "plan": "professional", "status": "active", "balance": 5000,
                     "period_start": P1.isoformat(), "period_end": P2.isoformat(), "stripe_customer_id": cus,
-                    "subscription_id": sub}
+                    "subscription_id": sub, "superseded_subscriptions": []}
     [entry] = await ledger(client, tenant)
     assert (entry["kind"], entry["amount"], entry["balance_after"]) == ("grant", 5000, 5000)
     [verified] = await billing.outbox(tenant, "billing.payment_verified")
@@ -405,6 +405,7 @@ async def test_the_same_customer_on_a_new_subscription_changes_plan_and_the_old_
     acct = await account(client, tenant)
     assert (acct["plan"], acct["status"], acct["balance"], acct["subscription_id"]) == \
         ("enterprise", "active", 50000, new_sub)
+    assert acct["superseded_subscriptions"] == [sub]  # still billing at Stripe: for the operator to cancel
     assert [(c["plan"], c["status"]) for c in await billing.outbox(tenant, "billing.subscription_changed")] == \
         [("enterprise", "active")]
     verified = await billing.outbox(tenant, "billing.payment_verified")

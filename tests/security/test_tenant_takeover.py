@@ -286,6 +286,7 @@ def test_the_same_customer_upgrading_its_plan_still_works(platform):
     account = platform.account(tenant.id)
     assert (account["plan"], account["status"], account["balance"]) == ("enterprise", "active", 50000)
     assert (account["stripe_customer_id"], account["subscription_id"]) == (tenant.customer, sub)
+    assert account["superseded_subscriptions"] == [tenant.subscription]  # the operator cancels it at Stripe
     wait_for(lambda: platform.usage(tenant.key)["credits_remaining"] == 50000, what="sessions hears of the upgrade")
     assert platform.usage(tenant.key)["plan"] == "enterprise"
     assert platform.refused(tenant.id) == []
