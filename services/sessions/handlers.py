@@ -251,7 +251,7 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
     await fail_and_refund(pool, session_id=session_id, failure=error)
     SESSIONS_CREATED.labels("no_capacity").inc()
     log.warning("session start failed", extra={"session_id": str(session_id), "error": error})
-    raise APIError(503, "no_capacity", "no browser available right now, retry later")
+    raise APIError(503, "no_capacity", (reply and reply.message) or "no browser available right now, retry later")
 
 
 async def _admit(conn: asyncpg.Connection, tenant) -> int:
