@@ -1,8 +1,10 @@
 """Pay for a plan as Stripe would tell billing: a signed checkout.session.completed and invoice.paid.
 
-    .venv/bin/python scripts/pay.py --plan professional [--tenant-id UUID] [--billing-url URL]
+    .venv/bin/python scripts/pay.py --plan professional [--tenant-id UUID --customer CUS] [--billing-url URL]
 
-Prints the tenant id. Signs with STRIPE_WEBHOOK_SECRET from the environment, else from `.env`
+Prints the tenant id. A plan change of an existing tenant must come from its own Stripe customer
+(`browserfleet tenants show` prints it as billing_stripe_customer_id): billing refuses, and
+keeps for the operator, events that would tie a tenant to another customer. Signs with STRIPE_WEBHOOK_SECRET from the environment, else from `.env`
 (which `make run` writes).
 """
 import argparse
@@ -25,13 +27,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", default="professional")
     parser.add_argument("--tenant-id", default=str(uuid.uuid4()))
+    parser.add_argument("--customer", default=f"cus_{uuid.uuid4().hex[:14]}",
+                        help="the Stripe customer paying (an existing tenant's own, for a plan change)")
     parser.add_argument("--billing-url", default=os.environ.get("BILLING_URL", "http://127.0.0.1:8001"))
     parser.add_argument("--secret", default=os.environ.get("STRIPE_WEBHOOK_SECRET")
                         or dotenv_values(ROOT / ".env").get("STRIPE_WEBHOOK_SECRET"))
     args = parser.parse_args()
     if not args.secret:
         sys.exit("STRIPE_WEBHOOK_SECRET is not set and .env has none (`make run` writes it)")
-    customer, subscription = f"cus_{uuid.uuid4().hex[:14]}", f"sub_{uuid.uuid4().hex[:14]}"
+    customer, subscription = args.customer, f"sub_{uuid.uuid4().hex[:14]}"
     now = int(time.time())
     events = [
         stripe_fakes.checkout_session_completed(args.tenant_id, args.plan, customer, subscription),
