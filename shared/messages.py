@@ -103,6 +103,9 @@ LEASE_QUEUE = "warm_pool.lease"
 class LeaseRequest(BaseModel):
     tenant_id: UUID
     session_id: UUID
+    # "context": a fresh BrowserContext in a warm browser of this tenant's, shared with its other
+    # context sessions; "browser": a browser of the session's own.
+    isolation: Literal["browser", "context"] = "browser"
 
 
 class LeaseReply(BaseModel):
@@ -112,6 +115,10 @@ class LeaseReply(BaseModel):
     warm: bool = False
     error: Literal["no_capacity", "unknown_tenant", "error"] | None = None
     message: str | None = None  # why, when the reason is worth telling the client
+    # Context leases: the session's BrowserContext in the browser at cdp_ws_url (which the relay
+    # confines the client to), and where that context's downloads go inside the browser's sandbox.
+    context_id: str | None = None
+    downloads_path: str | None = None
 
 
 # Credential RPC: billing asks sessions which tenant an API key or dashboard sign-in belongs to.
