@@ -209,8 +209,10 @@ async def _ensure_role(conn: asyncpg.Connection, role: str, login_dsn: str, pass
             if row is None:
                 await conn.execute(f"CREATE ROLE \"{role}\" {_LOGIN} PASSWORD '{scram_verifier(password)}'")
             elif not row["rolcanlogin"] or row["powerful"] or not await _login_works(login_dsn):
-                # A role of an older release (NOLOGIN), or a password derived from another key.
-                await conn.execute(f"ALTER ROLE \"{role}\" {_LOGIN} PASSWORD '{scram_verifier(password)}'")
+                # A role of an older release (NOLOGIN), or a password derived from another key. Only
+                # a superuser may name SUPERUSER & co. in ALTER ROLE, even to turn them off.
+                powers = " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS" if row["powerful"] else ""
+                await conn.execute(f"ALTER ROLE \"{role}\" LOGIN{powers} PASSWORD '{scram_verifier(password)}'")
             if not await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
                 await conn.execute(f'GRANT "{role}" TO CURRENT_USER')  # to create the schema for it
             database = await conn.fetchval("SELECT current_database()")

@@ -137,3 +137,32 @@ async def test_an_operator_managed_login_is_used_as_is(fresh_db, fresh_mq, tmp_p
             await admin.execute(f'DROP ROLE "{role}"')
         finally:
             await admin.close()
+
+
+async def test_an_administrative_login_that_is_no_superuser_sets_up_the_service_login(pg_server, tmp_path):
+    """As on a managed Postgres (the Kubernetes manifests' CloudNativePG owner has CREATEROLE
+    only), and over a role an older release made NOLOGIN."""
+    tag = uuid.uuid4().hex[:8]
+    admin_role, schema, database = f"bf_admin_{tag}", f"scratch_{tag}", f"bf_test_admin_{tag}"
+    root = await asyncpg.connect(infra.with_path(pg_server, "/postgres"))
+    try:
+        await root.execute(f'CREATE ROLE "{admin_role}" LOGIN CREATEROLE')
+        await root.execute(f'CREATE DATABASE "{database}" OWNER "{admin_role}"')
+        await root.execute(f'CREATE ROLE "{db.role_for(schema)}" NOLOGIN')  # the older release's
+        admin_dsn = db.with_login(infra.with_path(pg_server, f"/{database}"), admin_role, "unused-with-trust")
+        (tmp_path / "0001.sql").write_text("CREATE TABLE things (id int PRIMARY KEY);")
+        for _ in range(2):  # a restart finds everything in place
+            login, _ = await db.prepare(schema=schema, migrations_dir=tmp_path, admin_dsn=admin_dsn, key="k" * 32)
+        conn = await asyncpg.connect(login)
+        try:
+            assert await conn.fetchval("SELECT session_user") == db.role_for(schema)
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.things") == 0
+            assert await conn.fetchval("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1",
+                                       schema) == db.role_for(schema)
+        finally:
+            await conn.close()
+    finally:
+        await root.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await root.execute(f'DROP ROLE IF EXISTS "{db.role_for(schema)}"')
+        await root.execute(f'DROP ROLE IF EXISTS "{admin_role}"')
+        await root.close()
