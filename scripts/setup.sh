@@ -54,6 +54,11 @@ stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   log "installing python dependencies"
   .venv/bin/pip install -q --upgrade pip >/dev/null
+  # The server's distribution was named browserfleet until the SDK (clients/python) took the name.
+  if .venv/bin/python -I -c 'import importlib.metadata as m, sys
+sys.exit("shared.cli" not in (m.distribution("browserfleet").read_text("entry_points.txt") or ""))' 2>/dev/null; then
+    .venv/bin/pip uninstall -q -y browserfleet; rm -rf browserfleet.egg-info
+  fi
   .venv/bin/pip install -q -e '.[test,bench]'
   rm -f .venv/.installed-*; touch "$stamp"
 fi
