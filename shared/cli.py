@@ -4,6 +4,7 @@
     browserfleet api-keys create TENANT_ID | api-keys revoke KEY_ID
     browserfleet sessions list [--tenant ID] [--status running] | sessions end SESSION_ID
     browserfleet dlq list | dlq replay SERVICE QUEUE
+    browserfleet outbox parked | outbox replay SERVICE [--id ID] | outbox discard SERVICE ID
     browserfleet pool status
     browserfleet dashboard-link TENANT_ID
     browserfleet billing refused-events [--tenant ID] [--limit N]
@@ -91,6 +92,8 @@ def run(args, admin: Admin) -> str:
     if args.group == "dlq" and args.action == "replay":
         result = admin.call(args.service, "POST", f"/v1/admin/dlq/{args.queue}/replay")
         return f"replayed {result['replayed']} message(s) onto {result['queue']}"
+    if args.group == "outbox":
+        return outbox(args, admin)
     if args.group == "pool" and args.action == "status":
         pool = admin.call("warm_pool", "GET", "/v1/pool")
         rows = pool["tenants"]
@@ -107,6 +110,20 @@ def run(args, admin: Admin) -> str:
         return table(data, ["refused_at", "event_id", "type", "tenant_id", "account_customer", "event_customer",
                             "subscription_id"])
     raise SystemExit(f"unknown command: {args.group} {args.action}")
+
+
+def outbox(args, admin: Admin) -> str:
+    """Events parked because no queue took them: list, replay (once a consumer exists) or discard."""
+    if args.action == "parked":
+        rows = [{"service": service, **row} for service in DEFAULT_URLS
+                for row in admin.call(service, "GET", "/v1/admin/outbox/parked")["data"]]
+        return table(rows, ["service", "id", "routing_key", "created_at", "parked_at", "attempts", "last_error"])
+    if args.action == "replay":
+        params = {"id": args.id} if args.id else {}
+        result = admin.call(args.service, "POST", "/v1/admin/outbox/parked/replay", params=params)
+        return f"{result['replayed']} parked event(s) of {args.service} back in its outbox"
+    admin.call(args.service, "DELETE", f"/v1/admin/outbox/parked/{args.id}")
+    return f"discarded {args.id}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -129,6 +146,15 @@ def parser() -> argparse.ArgumentParser:
     replay = dlq.add_parser("replay")
     replay.add_argument("service", choices=list(DEFAULT_URLS))
     replay.add_argument("queue")
+    parked = groups.add_parser("outbox", help="events parked as unroutable")
+    parked = parked.add_subparsers(dest="action", required=True)
+    parked.add_parser("parked")
+    replay_parked = parked.add_parser("replay")
+    replay_parked.add_argument("service", choices=list(DEFAULT_URLS))
+    replay_parked.add_argument("--id", help="only this event (default: every parked one)")
+    discard = parked.add_parser("discard")
+    discard.add_argument("service", choices=list(DEFAULT_URLS))
+    discard.add_argument("id")
     groups.add_parser("pool").add_subparsers(dest="action", required=True).add_parser("status")
     groups.add_parser("dashboard-link", help="a dashboard sign-in link for a tenant").add_argument(
         "id", metavar="TENANT_ID")

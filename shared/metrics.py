@@ -9,5 +9,10 @@ DEAD_LETTERED = Counter("messages_dead_lettered_total", "Messages sent to the de
 DLQ_DEPTH = Gauge("dlq_depth", "Messages waiting in each dead-letter queue", ["queue"])
 OUTBOX_PUBLISHED = Counter("outbox_published_total", "Outbox messages published", ["routing_key"])
 OUTBOX_FAILURES = Counter("outbox_publish_failures_total", "Outbox publish attempts that failed")
-OUTBOX_PENDING = Gauge("outbox_pending", "Outbox messages not yet published")
+OUTBOX_PENDING = Gauge("outbox_pending", "Outbox messages waiting to be published (parked ones aside)")
 OUTBOX_LAG = Gauge("outbox_lag_seconds", "Age of the oldest unpublished outbox message")
+OUTBOX_PARKED = Gauge("outbox_parked", "Outbox messages parked: returned unroutable until an operator acts")
+OUTBOX_RETURNED = Counter("outbox_returned_total", "Outbox publishes returned unroutable (retried, then parked)",
+                          ["routing_key"])
+RETENTION_DELETED = Counter("retention_deleted_rows_total", "Sent outbox and handled inbox rows deleted past retention",
+                            ["table"])

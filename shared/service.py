@@ -17,8 +17,10 @@ import asyncpg
 import uvicorn
 from fastapi import FastAPI
 from faststream.rabbit import RabbitBroker
+from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential,
+                      wait_fixed)
 
-from shared import db, dlq, logs
+from shared import db, dlq, inbox, logs, metrics, outbox
 from shared.broker import Consumers, make_broker
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
@@ -45,6 +47,10 @@ class Runtime:
     def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._cleanups.append(fn)
 
+    async def retention(self) -> None:
+        await retention(self.pool, outbox_s=self.settings.outbox_retention_s,
+                        inbox_s=self.settings.inbox_retention_s, interval_s=self.settings.retention_interval_s)
+
     async def ready(self) -> dict[str, bool]:
         broker_ok = False
         with contextlib.suppress(Exception):
@@ -67,16 +73,25 @@ class _Server(uvicorn.Server):
 
 
 async def _forever(name: str, fn: Callable[[], Awaitable[None]]) -> None:
-    """Run a background loop; restart it after an unexpected error instead of dying silently."""
+    """Run a background loop; restart it a second after an unexpected error instead of dying silently."""
+    def crashed(state: RetryCallState) -> None:
+        log.error("background task crashed, restarting", exc_info=state.outcome.exception(), extra={"task": name})
+
+    await AsyncRetrying(wait=wait_fixed(1), retry=retry_if_exception_type(Exception), before_sleep=crashed)(fn)
+
+
+async def retention(pool: asyncpg.Pool, *, outbox_s: float, inbox_s: float, interval_s: float) -> None:
+    """Keep the outbox and inbox bounded: delete sent and handled rows past their retention, now
+    and then every `interval_s` (each replica does; they skip each other's locked rows)."""
+    for table in ("outbox", "inbox"):
+        metrics.RETENTION_DELETED.labels(table).inc(0)
     while True:
-        try:
-            await fn()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task crashed, restarting", extra={"task": name})
-            await asyncio.sleep(1)
+        for table, rows in (("outbox", await outbox.delete_sent(pool, older_than_s=outbox_s)),
+                            ("inbox", await inbox.delete_handled(pool, older_than_s=inbox_s))):
+            metrics.RETENTION_DELETED.labels(table).inc(rows)
+            if rows:
+                log.info("rows past retention deleted", extra={"table": table, "rows": rows})
+        await asyncio.sleep(interval_s)
 
 
 async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations_dir: Path,
@@ -100,13 +115,16 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
     app = await build(runtime)
     dead_letters = dlq.DeadLetters(settings.rabbitmq_url, consumers.queue_names)
     app.include_router(dlq.router(dead_letters, settings.admin_token.get_secret_value()))
+    app.include_router(outbox.router(pool, settings.admin_token.get_secret_value()))
     runtime.background(dead_letters.watch)
+    runtime.background(runtime.retention)
     runtime.on_stop(dead_letters.close)
 
     await _retry("broker", broker.connect)
     await consumers.declare_dead_letters()
     await broker.start()
-    relay = OutboxRelay(pool, broker, exchange=settings.events_exchange, dsn=login, user_id=mq_user)
+    relay = OutboxRelay(pool, broker, exchange=settings.events_exchange, dsn=login,
+                         park_after=settings.outbox_park_after_returns, user_id=mq_user)
     await relay.start()
     tasks = [asyncio.create_task(_forever(fn.__name__, fn), name=fn.__name__) for fn in runtime._tasks]
 
@@ -162,14 +180,13 @@ def database_key(settings: ServiceSettings) -> str | None:
 
 
 async def _retry(what: str, fn: Callable[[], Awaitable], attempts: int = 30) -> None:
-    delay = 0.5
-    for attempt in range(1, attempts + 1):
-        try:
-            await fn()
-            return
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, ConnectionError) as exc:
-            if attempt == attempts:
-                raise
-            log.warning("waiting for %s", what, extra={"error": repr(exc)[:200], "attempt": attempt})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5)
+    """Wait for a dependency still starting: tries after 0.5, 1, 2, 4, then every 5 s, then raise."""
+    def waiting(state: RetryCallState) -> None:
+        log.warning("waiting for %s", what, extra={"error": repr(state.outcome.exception())[:200],
+                                                   "attempt": state.attempt_number})
+
+    await AsyncRetrying(
+        stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.5, max=5), reraise=True,
+        retry=retry_if_exception_type((OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                                       ConnectionError)),
+        before_sleep=waiting)(fn)

@@ -64,6 +64,14 @@ class ServiceSettings(BaseSettings):
     # Failed authentications per client address per window before 429 (each replica counts its own).
     auth_failures_max: int = 20
     auth_failure_window_s: float = 60
+    # Sent outbox rows and handled inbox rows are deleted once this old (checked every
+    # RETENTION_INTERVAL_S). Keep the inbox's longer than any redelivery you expect.
+    outbox_retention_s: float = 7 * 24 * 3600
+    inbox_retention_s: float = 7 * 24 * 3600
+    retention_interval_s: float = 3600
+    # An event no queue takes is retried after 1, 2, 4, ... 30 s, and parked after this many
+    # returns (8: about 1.5 minutes) until an operator replays it (`browserfleet outbox`).
+    outbox_park_after_returns: int = 8
 
     _generated: list[str] = PrivateAttr(default_factory=list)
 

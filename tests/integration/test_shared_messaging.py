@@ -6,6 +6,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from prometheus_client import REGISTRY
 
 from shared import db, outbox
 from shared.broker import Consumers, events_exchange, make_broker
@@ -243,3 +244,182 @@ async def test_a_row_committed_while_the_relay_drains_is_published_without_waiti
     finally:
         await relay.stop()
         await broker.stop()
+
+
+async def _insert_unroutable(pool, routing_key: str) -> uuid.UUID:
+    """A row no queue is bound to (a consumer that was never deployed, a typo'd routing key)."""
+    row_id = uuid.uuid4()
+    async with db.transaction(pool) as conn:
+        await conn.execute("INSERT INTO outbox (id, routing_key, body) VALUES ($1, $2, '{}')", row_id, routing_key)
+        await conn.execute("SELECT pg_notify($1, '')", outbox.CHANNEL)
+    return row_id
+
+
+async def _outbox_row(pool, row_id: uuid.UUID):
+    async with pool.acquire() as conn:
+        return await conn.fetchrow("SELECT * FROM outbox WHERE id = $1", row_id)
+
+
+async def test_an_event_committed_after_a_never_routable_row_is_delivered_while_that_row_is_parked(
+        schema_pool, fresh_db, fresh_mq):
+    seen = []
+
+    async def handler(event):
+        seen.append(event.namespace)
+
+    broker, _ = await _consumer(fresh_mq, handler)
+    # No fallback poll to hide behind: only the commit's notification (or a back-off) wakes the relay.
+    relay = OutboxRelay(schema_pool, broker, exchange=EXCHANGE, dsn=fresh_db, poll_seconds=3600, park_after=1)
+    await relay.start()
+    try:
+        stuck = await _insert_unroutable(schema_pool, "scratch.nobody_listens")
+        await eventually(lambda: _parked(schema_pool, stuck), what="the unroutable row parked")
+        async with db.transaction(schema_pool) as conn:
+            await outbox.add(conn, TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="behind-it"))
+        # Generous bound, no speed claim: only well under the 10 s the relay used to back off for.
+        await eventually(lambda: seen == ["behind-it"], timeout=5, what="the later event delivered")
+        row = await _outbox_row(schema_pool, stuck)
+        assert row["state"] == "parked" and "NO_ROUTE" in row["last_error"]
+        assert REGISTRY.get_sample_value("outbox_returned_total", {"routing_key": "scratch.nobody_listens"}) >= 1
+        assert REGISTRY.get_sample_value("outbox_parked") == 1
+    finally:
+        await relay.stop()
+        await broker.stop()
+
+
+async def _parked(pool, row_id: uuid.UUID) -> bool:
+    row = await _outbox_row(pool, row_id)
+    return row is not None and row["state"] == "parked"
+
+
+async def test_a_row_unroutable_only_until_its_consumer_declares_its_queue_is_delivered_not_parked(
+        schema_pool, fresh_db, fresh_mq):
+    """A consumer still starting up (its queue not declared yet) gets the event on a later try."""
+    seen = []
+
+    async def handler(event):
+        seen.append(event.namespace)
+
+    publisher = make_broker(fresh_mq)
+    await publisher.connect()
+    await publisher.declare_exchange(events_exchange(EXCHANGE))
+    relay = OutboxRelay(schema_pool, publisher, exchange=EXCHANGE, dsn=fresh_db, park_after=5)
+    await relay.start()
+    consumer = None
+    try:
+        async with db.transaction(schema_pool) as conn:
+            event = TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="early")
+            await outbox.add(conn, event)
+        await eventually(lambda: _returned(schema_pool, event.message_id), what="returned: no queue yet")
+        consumer, _ = await _consumer(fresh_mq, handler)
+        await eventually(lambda: seen == ["early"], what="delivered once the queue exists")
+        await eventually(lambda: _sent(schema_pool, event.message_id), what="marked sent, never parked")
+        assert (await _outbox_row(schema_pool, event.message_id))["returned"] >= 1
+    finally:
+        await relay.stop()
+        await publisher.stop()
+        if consumer is not None:
+            await consumer.stop()
+
+
+async def _returned(pool, row_id: uuid.UUID) -> bool:
+    row = await _outbox_row(pool, row_id)
+    return row["returned"] >= 1 and row["state"] == "pending"
+
+
+async def test_an_operator_lists_replays_and_discards_parked_events(schema_pool, fresh_db, fresh_mq):
+    from fastapi import FastAPI
+    import httpx
+    from shared.http import APIError, error_response
+
+    broker = make_broker(fresh_mq)
+    await broker.connect()
+    await broker.declare_exchange(events_exchange(EXCHANGE))
+    relay = OutboxRelay(schema_pool, broker, exchange=EXCHANGE, dsn=fresh_db, park_after=1)
+    await relay.start()
+    app = FastAPI()
+    app.include_router(outbox.router(schema_pool, "operator-token-0123456789"))
+    app.add_exception_handler(APIError, lambda _, exc: error_response(exc.status, exc.code, exc.message))
+    admin = {"authorization": "Bearer operator-token-0123456789"}
+    connection = await aio_pika.connect(fresh_mq)
+    try:
+        typo, missing = (await _insert_unroutable(schema_pool, "scratch.typo"),
+                         await _insert_unroutable(schema_pool, "scratch.not_deployed_yet"))
+        await eventually(lambda: _parked(schema_pool, typo), what="typo parked")
+        await eventually(lambda: _parked(schema_pool, missing), what="missing consumer parked")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://admin") as http:
+            assert (await http.get("/v1/admin/outbox/parked")).status_code == 401
+            listed = (await http.get("/v1/admin/outbox/parked", headers=admin)).json()["data"]
+            assert {r["id"] for r in listed} == {str(typo), str(missing)}
+            assert all("NO_ROUTE" in r["last_error"] for r in listed)
+
+            # The missing consumer is deployed: its queue exists, and the replay delivers the event.
+            channel = await connection.channel()
+            queue = await channel.declare_queue("scratch.late_consumer", exclusive=True)
+            await queue.bind(EXCHANGE, "scratch.not_deployed_yet")
+            replayed = await http.post("/v1/admin/outbox/parked/replay", params={"id": str(missing)}, headers=admin)
+            assert replayed.json() == {"replayed": 1}
+            message = await eventually(lambda: queue.get(no_ack=True, fail=False), what="replayed event delivered")
+            assert message.message_id == str(missing)
+            await eventually(lambda: _sent(schema_pool, missing), what="replayed row marked sent")
+
+            # The typo is nobody's: discarded for good.
+            assert (await http.delete(f"/v1/admin/outbox/parked/{typo}", headers=admin)).json() == \
+                {"discarded": str(typo)}
+            gone = await http.delete(f"/v1/admin/outbox/parked/{typo}", headers=admin)
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+            assert (await http.get("/v1/admin/outbox/parked", headers=admin)).json()["data"] == []
+            assert await _outbox_row(schema_pool, typo) is None
+    finally:
+        await connection.close()
+        await relay.stop()
+        await broker.stop()
+
+
+async def _sent(pool, row_id: uuid.UUID) -> bool:
+    return (await _outbox_row(pool, row_id))["state"] == "sent"
+
+
+async def test_retention_deletes_old_sent_and_handled_rows_and_keeps_the_rest(schema_pool):
+    from shared import inbox, service
+
+    week, old, recent = 7 * 24 * 3600, "clock_timestamp() - interval '8 days'", "clock_timestamp() - interval '1 day'"
+    rows = {name: uuid.uuid4() for name in ("old_sent", "recent_sent", "old_pending", "old_parked")}
+    async with db.transaction(schema_pool) as conn:
+        for name, state, published in (("old_sent", "sent", old), ("recent_sent", "sent", recent),
+                                       ("old_pending", "pending", "NULL"), ("old_parked", "parked", "NULL")):
+            await conn.execute(f"INSERT INTO outbox (id, routing_key, body, state, created_at, published_at)"
+                               f" VALUES ($1, 'scratch.x', '{{}}', $2, {old}, {published})", rows[name], state)
+        for i in range(25):  # more than one batch
+            await conn.execute(f"INSERT INTO outbox (id, routing_key, body, state, published_at)"
+                               f" VALUES ($1, 'scratch.x', '{{}}', 'sent', {old})", uuid.uuid4())
+        old_message, recent_message = uuid.uuid4(), uuid.uuid4()
+        await conn.execute(f"INSERT INTO inbox (message_id, consumer, handled_at) VALUES ($1, 'a', {old}),"
+                           f" ($1, 'b', {old}), ($2, 'a', {recent})", old_message, recent_message)
+    assert await outbox.delete_sent(schema_pool, older_than_s=week, batch=10) == 26
+
+    async with db.transaction(schema_pool) as conn:
+        await conn.execute(f"INSERT INTO outbox (id, routing_key, body, state, published_at)"
+                           f" VALUES ($1, 'scratch.x', '{{}}', 'sent', {old})", rows["old_sent"])
+    before = {t: REGISTRY.get_sample_value("retention_deleted_rows_total", {"table": t}) or 0 for t in ("outbox", "inbox")}
+    task = asyncio.create_task(service.retention(schema_pool, outbox_s=week, inbox_s=week, interval_s=3600))
+    try:
+        async def kept():
+            async with schema_pool.acquire() as conn:
+                return ({r["id"] for r in await conn.fetch("SELECT id FROM outbox")},
+                        {(r["message_id"], r["consumer"]) for r in await conn.fetch("SELECT * FROM inbox")})
+        await eventually(lambda: _equal(kept(), ({rows["recent_sent"], rows["old_pending"], rows["old_parked"]},
+                                                 {(recent_message, "a")})), what="old rows deleted")
+        after = {t: REGISTRY.get_sample_value("retention_deleted_rows_total", {"table": t}) for t in before}
+        assert after == {"outbox": before["outbox"] + 1, "inbox": before["inbox"] + 2}
+        async with schema_pool.acquire() as conn:  # what is kept still deduplicates
+            assert await inbox.first_delivery(conn, message_id=recent_message, consumer="a") is False
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _equal(value, expected):
+    value = await value
+    assert value == expected
+    return True
