@@ -17,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared import dlq, messages  # noqa: E402
+from shared import dlq, messages, outbox  # noqa: E402
 
 DOCS = ROOT / "docs"
 # Who publishes each event (through its outbox); consumers are read from each subscribers.py.
@@ -32,8 +32,9 @@ async def _ready() -> dict[str, bool]:
 
 
 def _with_dlq(app):
-    """The dead-letter admin routes `shared.service.serve` adds to every app."""
+    """The dead-letter and parked-outbox admin routes `shared.service.serve` adds to every app."""
     app.include_router(dlq.router(dlq.DeadLetters("amqp://unused/", []), "unused"))
+    app.include_router(outbox.router(None, "unused"))
     return app
 
 
