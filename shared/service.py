@@ -130,6 +130,7 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
 
     # The sans-I/O websockets protocol measured about half the relay overhead of "websockets".
     server = _Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                                    forwarded_allow_ips=settings.forwarded_allow_ips,
                                     log_config=None, access_log=False, ws_ping_interval=None, lifespan="off",
                                     **{"ws": "websockets-sansio", **runtime.server_options}))
     loop = asyncio.get_running_loop()

@@ -53,6 +53,9 @@ class ServiceSettings(BaseSettings):
     events_exchange: str = "browserfleet.events"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # Proxies whose X-Forwarded-For is the client's address (uvicorn's setting of that name):
+    # behind an ingress, its controller's addresses, or every client counts as the proxy.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
     admin_token: SecretStr = SecretStr("")
     plans_file: Path = DEFAULT_PLANS_FILE
     log_level: str = "INFO"
