@@ -181,8 +181,9 @@ class Confinement:
             elif kind == "disposed":
                 self.contexts.discard(how[1])
                 self.created.discard(how[1])
-            elif kind == "targets":
+            elif kind == "targets":  # what it lists is its own: attachable (a reconnect finds its pages so)
                 result["targetInfos"] = [t for t in result.get("targetInfos", []) if self._mine(t)]
+                self.targets.update(t["targetId"] for t in result["targetInfos"])
         return json.dumps(msg)
 
     def _mine(self, info: dict) -> bool:

@@ -267,3 +267,22 @@ async def test_puppeteer_sees_the_session_context_as_its_default_context(browser
     # One context (the default, which is the session's), its own first page only, its own cookies.
     assert a == {"contexts": 1, "pagesBefore": 1, "pagesAfter": 2, "sum": 42, "cookies": ["a_cookie"], "targets": 2}
     assert b["cookies"] == ["b_cookie"] and b["pagesBefore"] == 1 and b["contexts"] == 1
+
+
+async def test_a_page_listed_by_get_targets_can_be_attached_and_other_sessions_still_not(browser, platform):
+    """A client that connects again (keep-alive) or speaks raw CDP finds the session's existing
+    pages with Target.getTargets and attaches to them; another session's pages stay refused."""
+    cdp, contexts = platform
+    async with Relay(browser.ws_url, contexts) as relay:
+        b = await Cdp.connect(relay.url("b"))
+        b_pages = [t["targetId"] for t in (await b.ok("Target.getTargets"))["targetInfos"] if t["type"] == "page"]
+        a = await Cdp.connect(relay.url("a"))
+        pages = [t for t in (await a.ok("Target.getTargets"))["targetInfos"] if t["type"] == "page"]
+        assert len(pages) == 1 and pages[0]["browserContextId"] == contexts["a"]  # warm_pool's first page
+        session = (await a.ok("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True}))["sessionId"]
+        assert (await a.ok("Runtime.evaluate", {"expression": "20 + 22"}, session=session))["result"]["value"] == 42
+        assert (await a.ok("Target.getTargetInfo", {"targetId": pages[0]["targetId"]}))["targetInfo"]["attached"]
+        for target in b_pages:
+            await a.refused("Target.attachToTarget", {"targetId": target, "flatten": True})
+        await a.close()
+        await b.close()
