@@ -32,6 +32,7 @@ from faststream import AckPolicy
 from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import BaseModel, ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, wait_exponential
 
 from shared import metrics
 from shared.db import is_outage
@@ -161,19 +162,15 @@ class Consumers:
                                no_reply=True, decoder=_raw_body)(consume)
 
     async def _handle_through_outages(self, handler, event: BaseModel, qname: str) -> None:
-        deadline = time.monotonic() + self.outage_retry_s
-        pause = 0.2
-        while True:
-            try:
-                return await handler(event)
-            except Exception as exc:
-                if not is_outage(exc) or time.monotonic() + pause > deadline:
-                    raise
-                log.warning("dependency unavailable, retrying in place",
-                            extra={"queue": qname, "error": repr(exc)[:300], "retry_in_s": pause})
-                metrics.MESSAGES_HANDLED.labels(qname, "outage_retry").inc()
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 5.0)
+        """Retry after 0.2, 0.4, … 5 s while a dependency is down, for up to `outage_retry_s`."""
+        def retrying(state: RetryCallState) -> None:
+            log.warning("dependency unavailable, retrying in place", extra={
+                "queue": qname, "error": repr(state.outcome.exception())[:300], "retry_in_s": state.upcoming_sleep})
+            metrics.MESSAGES_HANDLED.labels(qname, "outage_retry").inc()
+
+        await AsyncRetrying(retry=retry_if_exception(is_outage), wait=wait_exponential(multiplier=0.2, max=5.0),
+                            stop=stop_before_delay(self.outage_retry_s), reraise=True,
+                            before_sleep=retrying)(handler, event)
 
     async def declare_dead_letters(self) -> None:
         await declare_dead_letters(self.broker, events=self.events, queue_names=self.queue_names)

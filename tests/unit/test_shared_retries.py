@@ -116,3 +116,32 @@ async def test_the_relay_backs_off_2_4_8_then_10_s_only_while_the_broker_fails(s
     relay.publish_pending, relay._listen = publish_pending, listen
     await relay._drain()
     assert slept == [2, 4, 8, 10, 10]
+
+
+async def test_a_handler_is_retried_in_place_through_an_outage_until_outage_retry_s(slept):
+    from shared.broker import Consumers
+    consumers = Consumers(None, service="scratch", events="events", delivery_limit=3, outage_retry_s=60)
+    calls = []
+
+    async def handler(event):
+        calls.append(event)
+        if len(calls) < 8:
+            raise ConnectionResetError("database restarting")
+
+    await consumers._handle_through_outages(handler, "event", "scratch.q")
+    assert len(calls) == 8 and slept == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+
+    slept.clear()
+    consumers.outage_retry_s = 0.5  # the next pause (0.8 s) would pass it: the outage error is raised
+
+    async def down(event):
+        raise ConnectionResetError("still restarting")
+    with pytest.raises(ConnectionResetError):
+        await consumers._handle_through_outages(down, "event", "scratch.q")
+    assert slept == [0.2, 0.4]
+
+    async def bug(event):
+        raise KeyError("not an outage")
+    with pytest.raises(KeyError):
+        await consumers._handle_through_outages(bug, "event", "scratch.q")
+    assert slept == [0.2, 0.4]
