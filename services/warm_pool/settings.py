@@ -70,6 +70,21 @@ class WarmPoolSettings(ServiceSettings):
     dead_browser_retention_s: float = Field(7 * 24 * 3600, ge=0)
     prune_interval_s: float = Field(3600, gt=0)
 
+    # Context sessions (isolation "context"): BrowserContexts in warm browsers of the tenant's own.
+    contexts_per_browser: int = Field(8, ge=1)
+    # A context host takes no new context after this many, past this age, or once its memory grew
+    # this much over what it held when it started; it is recycled when its last context ends.
+    context_recycle_after: int = Field(200, ge=1)
+    context_host_max_age_s: float = Field(3600, gt=0)
+    context_recycle_memory_growth_mib: int = Field(768, ge=1)
+    # Open hosts kept warm for a tenant whose plan pre-warms browsers and which leased a context
+    # in the last CONTEXT_WARM_WINDOW_S (more follow its context-lease rate).
+    context_prewarm_hosts: int = Field(1, ge=0)
+    context_warm_window_s: float = Field(3600, gt=0)
+    # A first about:blank page in each new context, as a browser of its own starts with.
+    context_first_page: bool = True
+    context_cdp_timeout_s: float = Field(10, gt=0)
+
     # The local backend's sandbox (docs/SECURITY.md). "off" only where namespaces cannot be had,
     # and then this replica serves one tenant only.
     browser_sandbox: Literal["on", "off"] = "on"
@@ -92,6 +107,8 @@ class WarmPoolSettings(ServiceSettings):
         for part in filter(None, (p.strip() for p in value.split(","))):
             if not part.isdigit() or not 0 < int(part) < 65536:
                 raise ValueError(f"BROWSER_HOST_PORTS: {part!r} is not a port number")
+            if int(part) in (53, 9222):  # the browser's own DNS relay and DevTools port
+                raise ValueError(f"BROWSER_HOST_PORTS: {part} is taken inside every browser's sandbox")
         return value
 
     def host_ports(self) -> list[int]:

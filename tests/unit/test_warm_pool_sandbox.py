@@ -124,3 +124,18 @@ def test_each_slot_gets_its_own_pair_of_addresses():
     assert last in ipaddress.ip_network("10.213.0.0/16")
     with pytest.raises(netns.NetworkError):
         host.addresses(host.slots)
+
+
+@pytest.mark.parametrize("value", ["53", "9222", "80,abc", "70000"])
+def test_host_ports_that_cannot_be_relayed_are_refused(value, monkeypatch):
+    from pydantic import ValidationError
+    from services.warm_pool.settings import WarmPoolSettings
+    monkeypatch.setenv("BROWSER_HOST_PORTS", value)
+    with pytest.raises(ValidationError, match="BROWSER_HOST_PORTS"):
+        WarmPoolSettings()
+
+
+def test_host_ports_are_a_sorted_set(monkeypatch):
+    from services.warm_pool.settings import WarmPoolSettings
+    monkeypatch.setenv("BROWSER_HOST_PORTS", "8080, 3000,3000")
+    assert WarmPoolSettings().host_ports() == [3000, 8080]

@@ -133,6 +133,7 @@ class HostNetwork:
         self._forward_was = None
 
     def setup(self) -> None:
+        run_sync("nft", "delete", "table", "inet", self.table, check=False)  # a dead namesake's (pid reuse)
         run_sync("nft", "-f", "-", stdin=host_table(name=self.table, cidr=str(self.cidr),
                                                     extra_blocked=[*host_networks(), *self.blocked]))
         # A browser's /30 is routed to its veth while it lives; the rest of the range (a browser
