@@ -24,7 +24,7 @@ def make_pool(settings: WarmPoolSettings, uow: UnitOfWork) -> Pool:
     backend = LocalChromium(chromium_path=settings.chromium_path, profile_root=settings.profile_root,
                             launch_timeout_s=settings.launch_timeout_s,
                             advertise_host=advertised_host(settings.browser_advertise_host),
-                            sandbox=make_sandbox(settings))
+                            sandbox=make_sandbox(settings), cdp_timeout_s=settings.context_cdp_timeout_s)
     return LocalPool(backend, uow, settings)
 
 

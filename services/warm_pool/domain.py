@@ -58,3 +58,33 @@ def warm_hit_ratio(warm: int, cold: int) -> float:
 
 class TenantRefused(Exception):
     """This host will not run a browser for that tenant (the message says why)."""
+
+
+# --- context hosts (isolation "context") ------------------------------------------------------
+
+def context_spare_slots(*, lease_rate: float, launch_seconds: float) -> int:
+    """Free context slots to keep: the context leases expected while one more host launches,
+    plus Z standard deviations (Poisson), so a lease rarely waits for a launch. A context itself
+    takes milliseconds, so only a host's launch can make a lease cold."""
+    if lease_rate <= 0:
+        return 0
+    during = lease_rate * launch_seconds
+    return math.ceil(during + Z * math.sqrt(during) + 0.5)
+
+
+def context_hosts_target(*, baseline: int, active: int, spare: int, per_browser: int, max_concurrent: int) -> int:
+    """Open context hosts (taking new contexts) to keep for a tenant: room for its active contexts
+    plus the spare slots, never below the baseline (warm hosts of a tenant that uses contexts),
+    never more than its concurrency limit could fill."""
+    wanted = math.ceil((active + spare) / per_browser)
+    cap = max(baseline, math.ceil(max_concurrent / per_browser))
+    return max(baseline, min(wanted, cap))
+
+
+def context_launches_needed(*, target: int, open_hosts: int, launching: int, host_free: int) -> int:
+    return max(0, min(target - open_hosts - launching, host_free))
+
+
+def excess_context_hosts(*, target: int, open_hosts: int, launching: int, empty: int) -> int:
+    """Empty open hosts beyond the target (a host serving a context is never retired)."""
+    return max(0, min(empty, open_hosts + launching - target))

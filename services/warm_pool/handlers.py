@@ -2,7 +2,8 @@
 ClusterPool) and the unit of work `uow` (ports.UnitOfWork).
 
 The database is the coordinator: every browser is a row whose state moves
-launching → idle → leased → retiring → dead (or launching → leased for on-demand launches).
+launching → idle → leased → retiring → dead (or launching → leased for on-demand launches);
+a context host's launching → hosting → retiring → dead, its contexts rows of their own.
 """
 import asyncio
 import logging
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from services.warm_pool import metrics
 from services.warm_pool.ports import Pool, Row, UnitOfWork
-from services.warm_pool.pools import crashed
+from services.warm_pool.pools import context_reply, report_gone
 from shared.messages import (LeaseReply, LeaseRequest, SessionCompleted, SessionStarted, SubscriptionChanged,
                              TenantProvisioned)
 from shared.plans import UnknownPlan, get_plan
@@ -22,6 +23,8 @@ VIEW_RATE_WINDOW_S = 60
 # --- lease RPC -------------------------------------------------------------------------------
 
 async def lease(req: LeaseRequest, *, pool: Pool, uow: UnitOfWork) -> LeaseReply:
+    if req.isolation == "context":
+        return await lease_context(req, pool=pool, uow=uow)
     reply = await pool.take_idle(req)  # the common case, in one round trip
     if reply is not None:
         return reply
@@ -38,6 +41,18 @@ async def lease(req: LeaseRequest, *, pool: Pool, uow: UnitOfWork) -> LeaseReply
     return await pool.lease_new(req, tenant=tenant)
 
 
+async def lease_context(req: LeaseRequest, *, pool: Pool, uow: UnitOfWork) -> LeaseReply:
+    reply = await context_reply(uow, req.session_id)
+    if reply is not None:  # a retried request: the same answer, never a second context
+        return reply
+    async with uow.connect() as tx:
+        tenant = await tx.repo.get_tenant(tenant_id=req.tenant_id)
+    if tenant is None or tenant["status"] != "active":
+        metrics.CONTEXT_LEASES.labels("unknown_tenant").inc()
+        return LeaseReply(ok=False, error="unknown_tenant")
+    return await pool.lease_context(req, tenant=tenant)
+
+
 # --- pool maintenance ------------------------------------------------------------------------
 
 async def check_crashes(*, pool: Pool, uow: UnitOfWork) -> None:
@@ -49,9 +64,9 @@ async def check_crashes(*, pool: Pool, uow: UnitOfWork) -> None:
             if before is None or before["state"] == "retiring":
                 continue
             metrics.CRASHES.labels(before["state"]).inc()
-            log.warning("browser died", extra={"browser_id": str(browser_id), "state": before["state"]})
-            if before["state"] == "leased":
-                await tx.publish(crashed(browser_id, before))
+            reported = await report_gone(tx, browser_id, before)
+            log.warning("browser died", extra={"browser_id": str(browser_id), "state": before["state"],
+                                               "sessions": reported})
         pool.request_refill(before["tenant_id"])
 
 
@@ -59,12 +74,16 @@ async def reconcile(*, pool: Pool, uow: UnitOfWork, confirm_timeout_s: float) ->
     """One pass: reclaim unconfirmed leases, then the pool's own pass (retired browsers, sizes)."""
     async with uow.begin() as tx:
         await tx.repo.reclaim_unconfirmed(timeout_s=confirm_timeout_s)
+        await tx.repo.reclaim_unconfirmed_contexts(timeout_s=confirm_timeout_s)  # disposed by pool.reconcile
     await pool.reconcile()
     async with uow.connect() as tx:
         counts = await tx.repo.own_counts(replica_id=pool.replica_id)
+        contexts = await tx.repo.own_context_counts(replica_id=pool.replica_id)
     metrics.IDLE.set(counts.get("idle", 0))
     metrics.LEASED.set(counts.get("leased", 0))
     metrics.LAUNCHING.set(counts.get("launching", 0))
+    metrics.CONTEXT_HOSTS.set(contexts["hosts"])
+    metrics.ACTIVE_CONTEXTS.set(contexts["active"])
 
 
 async def prune(*, uow: UnitOfWork, retention_s: float) -> int:
@@ -106,13 +125,22 @@ async def session_started(event: SessionStarted, *, uow: UnitOfWork) -> None:
     async with uow.begin() as tx:
         if await tx.first_delivery(event.message_id):
             await tx.repo.confirm(browser_id=event.browser_id, session_id=event.session_id)
+            await tx.repo.confirm_context(session_id=event.session_id)
 
 
 async def session_completed(event: SessionCompleted, *, pool: Pool, uow: UnitOfWork) -> None:
     async with uow.begin() as tx:
         if not await tx.first_delivery(event.message_id):
             return
-        rows = await tx.repo.retire_session(session_id=event.session_id, browser_id=event.browser_id)
+        # A context session: its context goes, its host (event.browser_id) stays. retire_session
+        # leaves context hosts alone too, so a context that ended already changes nothing.
+        context = await tx.repo.context_ending(session_id=event.session_id)
+        rows = [] if context else await tx.repo.retire_session(session_id=event.session_id,
+                                                               browser_id=event.browser_id)
+    if context is not None:
+        if pool.may_destroy(context):  # else its host's replica disposes it at its next reconcile
+            await pool.end_context(event.session_id)
+        return
     # The retired browsers this replica may kill (the others' owners do it), then refill.
     await asyncio.gather(*(pool.kill(r["id"]) for r in rows if pool.may_destroy(r)))
     for tenant_id in {r["tenant_id"] for r in rows}:

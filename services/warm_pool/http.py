@@ -17,6 +17,7 @@ def create_app(runtime: Runtime, *, uow: UnitOfWork) -> FastAPI:
         return {"replica_id": runtime.settings.replica_id, "max_browsers": runtime.settings.max_browsers,
                 "tenants": [{"tenant_id": str(r["tenant_id"]), "plan": r["plan"], "status": r["status"],
                              "prewarm": r["prewarm"], "idle": r["idle"], "leased": r["leased"],
-                             "launching": r["launching"]} for r in rows]}
+                             "launching": r["launching"], "context_hosts": r["context_hosts"],
+                             "active_contexts": r["active_contexts"]} for r in rows]}
 
     return app

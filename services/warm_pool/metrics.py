@@ -17,3 +17,9 @@ SANDBOX_REFUSED = Counter("warm_pool_sandbox_refused_total",
 MEMORY_KILLS = Counter("warm_pool_browser_memory_kills_total", "Browsers killed at their cgroup's memory limit")
 PRUNED = Counter("warm_pool_dead_browsers_pruned_total",
                  "Rows of dead browsers deleted after DEAD_BROWSER_RETENTION_S (by any replica's prune)")
+CONTEXT_HOSTS = Gauge("warm_pool_context_hosts", "Browsers hosting context sessions on this replica")
+ACTIVE_CONTEXTS = Gauge("warm_pool_active_contexts", "Context sessions' BrowserContexts live in this replica's hosts")
+CONTEXT_LEASES = Counter("warm_pool_context_leases_total", "Context lease requests answered",
+                         ["result"])  # warm | cold | no_capacity | error
+CONTEXT_HOSTS_RECYCLED = Counter("warm_pool_context_hosts_recycled_total",
+                                 "Empty context hosts retired (served, age, memory, excess, drained)")

@@ -60,6 +60,14 @@ class ClusterPool:
         self.stats.record(True)
         return LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=claimed.cdp_ws_url, warm=True)
 
+    async def lease_context(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
+        metrics.CONTEXT_LEASES.labels("error").inc()
+        return LeaseReply(ok=False, error="error",
+                          message="isolation \"context\" is not available on the kubernetes backend yet")
+
+    async def end_context(self, session_id: UUID) -> None:
+        pass  # no context is ever leased here
+
     def request_refill(self, tenant_id: UUID) -> None:
         pass  # the ReplicaSet replaces a leased pod at once
 

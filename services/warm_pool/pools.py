@@ -4,13 +4,14 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from uuid import UUID
 
 from services.warm_pool import domain, metrics
-from services.warm_pool.ports import Row, UnitOfWork
-from shared.messages import BrowserCrashed, utcnow
+from services.warm_pool.ports import Row, Tx, UnitOfWork
+from shared.messages import BrowserCrashed, LeaseReply, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,43 @@ async def mark_dead(uow: UnitOfWork, browser_id: UUID) -> Row | None:
 
 
 async def mark_dead_and_report(uow: UnitOfWork, browser_id: UUID) -> None:
-    """Dead; if it was serving a session, sessions hears that its browser is gone."""
+    """Dead; if it was serving sessions, sessions hears that their browser is gone."""
     async with uow.begin() as tx:
         before = await tx.repo.mark_dead(browser_id=browser_id)
-        if before is not None and before["state"] == "leased":
-            await tx.publish(crashed(browser_id, before))
+        if before is not None:
+            await report_gone(tx, browser_id, before)
+
+
+async def report_gone(tx: Tx, browser_id: UUID, before: Row) -> int:
+    """One browser_crashed per session the browser served: a leased browser's session, or each
+    context session a host held (their contexts end with it). How many were reported."""
+    if before["state"] == "leased":
+        await tx.publish(crashed(browser_id, before))
+        return 1
+    if before["state"] != "hosting":
+        return 0
+    sessions = await tx.repo.crash_contexts(browser_id=browser_id)
+    for session_id in sessions:
+        await tx.publish(crashed(browser_id, {**before, "session_id": session_id}))
+    return len(sessions)
+
+
+async def context_reply(uow: UnitOfWork, session_id: UUID, *, wait_s: float = 10) -> LeaseReply | None:
+    """The answer already given (or being given) to this session's context lease; None if it has
+    none. A lease still creating its context is waited for, so a retry gets the same answer."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        async with uow.connect() as tx:
+            row = await tx.repo.context_for_session(session_id=session_id)
+        if row is None:
+            return None
+        if row["state"] == "active":
+            return LeaseReply(ok=True, browser_id=row["browser_id"], cdp_ws_url=row["cdp_ws_url"],
+                              warm=bool(row["warm"]), context_id=row["context_id"],
+                              downloads_path=row["downloads_path"])
+        if row["state"] != "creating" or time.monotonic() >= deadline:
+            return LeaseReply(ok=False, error="error")
+        await asyncio.sleep(0.05)
 
 
 def crashed(browser_id: UUID, before: Row) -> BrowserCrashed:

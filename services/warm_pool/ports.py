@@ -45,6 +45,13 @@ class Pool(Protocol):
     async def lease_new(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
         """No ready browser and no earlier answer to this session: get one, or answer no_capacity."""
 
+    async def lease_context(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
+        """A fresh BrowserContext in a context host of the tenant with room (launching one if none
+        has), for a session with no earlier answer."""
+
+    async def end_context(self, session_id: UUID) -> None:
+        """Dispose an 'ending' context of this replica's hosts, remove its downloads, free its slot."""
+
     def request_refill(self, tenant_id: UUID) -> None:
         """Bring the tenant's ready browsers back to target, in the background."""
 
@@ -95,6 +102,18 @@ class ProcessBackend(Protocol):
 
     def prioritize(self, *, pid: int | None, host: str) -> None:
         """A leased browser gets normal CPU priority (pool browsers wait at the lowest)."""
+
+    async def open_context(self, browser_id: UUID, *, cdp_ws_url: str, session_id: UUID,
+                           first_page: bool) -> Any:
+        """A fresh BrowserContext (`.context_id`) whose downloads go to its own new directory
+        (`.downloads_path`, as the browser sees it)."""
+
+    async def close_context(self, browser_id: UUID, *, cdp_ws_url: str, context_id: str | None,
+                            session_id: UUID) -> None:
+        """Dispose the context and remove its downloads directory."""
+
+    def memory_bytes(self, browser_id: UUID) -> int | None:
+        """The browser's memory now (None if unknown)."""
 
     async def kill(self, browser_id: UUID) -> None: ...
     def exited(self) -> list[UUID]: ...

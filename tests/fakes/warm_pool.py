@@ -71,7 +71,7 @@ class FakeRepository:
         return sum(1 for b in self._browsers(replica_id=replica_id) if b["state"] != "dead")
 
     async def insert_browser(self, *, browser_id, tenant_id, replica_id, owner_pid, host, session_id=None,
-                             warm=False):
+                             warm=False, mode="browser"):
         assert tenant_id in self.s.tenants, "browsers.tenant_id references tenants"
         self._session_taken(session_id)
         self.s.browsers[browser_id] = {
@@ -79,7 +79,8 @@ class FakeRepository:
             "host": host, "state": "launching", "session_id": session_id,
             "warm": None if session_id is None else warm, "pid": None, "port": None, "profile_dir": None,
             "pod": None, "cdp_ws_url": None, "created_at": self._now(), "ready_at": None, "leased_at": None,
-            "confirmed_at": None, "ended_at": None, "seq": next(self.s.seq)}
+            "confirmed_at": None, "ended_at": None, "seq": next(self.s.seq), "mode": mode,
+            "contexts_served": 0, "active_contexts": 0, "recycle": False}
 
     async def mark_ready(self, *, browser_id, state, pid, port, profile_dir, cdp_ws_url, pod=None):
         b = self.s.browsers.get(browser_id)
@@ -96,12 +97,13 @@ class FakeRepository:
         return bool(rows)
 
     async def retire_session(self, *, session_id, browser_id):
-        return self._retire([b for b in self.s.browsers.values() if b["state"] in LIVE
+        return self._retire([b for b in self.s.browsers.values() if b["state"] in LIVE and b["mode"] == "browser"
                              and (b["session_id"] == session_id or b["id"] == browser_id)])
 
     async def retire_tenant(self, *, tenant_id, with_leased=False):
         states = LIVE if with_leased else ("launching", "idle")
-        return self._retire([b for b in self._browsers(tenant_id=tenant_id) if b["state"] in states])
+        return self._retire([b for b in self._browsers(tenant_id=tenant_id) if b["state"] in states
+                             or (b["state"] == "hosting" and b["active_contexts"] == 0)])
 
     async def retire_idle(self, *, tenant_id, replica_id, count):
         idle = sorted(self._browsers(tenant_id=tenant_id, replica_id=replica_id, state="idle"),
@@ -150,8 +152,11 @@ class FakeRepository:
                 continue
             mine = self._browsers(tenant_id=t["tenant_id"])
             out.append({**t, "idle": sum(b["state"] == "idle" for b in mine),
-                        "launching": sum(b["state"] == "launching" and b["session_id"] is None for b in mine),
+                        "launching": sum(b["state"] == "launching" and b["session_id"] is None
+                                         and b["mode"] == "browser" for b in mine),
                         "leased": sum(b["state"] == "leased" for b in mine),
+                        "context_hosts": sum(b["state"] == "hosting" for b in mine),
+                        "active_contexts": sum(b["active_contexts"] for b in mine if b["state"] == "hosting"),
                         "recent_leases": sum(b["leased_at"] is not None and b["leased_at"] > since for b in mine)})
         return out
 
@@ -166,7 +171,131 @@ class FakeRepository:
         old = [b["id"] for b in self._browsers(state="dead") if b["ended_at"] < self._now() - older_than_s]
         for browser_id in old:
             del self.s.browsers[browser_id]
+        for session_id in [c["session_id"] for c in self.s.contexts.values() if c["browser_id"] in old]:
+            del self.s.contexts[session_id]  # ON DELETE CASCADE
         return len(old)
+
+    # --- context hosts and their contexts
+
+    def _open(self, b, *, recycle_after, max_age_s) -> bool:
+        return (b["state"] == "hosting" and not b["recycle"] and b["contexts_served"] < recycle_after
+                and b["ready_at"] > self._now() - max_age_s)
+
+    async def claim_context(self, *, tenant_id, replica_id, session_id, per_browser, recycle_after, max_age_s,
+                            warm):
+        if session_id in self.s.contexts:
+            raise asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
+        hosts = sorted((b for b in self._browsers(tenant_id=tenant_id, replica_id=replica_id)
+                        if self._open(b, recycle_after=recycle_after, max_age_s=max_age_s)
+                        and b["active_contexts"] < per_browser),
+                       key=lambda b: (-b["active_contexts"], b["ready_at"], b["seq"]))
+        if not hosts:
+            return None
+        b = hosts[0]
+        b["active_contexts"] += 1
+        b["contexts_served"] += 1
+        self.s.contexts[session_id] = {"session_id": session_id, "browser_id": b["id"], "tenant_id": tenant_id,
+                                       "state": "creating", "warm": warm, "context_id": None,
+                                       "downloads_path": None, "created_at": self._now(), "confirmed_at": None,
+                                       "ended_at": None}
+        return dict(b)
+
+    async def context_for_session(self, *, session_id):
+        c = self.s.contexts.get(session_id)
+        if c is None:
+            return None
+        b = self.s.browsers[c["browser_id"]]
+        return {**c, "cdp_ws_url": b["cdp_ws_url"], "replica_id": b["replica_id"]}
+
+    async def context_opened(self, *, session_id, context_id, downloads_path):
+        c = self.s.contexts.get(session_id)
+        if c is None or c["state"] != "creating":
+            return False
+        c.update(state="active", context_id=context_id, downloads_path=downloads_path)
+        return True
+
+    async def confirm_context(self, *, session_id):
+        c = self.s.contexts.get(session_id)
+        if c is not None and c["state"] == "active":
+            c["confirmed_at"] = self._now()
+
+    async def context_ending(self, *, session_id):
+        c = self.s.contexts.get(session_id)
+        if c is None or c["state"] not in ("creating", "active"):
+            return None
+        c["state"] = "ending"
+        return {"session_id": session_id, "browser_id": c["browser_id"], "tenant_id": c["tenant_id"],
+                "replica_id": self.s.browsers[c["browser_id"]]["replica_id"]}
+
+    async def context_ended(self, *, session_id, failed=False):
+        c = self.s.contexts.get(session_id)
+        if c is None or c["state"] not in ("creating", "active", "ending"):
+            return None
+        c.update(state="failed" if failed else "ended", ended_at=self._now())
+        b = self.s.browsers[c["browser_id"]]
+        b["active_contexts"] -= 1
+        assert b["active_contexts"] >= 0, "browsers.active_contexts >= 0"
+        b["recycle"] = b["recycle"] or failed
+        return b["id"]
+
+    async def crash_contexts(self, *, browser_id):
+        reported = []
+        for c in self.s.contexts.values():
+            if c["browser_id"] == browser_id and c["state"] in ("creating", "active", "ending"):
+                if c["state"] == "active":
+                    reported.append(c["session_id"])
+                c.update(state="crashed", ended_at=self._now())
+        return reported
+
+    async def reclaim_unconfirmed_contexts(self, *, timeout_s):
+        out = []
+        for c in self.s.contexts.values():
+            if c["state"] == "active" and c["confirmed_at"] is None and c["created_at"] < self._now() - timeout_s:
+                c["state"] = "ending"
+                out.append(c["session_id"])
+        return out
+
+    async def own_ending_contexts(self, *, replica_id):
+        return [c["session_id"] for c in self.s.contexts.values()
+                if c["state"] == "ending" and self.s.browsers[c["browser_id"]]["replica_id"] == replica_id]
+
+    async def flag_recycle(self, *, browser_id):
+        self.s.browsers[browser_id]["recycle"] = True
+
+    async def retire_done_hosts(self, *, replica_id, recycle_after, max_age_s, browser_id=None):
+        done = [b for b in self._browsers(replica_id=replica_id, state="hosting", active_contexts=0)
+                if (browser_id is None or b["id"] == browser_id)
+                and (b["recycle"] or b["contexts_served"] >= recycle_after
+                     or self.s.tenants[b["tenant_id"]]["status"] != "active"
+                     or b["ready_at"] <= self._now() - max_age_s)]
+        return [r["id"] for r in self._retire(done)]
+
+    async def retire_empty_hosts(self, *, tenant_id, replica_id, count):
+        empty = sorted(self._browsers(tenant_id=tenant_id, replica_id=replica_id, state="hosting", active_contexts=0),
+                       key=lambda b: -b["contexts_served"])[:count]
+        return [r["id"] for r in self._retire(empty)]
+
+    async def context_pools(self, *, replica_id, rate_window_s, warm_window_s, recycle_after, max_age_s,
+                            tenant_id=None):
+        out = []
+        for t in sorted(self.s.tenants.values(), key=lambda t: t["tenant_id"]):
+            if tenant_id is not None and t["tenant_id"] != tenant_id:
+                continue
+            hosts = [b for b in self._browsers(tenant_id=t["tenant_id"], replica_id=replica_id, mode="context")]
+            open_ = [b for b in hosts if self._open(b, recycle_after=recycle_after, max_age_s=max_age_s)]
+            mine = [c for c in self.s.contexts.values() if c["tenant_id"] == t["tenant_id"]]
+            out.append({"tenant_id": t["tenant_id"], "status": t["status"], "prewarm": t["prewarm"],
+                        "max_concurrent": t["max_concurrent"],
+                        "launching": sum(b["state"] == "launching" for b in hosts),
+                        "open_hosts": len(open_), "empty_hosts": sum(b["active_contexts"] == 0 for b in open_),
+                        "open_active": sum(b["active_contexts"] for b in open_),
+                        "recent_contexts": sum(c["created_at"] > self._now() - rate_window_s for c in mine),
+                        "uses_contexts": any(c["created_at"] > self._now() - warm_window_s for c in mine)})
+        return out
+
+    async def own_context_counts(self, *, replica_id):
+        hosts = self._browsers(replica_id=replica_id, state="hosting")
+        return {"hosts": len(hosts), "active": sum(b["active_contexts"] for b in hosts)}
 
 
 class FakeTx:
@@ -188,6 +317,7 @@ class FakeUnitOfWork:
     def __init__(self) -> None:
         self.tenants: dict[UUID, dict] = {}
         self.browsers: dict[UUID, dict] = {}
+        self.contexts: dict[UUID, dict] = {}  # by session_id
         self.outbox: list = []
         self.inbox: set[UUID] = set()
         self.clock = 0.0
@@ -196,11 +326,11 @@ class FakeUnitOfWork:
 
     @asynccontextmanager
     async def begin(self):
-        saved = copy.deepcopy((self.tenants, self.browsers, self.outbox, self.inbox))
+        saved = copy.deepcopy((self.tenants, self.browsers, self.contexts, self.outbox, self.inbox))
         try:
             yield FakeTx(self)
         except BaseException:
-            self.tenants, self.browsers, self.outbox, self.inbox = saved
+            self.tenants, self.browsers, self.contexts, self.outbox, self.inbox = saved
             raise
         self.commits += 1
 
@@ -211,6 +341,9 @@ class FakeUnitOfWork:
     def rows(self, **where) -> list[dict]:
         return [b for b in self.browsers.values() if all(b[k] == v for k, v in where.items())]
 
+    def context_rows(self, **where) -> list[dict]:
+        return [c for c in self.contexts.values() if all(c[k] == v for k, v in where.items())]
+
 
 @dataclass(frozen=True)
 class Started:
@@ -220,11 +353,23 @@ class Started:
     cdp_ws_url: str
 
 
+@dataclass(frozen=True)
+class Opened:
+    context_id: str
+    downloads_path: str
+
+
 class FakeProcessBackend:
-    """Browsers that start at once (or when `gate` opens), die when told to (`crash`)."""
+    """Browsers that start at once (or when `gate` opens), die when told to (`crash`); a context
+    host's contexts are `contexts[browser_id]` (context_id → session_id)."""
 
     def __init__(self) -> None:
         self.running: dict[UUID, Started] = {}
+        self.contexts: dict[UUID, dict[str, UUID]] = {}
+        self.first_pages: list[str] = []
+        self.fail_contexts = False
+        self.memory: dict[UUID, int] = {}
+        self._context_ids = itertools.count(1)
         self.launches: list[dict] = []
         self.killed: list[UUID] = []
         self.prioritized: list[int] = []
@@ -254,8 +399,27 @@ class FakeProcessBackend:
     def prioritize(self, *, pid, host):
         self.prioritized.append(pid)
 
+    async def open_context(self, browser_id, *, cdp_ws_url, session_id, first_page):
+        await asyncio.sleep(0)
+        if self.fail_contexts or browser_id not in self.running:
+            raise RuntimeError("Target.createBrowserContext failed")
+        context_id = f"CTX{next(self._context_ids):04d}"
+        self.contexts.setdefault(browser_id, {})[context_id] = session_id
+        if first_page:
+            self.first_pages.append(context_id)
+        return Opened(context_id=context_id, downloads_path=f"/browser/downloads/{session_id}")
+
+    async def close_context(self, browser_id, *, cdp_ws_url, context_id, session_id):
+        await asyncio.sleep(0)
+        if context_id is not None and self.contexts.get(browser_id, {}).pop(context_id, None) is None:
+            raise RuntimeError("Failed to find context")
+
+    def memory_bytes(self, browser_id):
+        return self.memory.get(browser_id)
+
     async def kill(self, browser_id):
         self.running.pop(browser_id, None)
+        self.contexts.pop(browser_id, None)
         self.killed.append(browser_id)
 
     def crash(self, browser_id) -> None:

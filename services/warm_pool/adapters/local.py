@@ -22,6 +22,7 @@ from uuid import UUID
 import httpx
 
 from services.warm_pool import domain, metrics
+from services.warm_pool.adapters.contexts import ContextHosts, OpenedContext
 from services.warm_pool.adapters.expose import PortForwarder
 from services.warm_pool.adapters.sandbox import Prepared, Sandbox
 
@@ -147,8 +148,9 @@ class TenantRefused(LaunchFailed, domain.TenantRefused):
 
 class LocalChromium:
     def __init__(self, *, chromium_path: str, profile_root: Path, launch_timeout_s: float = 20,
-                 advertise_host: str | None = None, sandbox: Sandbox | None = None):
+                 advertise_host: str | None = None, sandbox: Sandbox | None = None, cdp_timeout_s: float = 10):
         self.chromium_path = chromium_path
+        self.contexts = ContextHosts(timeout_s=cdp_timeout_s)
         self.advertise_host = advertise_host
         self.sandbox = sandbox
         self._forwarder = PortForwarder() if advertise_host else None
@@ -264,6 +266,32 @@ class LocalChromium:
                     return port, resp.json()["webSocketDebuggerUrl"]
             await asyncio.sleep(0.03 if devtools is None else 0.01)
 
+    # --- context hosts -----------------------------------------------------------------------
+
+    def _home(self, browser_id: UUID) -> tuple[Path, str]:
+        """The browser's writable home on the host, and as the browser sees it."""
+        if self.sandbox is not None:
+            return self._dir(browser_id) / "home", "/browser"
+        return self._dir(browser_id), str(self._dir(browser_id))
+
+    async def open_context(self, browser_id: UUID, *, cdp_ws_url: str, session_id: UUID,
+                           first_page: bool) -> OpenedContext:
+        home, seen_as = self._home(browser_id)
+        return await self.contexts.open(browser_id, cdp_ws_url=cdp_ws_url, home=home, browser_home=seen_as,
+                                        session_id=session_id, first_page=first_page)
+
+    async def close_context(self, browser_id: UUID, *, cdp_ws_url: str, context_id: str | None,
+                            session_id: UUID) -> None:
+        await self.contexts.close_context(browser_id, cdp_ws_url=cdp_ws_url, context_id=context_id,
+                                          home=self._home(browser_id)[0], session_id=session_id)
+
+    def memory_bytes(self, browser_id: UUID) -> int | None:
+        """What the browser's sandbox holds in memory (its cgroup's), None unsandboxed."""
+        prepared = self._sandboxed.get(browser_id)
+        if prepared is None or self.sandbox is None or self.sandbox.cgroups is None:
+            return None
+        return self.sandbox.cgroups.memory_current(prepared.cgroup)
+
     def prioritize(self, *, pid: int | None, host: str) -> None:
         """Give a leased browser normal CPU priority (needs CAP_SYS_NICE; without it, it stays low)."""
         if pid and host == socket.gethostname():
@@ -286,6 +314,7 @@ class LocalChromium:
 
     async def kill(self, browser_id: UUID) -> None:
         """SIGKILL the browser's whole process group, reap it, release its sandbox, remove its directory."""
+        await self.contexts.forget(browser_id)
         proc = self._procs.pop(browser_id, None)
         prepared = self._sandboxed.pop(browser_id, None)
         if self._forwarder is not None:
@@ -309,6 +338,7 @@ class LocalChromium:
     async def close(self) -> None:
         self._closed = True
         await self.kill_all()
+        await self.contexts.close()
         await self._http.aclose()
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.stop)
