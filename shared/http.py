@@ -164,6 +164,12 @@ class _Limits:
         self.app, self.max_body_bytes, self.body_limits, self.failures = app, max_body_bytes, body_limits, failures
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":  # a handshake may carry a credential too (/v1/connect)
+            token = _client.set((self.failures, client_address(scope)))
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                _client.reset(token)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.body_limits.get(scope["path"], self.max_body_bytes)

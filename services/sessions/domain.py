@@ -127,6 +127,7 @@ def session_view(row) -> dict:
         "id": str(row["id"]),
         "status": row["status"],
         "browser": row["browser"],
+        "isolation": row["isolation"],
         "warm": row["warm"],
         "keep_alive": row["keep_alive"],
         "timeout_s": row["timeout_s"],

@@ -10,12 +10,19 @@ replicas; the next handshake gets 429), and a message over `max_message_bytes` e
 closes its relay with 1009, decided from the frame header by the websockets library on both
 sides (uvicorn's `ws_max_size` for clients, `max_size` towards the browser): nothing of it is
 buffered. The session itself goes on.
+
+Context sessions (isolation "context") relay through `confine.Confinement`: the client sees
+only its own BrowserContext of a shared browser; `Browser.close` ends its session, and when
+the relay closes, the contexts the client created are disposed. Browser sessions keep the
+plain byte relay.
 """
 import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import unquote
 from uuid import UUID
 
 import asyncpg
@@ -25,7 +32,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from services.sessions import domain, repository as repo
+from services.sessions import confine, domain, repository as repo
 from services.sessions.adapters import cdp
 from services.sessions.metrics import RELAYED_BYTES, RELAYED_FRAMES, RELAYS_OPEN
 from shared.http import error_response
@@ -34,18 +41,29 @@ log = logging.getLogger(__name__)
 # Label lookups once, not per frame: the relay is on the hot path of every CDP round trip.
 _FRAMES_IN, _BYTES_IN = RELAYED_FRAMES.labels("to_browser"), RELAYED_BYTES.labels("to_browser")
 _FRAMES_OUT, _BYTES_OUT = RELAYED_FRAMES.labels("to_client"), RELAYED_BYTES.labels("to_client")
-TOO_BIG = "too_big"
+TOO_BIG, BROWSER_CLOSE = "too_big", "browser_close"
+EndSession = Callable[[UUID], Awaitable[None]]  # ends a session as its client asked (end_reason client)
 
 
 class RedactTokens(logging.Filter):
-    """Keeps CDP URL tokens out of the server's access and websocket logs."""
-    PATTERN = re.compile(r"token=[^\s&\"']+")
+    """Keeps secrets of URLs (the CDP `token`, /v1/connect's `api_key`) out of the server's
+    access and websocket logs. A name is compared percent-decoded, as the query is parsed:
+    `api%5Fkey=` authenticates too, so it must not be logged either."""
+    PARAM = re.compile(r"([?&;])([^=&;\s\"'?]+)=([^\s&;\"']*)")
+    SECRET = frozenset({"token", "api_key"})
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "token=" in message:
-            record.msg, record.args = self.PATTERN.sub("token=[redacted]", message), None
+        if "=" in message:
+            redacted = self.PARAM.sub(self._redact, message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
         return True
+
+    def _redact(self, match: re.Match) -> str:
+        if unquote(match.group(2)).strip().lower() in self.SECRET:
+            return f"{match.group(1)}{match.group(2)}=[redacted]"
+        return match.group(0)
 
 
 class ServerProtocol(WebSocketsSansIOProtocol):
@@ -108,23 +126,46 @@ class Limits:
 
 
 async def serve(ws: WebSocket, *, session_id: UUID, token: str | None, pool: asyncpg.Pool,
-                relays: Relays, limits: Limits) -> None:
+                relays: Relays, limits: Limits, end_session: EndSession) -> None:
     async with pool.acquire() as conn:
         row = await repo.get_session(conn, session_id=session_id)
     if (row is None or not token or not domain.secret_matches(token, row["token_hash"])
             or row["status"] != "running"):
         await ws.close(code=1008)  # before accept: the handshake is refused with 403
         return
-    ended = relays.add(session_id)  # before counting in: an end from now on is heard
+    await _registered(ws, row, pool=pool, relays=relays, limits=limits, end_session=end_session)
+
+
+async def serve_created(ws: WebSocket, *, session_id: UUID, pool: asyncpg.Pool, relays: Relays, limits: Limits,
+                        end_session: EndSession) -> None:
+    """The relay of a session /v1/connect has just created (or replayed, by its Idempotency-Key)."""
+    async with pool.acquire() as conn:
+        row = await repo.get_session(conn, session_id=session_id)
+    if row is None or row["status"] != "running":
+        await ws.send_denial_response(error_response(409, "session_ended", "the session of this "
+                                                     "Idempotency-Key is not running any more"))
+        return
+    await _registered(ws, row, pool=pool, relays=relays, limits=limits, end_session=end_session)
+
+
+async def _registered(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limits: Limits,
+                      end_session: EndSession) -> None:
+    ended = relays.add(row["id"])  # before counting in: an end from now on is heard
     try:
-        await _relay(ws, row, pool=pool, relays=relays, limits=limits, ended=ended)
+        await _relay(ws, row, pool=pool, relays=relays, limits=limits, ended=ended, end_session=end_session)
     finally:
-        relays.remove(session_id, ended)
+        relays.remove(row["id"], ended)
 
 
 async def _relay(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limits: Limits,
-                 ended: asyncio.Future) -> None:
+                 ended: asyncio.Future, end_session: EndSession) -> None:
     session_id = row["id"]
+    confinement = None
+    if row["isolation"] == "context":
+        if not row["context_id"]:  # never unconfined (create refuses such a lease already)
+            await ws.close(code=1011)
+            return
+        confinement = confine.Confinement(context_id=row["context_id"], downloads_path=row["downloads_path"])
     # Counting in is a write (it enforces the relay cap across replicas), connecting is a round
     # trip to the browser: side by side, the handshake waits for the slower one only.
     counted, upstream = await asyncio.gather(
@@ -149,11 +190,22 @@ async def _relay(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limi
         RELAYS_OPEN.inc()
         try:
             await ws.accept()
-            tasks = [asyncio.create_task(_client_to_browser(ws, upstream, session_id, relays, limits)),
-                     asyncio.create_task(_browser_to_client(ws, upstream, session_id, relays))]
+            if confinement is None:
+                tasks = [asyncio.create_task(_client_to_browser(ws, upstream, session_id, relays, limits)),
+                         asyncio.create_task(_browser_to_client(ws, upstream, session_id, relays))]
+            else:
+                tasks = [asyncio.create_task(_confined_client_to_browser(ws, upstream, session_id, relays, limits,
+                                                                         confinement)),
+                         asyncio.create_task(_confined_browser_to_client(ws, upstream, session_id, relays,
+                                                                         confinement))]
             done, _ = await asyncio.wait([*tasks, ended], return_when=asyncio.FIRST_COMPLETED)
+            browser_close = tasks[0] in done and tasks[0].result() == BROWSER_CLOSE
+            if browser_close:  # a context client's Browser.close ends its session, not the browser
+                await _end_own(end_session, session_id)
             with contextlib.suppress(Exception):
-                if ended in done:
+                if browser_close:
+                    await ws.close(code=domain.close_code("client"), reason="session ended: client")
+                elif ended in done:
                     reason = ended.result()
                     await ws.close(code=domain.close_code(reason), reason=f"session ended: {reason}")
                 elif tasks[1] in done and tasks[1].result() == TOO_BIG:
@@ -171,6 +223,8 @@ async def _relay(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limi
         await asyncio.gather(*tasks, return_exceptions=True)
         if not isinstance(upstream, BaseException):
             with contextlib.suppress(Exception):
+                for frame in confinement.closing() if confinement is not None else ():
+                    await upstream.send(frame)  # the contexts the client created go with its relay
                 await upstream.close()
         if counted == "ok":
             async with pool.acquire() as conn:
@@ -218,15 +272,86 @@ async def _browser_to_client(ws: WebSocket, upstream, session_id: UUID, relays: 
             _BYTES_OUT.inc(len(data))
             relays.touch(session_id)
     except ConnectionClosedError as exc:
-        if exc.sent is not None and exc.sent.code == 1009:  # websockets refused it from the frame header
-            log.info("browser message over the cap", extra={"session_id": str(session_id)})
-            return TOO_BIG
-        log.info("browser connection closed", extra={
-            "session_id": str(session_id), "code": exc.rcvd.code if exc.rcvd else None})
+        return _browser_closed(exc, session_id)
     except (WebSocketDisconnect, ClientDisconnected):
         pass
     except Exception as exc:
         _log_failure("browser to client", session_id, exc)
+    return None
+
+
+async def _end_own(end_session: EndSession, session_id: UUID) -> None:
+    try:
+        await end_session(session_id)
+    except Exception as exc:
+        _log_failure("ending the session", session_id, exc)
+
+
+async def _client_messages(ws: WebSocket, session_id: UUID, relays: Relays, limits: Limits, state: dict):
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            if message.get("code") == 1009:
+                log.info("client message over the cap", extra={"session_id": str(session_id)})
+            return
+        data = message.get("text") if message.get("text") is not None else message.get("bytes")
+        if data is None:
+            continue
+        size = len(data)
+        if size > limits.max_message_bytes:
+            state["stopped"] = TOO_BIG
+            return
+        _FRAMES_IN.inc()
+        _BYTES_IN.inc(size)
+        relays.touch(session_id)
+        yield data
+
+
+def _client_sender(ws: WebSocket, session_id: UUID, relays: Relays):
+    async def send(frame) -> None:
+        if isinstance(frame, str):
+            await ws.send_text(frame)
+        else:
+            await ws.send_bytes(frame)
+        _FRAMES_OUT.inc()
+        _BYTES_OUT.inc(len(frame))
+        relays.touch(session_id)
+    return send
+
+
+async def _confined_client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: Relays, limits: Limits,
+                                      confinement: confine.Confinement) -> str | None:
+    state: dict = {}
+    try:
+        why = await confine.client_to_browser(_client_messages(ws, session_id, relays, limits, state),
+                                              _client_sender(ws, session_id, relays), upstream, confinement)
+        return BROWSER_CLOSE if why == "browser_close" else state.get("stopped")
+    except (WebSocketDisconnect, ConnectionClosed, ClientDisconnected):
+        return None
+    except Exception as exc:
+        _log_failure("client to browser", session_id, exc)
+        return None
+
+
+async def _confined_browser_to_client(ws: WebSocket, upstream, session_id: UUID, relays: Relays,
+                                      confinement: confine.Confinement) -> str | None:
+    try:
+        await confine.browser_to_client(upstream, _client_sender(ws, session_id, relays), confinement)
+    except ConnectionClosedError as exc:
+        return _browser_closed(exc, session_id)
+    except (WebSocketDisconnect, ClientDisconnected):
+        pass
+    except Exception as exc:
+        _log_failure("browser to client", session_id, exc)
+    return None
+
+
+def _browser_closed(exc: ConnectionClosedError, session_id: UUID) -> str | None:
+    if exc.sent is not None and exc.sent.code == 1009:  # websockets refused it from the frame header
+        log.info("browser message over the cap", extra={"session_id": str(session_id)})
+        return TOO_BIG
+    log.info("browser connection closed", extra={
+        "session_id": str(session_id), "code": exc.rcvd.code if exc.rcvd else None})
     return None
 
 

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -25,7 +26,7 @@ from shared.plans import UnknownPlan, get_plan
 
 log = logging.getLogger(__name__)
 CONSUMER = "sessions"
-Lease = Callable[[UUID, UUID], Awaitable[LeaseReply]]
+Lease = Callable[..., Awaitable[LeaseReply]]  # (tenant_id, session_id, *, isolation)
 Ended = Callable[[UUID, str], None]
 
 
@@ -35,6 +36,13 @@ class CreateSession(BaseModel):
     timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
     idle_timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
     keep_alive: bool = False
+    isolation: Literal["browser", "context"] = "browser"
+
+    def fingerprint(self) -> bytes:
+        body = self.model_dump()
+        if body["isolation"] == "browser":  # as before the field existed: older keys still match
+            del body["isolation"]
+        return domain.request_fingerprint(body)
 
 
 def session_cost(plans_file: Path, plan: str, duration_ms: int) -> Decimal:
@@ -100,15 +108,18 @@ async def subscription_changed(event: SubscriptionChanged, *, pool: asyncpg.Pool
 
 
 async def browser_crashed(event: BrowserCrashed, *, pool: asyncpg.Pool, plans_file: Path, ended: Ended) -> None:
-    row = None
+    rows = []
     async with transaction(pool) as conn:
         if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
             return
-        session_id = event.session_id or await repo.session_for_browser(conn, browser_id=event.browser_id)
-        if session_id is not None:
-            row = await end_in_tx(conn, session_id=session_id, reason="browser_crashed", plans_file=plans_file)
-    if row is not None:
-        ended(row["id"], "browser_crashed")
+        # A shared browser (context mode) hosts several sessions: without a session_id, all of them end.
+        session_ids = ([event.session_id] if event.session_id
+                       else await repo.sessions_for_browser(conn, browser_id=event.browser_id))
+        rows = [await end_in_tx(conn, session_id=s, reason="browser_crashed", plans_file=plans_file)
+                for s in session_ids]
+    for row in rows:
+        if row is not None:
+            ended(row["id"], "browser_crashed")
 
 # --- API keys -------------------------------------------------------------------------------
 
@@ -206,7 +217,7 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
         tenant = await repo.get_tenant(conn, tenant_id=tenant_id, for_update=True)
         if idempotency_key:
             key_hash = domain.digest(idempotency_key)
-            request_hash = domain.request_fingerprint(request.model_dump())
+            request_hash = request.fingerprint()
             masked = domain.mask_token(token, idempotency_key=idempotency_key, session_id=session_id)
             if not await repo.claim_idempotency_key(conn, tenant_id=tenant_id, key_hash=key_hash,
                                                     request_hash=request_hash, session_id=session_id,
@@ -222,21 +233,25 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
                 timeout_s=domain.effective_timeout(request.timeout_s or defaults[0], tenant["max_session_seconds"]),
                 idle_timeout_s=request.idle_timeout_s or defaults[1], keep_alive=request.keep_alive,
                 token_hash=domain.digest(token), period_start=tenant["current_period_start"],
-                remaining_credits=remaining)
+                remaining_credits=remaining, isolation=request.isolation)
     faults.point("sessions.after_debit")  # debited, no browser yet, not answered
     if replay is not None:
         return await _replay(pool, replay, idempotency_key, public_url, wait_s=lease_timeout_s + 5)
 
     try:
-        reply = await lease(tenant_id, session_id)
+        reply = await lease(tenant_id, session_id, isolation=request.isolation)
         error = None if reply.ok and reply.cdp_ws_url else (reply.error or "error")
+        if error is None and request.isolation == "context" and not reply.context_id:
+            error = "no context in the lease reply"  # never relay a context session unconfined
     except Exception as exc:  # timeout, unroutable, broker down: nothing charged, nothing leaked
         reply, error = None, type(exc).__name__
     faults.point("sessions.after_lease")  # browser leased, session not recorded running
     if error is None:
         async with transaction(pool) as conn:
             row = await repo.mark_running(conn, session_id=session_id, browser_id=reply.browser_id,
-                                          browser_ws_url=reply.cdp_ws_url, warm=reply.warm)
+                                          browser_ws_url=reply.cdp_ws_url, warm=reply.warm,
+                                          context_id=reply.context_id if request.isolation == "context" else None,
+                                          downloads_path=reply.downloads_path)
             if row is not None:
                 await outbox.add(conn, SessionStarted(session_id=session_id, tenant_id=tenant_id,
                                                       browser_id=reply.browser_id, warm=reply.warm,
@@ -245,7 +260,7 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
             faults.point("sessions.before_answer")  # running and recorded, not answered
             SESSIONS_CREATED.labels("created").inc()
             log.info("session started", extra={"session_id": str(session_id), "tenant_id": str(tenant_id),
-                                               "warm": reply.warm})
+                                               "warm": reply.warm, "isolation": request.isolation})
             return _created(row, token, public_url)
         error = "failed while starting"
     await fail_and_refund(pool, session_id=session_id, failure=error)
@@ -435,11 +450,12 @@ async def refresh_running_gauge(*, pool: asyncpg.Pool) -> None:
         RUNNING.set(await repo.count_running(conn))
 
 
-async def browser_url(*, pool: asyncpg.Pool, tenant_id: UUID, session_id: UUID) -> str:
+async def browser_url(*, pool: asyncpg.Pool, tenant_id: UUID, session_id: UUID) -> tuple[str, str | None]:
+    """The session's browser endpoint, and its BrowserContext in there (context sessions)."""
     async with pool.acquire() as conn:
         row = await repo.get_session(conn, session_id=session_id, tenant_id=tenant_id)
     if row is None:
         raise APIError(404, "not_found", "session not found")
     if row["status"] != "running":
         raise APIError(409, "conflict", "the session is not running")
-    return row["browser_ws_url"]
+    return row["browser_ws_url"], row["context_id"]

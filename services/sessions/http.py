@@ -1,4 +1,5 @@
-"""Public API, admin API keys and the CDP websocket: parse, call a handler, shape the answer."""
+"""Public API, admin API keys, the CDP websocket and /v1/connect: parse, call a handler, shape the answer."""
+import logging
 from datetime import datetime
 from typing import Literal
 from uuid import UUID
@@ -6,19 +7,23 @@ from uuid import UUID
 from fastapi import Depends, FastAPI, Header, Query, Request, WebSocket
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from services.sessions import gateway, handlers
 from services.sessions.adapters import cdp
 from services.sessions.dashboard import routes as dashboard
 from shared import http
-from shared.http import APIError, error_responses
+from shared.http import APIError, error_response, error_responses
+
+log = logging.getLogger(__name__)
+CONNECT_OPTIONS = {"browser", "isolation", "timeout_s", "idle_timeout_s"}
 
 
 class SessionOut(BaseModel):
     id: UUID
     status: Literal["starting", "running", "completed", "failed"]
     browser: str
+    isolation: Literal["browser", "context"]
     warm: bool | None
     keep_alive: bool
     timeout_s: int
@@ -100,7 +105,19 @@ Without `keep_alive`, closing the socket ends the session after a short grace pe
 it, the same URL reconnects while the session runs. At most `MAX_RELAYS_PER_SESSION` (4)
 sockets of one session are open at once: the next handshake is refused with 429
 `too_many_relays`. A CDP message larger than `MAX_CDP_MESSAGE_BYTES` (64 MiB) in either
-direction closes its socket with 1009; the session goes on and the URL connects again."""
+direction closes its socket with 1009; the session goes on and the URL connects again.
+
+**Isolation**: `"browser"` (default) gives the session a browser process of its own;
+`"context"` a fresh BrowserContext in a warm browser that serves only the tenant. Over the
+relay, a context session's client sees its context as the browser's default (and only) one;
+`Browser.close` ends that session, not the browser.
+
+**One-line connect**: `WS /v1/connect?api_key=…&isolation=…&timeout_s=…&idle_timeout_s=…` (the key
+may come as `Authorization: Bearer` instead; an `Idempotency-Key` header is honoured) creates a
+session with those options exactly as `POST /v1/sessions` does (one credit, the same limits) and
+relays to it: `connect_over_cdp("ws://host/v1/connect?api_key=…")`. Closing the socket ends the
+session (end reason `client`). A refused create refuses the handshake with its HTTP status and
+JSON error (401, 402, 403, 422, 429 with `Retry-After`, 503). `api_key` is never logged."""
 
 
 def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: gateway.Relays) -> FastAPI:
@@ -152,6 +169,12 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
         return await handlers.end_session(pool=pool, tenant_id=None, session_id=session_id,
                                           plans_file=settings.plans_file, ended=relays.end, reason="canceled")
 
+    async def create(body: handlers.CreateSession, tenant_id: UUID, idempotency_key: str | None) -> dict:
+        return await handlers.create_session(
+            body, pool=pool, lease=lease, tenant_id=tenant_id, idempotency_key=idempotency_key,
+            public_url=settings.public_url, defaults=(settings.default_timeout_s, settings.default_idle_timeout_s),
+            lease_timeout_s=settings.lease_timeout_s)
+
     # The body comes from a dependency after `tenant`: a request without a valid key is refused
     # before its body is read (FastAPI reads a declared body before any dependency runs).
     @app.post("/v1/sessions", status_code=201, response_model=SessionCreated,
@@ -161,11 +184,7 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
                              body: handlers.CreateSession | None = Depends(
                                  http.json_body(handlers.CreateSession, required=False)),
                              idempotency_key: str | None = Header(None, min_length=1, max_length=255)):
-        return await handlers.create_session(
-            body or handlers.CreateSession(), pool=pool, lease=lease, tenant_id=tenant_id,
-            idempotency_key=idempotency_key, public_url=settings.public_url,
-            defaults=(settings.default_timeout_s, settings.default_idle_timeout_s),
-            lease_timeout_s=settings.lease_timeout_s)
+        return await create(body or handlers.CreateSession(), tenant_id, idempotency_key)
 
     @app.get("/v1/sessions", response_model=SessionPage, responses=error_responses(), tags=["sessions"])
     async def list_sessions(tenant_id: UUID = Depends(tenant),
@@ -178,6 +197,10 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
     async def get_session(session_id: UUID, tenant_id: UUID = Depends(tenant)):
         return await handlers.get_session(pool=pool, tenant_id=tenant_id, session_id=session_id)
 
+    async def end_by_client(session_id: UUID) -> None:  # as POST /v1/sessions/{id}/end, from its relay
+        await handlers.end_session(pool=pool, tenant_id=None, session_id=session_id,
+                                   plans_file=settings.plans_file, ended=relays.end)
+
     @app.post("/v1/sessions/{session_id}/end", response_model=SessionOut, responses=error_responses(404, 409),
               tags=["sessions"])
     async def end_session(session_id: UUID, tenant_id: UUID = Depends(tenant)):
@@ -187,10 +210,10 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
     @app.get("/v1/sessions/{session_id}/screenshot", response_class=Response, tags=["sessions"],
              responses={200: {"content": {"image/png": {}}}, **error_responses(404, 409, 503, 504)})
     async def screenshot(session_id: UUID, tenant_id: UUID = Depends(tenant)):
-        ws_url = await handlers.browser_url(pool=pool, tenant_id=tenant_id, session_id=session_id)
+        ws_url, context_id = await handlers.browser_url(pool=pool, tenant_id=tenant_id, session_id=session_id)
         try:
             png = await cdp.screenshot(ws_url, timeout_s=settings.cdp_call_timeout_s,
-                                       max_size=settings.max_cdp_message_bytes)
+                                       max_size=settings.max_cdp_message_bytes, context_id=context_id)
         except cdp.NoPage:
             raise APIError(409, "no_page", "the session has no open page") from None
         except TimeoutError:
@@ -208,6 +231,48 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
 
     @app.websocket("/v1/sessions/{session_id}/cdp")
     async def cdp_relay(ws: WebSocket, session_id: UUID, token: str | None = None):
-        await gateway.serve(ws, session_id=session_id, token=token, pool=pool, relays=relays, limits=relay_limits)
+        await gateway.serve(ws, session_id=session_id, token=token, pool=pool, relays=relays, limits=relay_limits,
+                            end_session=end_by_client)
+
+    @app.websocket("/v1/connect")
+    async def connect(ws: WebSocket):
+        try:
+            created = await _connect_create(ws)
+        except APIError as exc:
+            await ws.send_denial_response(error_response(exc.status, exc.code, exc.message, exc.headers))
+            return
+        except Exception as exc:  # a dependency down: the handshake still gets the JSON error
+            log.warning("connect failed", extra={"error": type(exc).__name__})
+            await ws.send_denial_response(error_response(503, "unavailable",
+                                                         "a dependency is unavailable, retry later"))
+            return
+        session_id = UUID(created["id"])
+        try:
+            await gateway.serve_created(ws, session_id=session_id, pool=pool, relays=relays, limits=relay_limits,
+                                        end_session=end_by_client)
+        finally:  # closing the websocket ends the session
+            try:
+                await end_by_client(session_id)
+            except Exception as exc:
+                log.warning("ending a connect session failed", extra={"session_id": str(session_id),
+                                                                      "error": type(exc).__name__})
+
+    async def _connect_create(ws: WebSocket) -> dict:
+        """POST /v1/sessions from the handshake: the key first (a bad one is a 401 whatever the options)."""
+        query = dict(ws.query_params)
+        key = query.pop("api_key", None) or http.bearer_token(ws)
+        tenant_id = await api_keys.tenant_for(key)
+        unknown = sorted(set(query) - CONNECT_OPTIONS)
+        if unknown:
+            raise APIError(422, "invalid_request", f"unknown option(s): {', '.join(unknown)[:200]}")
+        try:
+            body = handlers.CreateSession.model_validate(query)
+        except ValidationError as exc:
+            raise APIError(422, "invalid_request", "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])) from None
+        idempotency_key = ws.headers.get("idempotency-key")
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+            raise APIError(422, "invalid_request", "Idempotency-Key must be 1 to 255 characters")
+        return await create(body, tenant_id, idempotency_key)
 
     return app

@@ -135,30 +135,32 @@ async def touch_api_key(conn: asyncpg.Connection, *, key_id: UUID) -> None:
 
 async def insert_session(conn: asyncpg.Connection, *, session_id: UUID, tenant_id: UUID, browser: str,
                          plan: str, timeout_s: int, idle_timeout_s: int, keep_alive: bool,
-                         token_hash: bytes, period_start: datetime, remaining_credits: int) -> None:
+                         token_hash: bytes, period_start: datetime, remaining_credits: int,
+                         isolation: str = "browser") -> None:
     await conn.execute(
         """
         INSERT INTO sessions (id, tenant_id, status, browser, plan, timeout_s, idle_timeout_s, keep_alive,
-                              token_hash, period_start, remaining_credits)
-        VALUES ($1, $2, 'starting', $3, $4, $5, $6, $7, $8, $9, $10)
+                              token_hash, period_start, remaining_credits, isolation)
+        VALUES ($1, $2, 'starting', $3, $4, $5, $6, $7, $8, $9, $10, $11)
         """,
         session_id, tenant_id, browser, plan, timeout_s, idle_timeout_s, keep_alive, token_hash,
-        period_start, remaining_credits,
+        period_start, remaining_credits, isolation,
     )
 
 
 async def mark_running(conn: asyncpg.Connection, *, session_id: UUID, browser_id: UUID, browser_ws_url: str,
-                       warm: bool):
+                       warm: bool, context_id: str | None = None, downloads_path: str | None = None):
     return await conn.fetchrow(
         """
         UPDATE sessions
            SET status = 'running', browser_id = $2, browser_ws_url = $3, warm = $4,
+               context_id = $5, downloads_path = $6,
                started_at = now(), last_activity_at = now(),
                expires_at = now() + make_interval(secs => timeout_s)
          WHERE id = $1 AND status = 'starting'
         RETURNING *
         """,
-        session_id, browser_id, browser_ws_url, warm,
+        session_id, browser_id, browser_ws_url, warm, context_id, downloads_path,
     )
 
 
@@ -215,9 +217,10 @@ async def running_ids(conn: asyncpg.Connection, *, tenant_id: UUID) -> list[UUID
     return [r["id"] for r in rows]
 
 
-async def session_for_browser(conn: asyncpg.Connection, *, browser_id: UUID) -> UUID | None:
-    return await conn.fetchval("SELECT id FROM sessions WHERE browser_id = $1 AND status = 'running'",
-                               browser_id)
+async def sessions_for_browser(conn: asyncpg.Connection, *, browser_id: UUID) -> list[UUID]:
+    """The running sessions a browser hosts (one in browser mode, its contexts' in context mode)."""
+    rows = await conn.fetch("SELECT id FROM sessions WHERE browser_id = $1 AND status = 'running'", browser_id)
+    return [r["id"] for r in rows]
 
 
 async def touch_sessions(conn: asyncpg.Connection, *, session_ids: list[UUID]) -> None:

@@ -17,10 +17,12 @@ import aio_pika
 import httpx
 import pytest
 import pytest_asyncio
+import websockets
 
 from shared.messages import (LEASE_QUEUE, Event, LeaseReply, LeaseRequest, PaymentVerified, SubscriptionChanged,
                              TenantProvisioned)
 from services.warm_pool.settings import default_chromium
+from shared.cdp import CdpCommands
 from shared.plans import Limits
 from tests import infra
 
@@ -63,11 +65,40 @@ class Chromium:
 
 class LeaseResponder:
     """Answers LeaseRequests like warm_pool: `mode` is chromium (launch one), fake (a browser
-    URL nobody listens on, for tests that never connect), no_capacity, or silent (no answer)."""
+    URL nobody listens on, for tests that never connect), no_capacity, silent (no answer), or
+    no_context (as chromium, but a context lease is answered as a warm_pool that ignores the
+    isolation would: a browser, no context_id).
+    A context lease (request.isolation "context") in chromium mode gets a BrowserContext this
+    stand-in creates in one shared Chromium (with a first page unless `first_page` is off)."""
 
     def __init__(self, url: str):
         self.url, self.mode = url, "chromium"
         self.browsers: dict[UUID, Chromium] = {}
+        self.requests: list[LeaseRequest] = []
+        self.contexts: dict[UUID, str] = {}  # session id -> its BrowserContext
+        self.first_page = True
+        self.shared: Chromium | None = None
+        self._cdp = None
+        self._cdp_lock = asyncio.Lock()
+
+    async def context_browser(self) -> tuple[Chromium, CdpCommands]:
+        """The shared browser of context leases, and warm_pool's own CDP connection to it."""
+        async with self._cdp_lock:
+            if self.shared is None:
+                self.shared = await Chromium.launch()
+                self._ws = await websockets.connect(self.shared.ws_url, max_size=None)
+                self._cdp = CdpCommands(self._ws, timeout_s=15)
+        return self.shared, self._cdp
+
+    async def _context_lease(self, request: LeaseRequest) -> LeaseReply:
+        browser, cdp = await self.context_browser()
+        async with self._cdp_lock:
+            context_id = (await cdp.call("Target.createBrowserContext"))["browserContextId"]
+            if self.first_page:
+                await cdp.call("Target.createTarget", {"url": "about:blank", "browserContextId": context_id})
+        self.contexts[request.session_id] = context_id
+        return LeaseReply(ok=True, browser_id=browser.id, cdp_ws_url=browser.ws_url, warm=True,
+                          context_id=context_id, downloads_path=f"{browser.profile}/downloads/{request.session_id}")
 
     async def start(self) -> None:
         self.connection = await aio_pika.connect_robust(self.url)
@@ -79,13 +110,17 @@ class LeaseResponder:
     async def _on_request(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         async with message.process():
             request = LeaseRequest.model_validate_json(message.body)
+            self.requests.append(request)
             if self.mode == "silent":  # a warm_pool that took the request and died
                 return
             if self.mode == "no_capacity":
                 reply = LeaseReply(ok=False, error="no_capacity")
-            elif self.mode == "fake":
+            elif self.mode == "fake" or (self.mode == "no_context" and request.isolation == "context"):
+                context = request.isolation == "context" and self.mode == "fake"
                 reply = LeaseReply(ok=True, browser_id=uuid4(), cdp_ws_url="ws://127.0.0.1:9/devtools/none",
-                                   warm=True)
+                                   warm=True, context_id="FAKE" if context else None)
+            elif request.isolation == "context":
+                reply = await self._context_lease(request)
             else:
                 browser = await Chromium.launch()
                 self.browsers[request.session_id] = browser
@@ -95,7 +130,7 @@ class LeaseResponder:
                 routing_key=message.reply_to)
 
     async def stop(self) -> None:
-        for browser in self.browsers.values():
+        for browser in [*self.browsers.values(), *([self.shared] if self.shared else [])]:
             await browser.kill()
         await self.connection.close()
 

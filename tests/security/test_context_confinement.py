@@ -279,7 +279,8 @@ async def test_a_page_listed_by_get_targets_can_be_attached_and_other_sessions_s
         a = await Cdp.connect(relay.url("a"))
         pages = [t for t in (await a.ok("Target.getTargets"))["targetInfos"] if t["type"] == "page"]
         assert len(pages) == 1 and pages[0]["browserContextId"] == contexts["a"]  # warm_pool's first page
-        session = (await a.ok("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True}))["sessionId"]
+        attached = await a.ok("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True})
+        session = attached["sessionId"]
         assert (await a.ok("Runtime.evaluate", {"expression": "20 + 22"}, session=session))["result"]["value"] == 42
         assert (await a.ok("Target.getTargetInfo", {"targetId": pages[0]["targetId"]}))["targetInfo"]["attached"]
         for target in b_pages:

@@ -18,13 +18,15 @@ class NoPage(Exception):
     pass
 
 
-async def screenshot(ws_url: str, *, timeout_s: float, max_size: int) -> bytes:
-    """PNG of the browser's first page target, via a flat-session attach on the browser endpoint.
-    The whole exchange, connecting included, has `timeout_s` (TimeoutError past it)."""
+async def screenshot(ws_url: str, *, timeout_s: float, max_size: int, context_id: str | None = None) -> bytes:
+    """PNG of the browser's first page target (of BrowserContext `context_id` only, if given: a
+    shared browser holds other sessions' pages), via a flat-session attach on the browser
+    endpoint. The whole exchange, connecting included, has `timeout_s` (TimeoutError past it)."""
     async with asyncio.timeout(timeout_s), connect(ws_url, max_size=max_size) as ws:
         call = CdpCommands(ws, timeout_s=timeout_s).call
         targets = (await call("Target.getTargets"))["targetInfos"]
-        pages = [t for t in targets if t.get("type") == "page"]
+        pages = [t for t in targets if t.get("type") == "page"
+                 and (context_id is None or t.get("browserContextId") == context_id)]
         if not pages:
             raise NoPage()
         attached = await call("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True})

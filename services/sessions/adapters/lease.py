@@ -23,11 +23,12 @@ class LeaseClient:
                     await self.rpc.connect()
                     self._connected = True
 
-    async def __call__(self, tenant_id: UUID, session_id: UUID) -> LeaseReply:
+    async def __call__(self, tenant_id: UUID, session_id: UUID, *, isolation: str = "browser") -> LeaseReply:
         started, outcome = time.perf_counter(), "error"
         try:
             await self._ensure()
-            body = LeaseRequest(tenant_id=tenant_id, session_id=session_id).model_dump_json().encode()
+            body = LeaseRequest(tenant_id=tenant_id, session_id=session_id,
+                                isolation=isolation).model_dump_json().encode()
             reply = LeaseReply.model_validate_json(await self.rpc.call(LEASE_QUEUE, body, timeout=self.timeout_s))
             outcome = "ok" if reply.ok else (reply.error or "error")
             return reply

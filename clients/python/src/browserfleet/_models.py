@@ -1,5 +1,5 @@
 """Typed answers of the API. Field for field the OpenAPI document's schemas (docs/openapi/sessions.json;
-tests/unit/test_sdk_openapi.py fails on any drift); profiles, downloads and `isolation` follow DESIGN.md
+tests/unit/test_sdk_openapi.py fails on any drift); profiles and downloads follow DESIGN.md
 until the document has them. Unknown fields the server adds later are kept, not refused."""
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class Session(_Model):
     duration_ms: Optional[int]
     cost: Optional[Decimal]  # a decimal string in JSON: money is never a float
     end_reason: Optional[str]
-    isolation: Optional[str] = None  # DESIGN.md: "browser" | "context"
+    isolation: Literal["browser", "context"] = "browser"  # absent from a server older than isolation
 
 
 class SessionCreated(Session):

@@ -1,0 +1,58 @@
+"""`connect_over_cdp("ws://…/v1/connect?api_key=…")` against all four services (issue 17):
+the one line creates a session from the real warm_pool (debited, listed), drives it, and
+closing it ends it; a refused handshake is the create's HTTP answer; the key is in no log."""
+import json
+
+import httpx
+import pytest
+import websockets
+from playwright.async_api import async_playwright
+
+from tests.e2e.platform import running_platform
+from tests.e2e.test_dashboard import bearer, paying_tenant
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.e2e
+PAGE = "data:text/html,<title>one line</title><p id=p>connected</p>"
+
+
+@pytest.fixture(scope="module")
+def platform(module_db, module_mq, tmp_path_factory):
+    with running_platform(module_db, module_mq, tmp_path_factory.mktemp("connect")) as running:
+        yield running
+
+
+async def test_one_line_connect_creates_debits_and_closing_ends_the_session(platform):
+    _, key = await paying_tenant(platform)
+    base = platform.urls["sessions"]
+    ws_base = base.replace("http://", "ws://")
+    async with httpx.AsyncClient(base_url=base, headers=bearer(key), timeout=30) as http:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.connect_over_cdp(f"{ws_base}/v1/connect?api_key={key}&timeout_s=120")
+            [session] = (await http.get("/v1/sessions")).json()["data"]
+            assert session["status"] == "running" and session["isolation"] == "browser"
+            assert (await http.get("/v1/usage")).json()["credits_used"] == 1
+            context = browser.contexts[0]
+            page = context.pages[0] if context.pages else await context.new_page()
+            await page.goto(PAGE)
+            assert await page.text_content("#p") == "connected"
+            await browser.close()
+
+        async def ended():
+            s = (await http.get(f"/v1/sessions/{session['id']}")).json()
+            return s if s["status"] == "completed" else None
+        done = await eventually(ended, timeout=30, what="the session ended by closing the socket")
+        assert done["end_reason"] == "client"
+        assert (await http.get("/v1/usage")).json()["credits_used"] == 1
+
+    for url, status, code in ((f"{ws_base}/v1/connect?api_key={key}x", 401, "unauthorized"),
+                              (f"{ws_base}/v1/connect?api_key={key}&isolation=tab", 422, "invalid_request")):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url):
+                pass
+        assert refused.value.response.status_code == status
+        assert json.loads(refused.value.response.body)["error"]["code"] == code
+
+    for log in platform.logs.glob("*.log"):
+        assert key not in log.read_text(errors="replace"), log.name
+    assert "api_key=[redacted]" in (platform.logs / "sessions.log").read_text()
