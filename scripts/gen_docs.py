@@ -55,7 +55,7 @@ def billing_app():
     from shared.plans import load_plans
 
     settings = BillingSettings(_env_file=None)
-    return _with_dlq(http.create_app(settings=settings, pool=None, plans=load_plans(settings.plans_file),
+    return _with_dlq(http.create_app(settings=settings, uow=None, plans=load_plans(settings.plans_file),
                                      worker=None, stripe_api=None, credentials=None, ready=_ready))
 
 

@@ -1,11 +1,11 @@
 """Versioned message contracts exchanged over RabbitMQ. Routing key = the message's `type`."""
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import ClassVar, Literal
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.money import Money
 from shared.plans import Limits
 
 
@@ -85,7 +85,7 @@ class SessionCompleted(Event):
     ended_at: datetime
     duration_ms: int
     end_reason: EndReason
-    cost: Decimal
+    cost: Money  # what the session cost under the plan it ran under: billing's figure too
 
 
 class BrowserCrashed(Event):

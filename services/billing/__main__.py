@@ -5,6 +5,7 @@ from services.billing import http, subscribers
 from services.billing.adapters.credentials import CredentialsClient
 from services.billing.adapters.stripe import StripeGateway
 from services.billing.settings import BillingSettings
+from services.billing.uow import PostgresUnitOfWork
 from services.billing.workers import MeterReporter, StripeEventWorker
 from shared.plans import load_plans
 from shared.service import Runtime, run, serve
@@ -13,20 +14,21 @@ from shared.service import Runtime, run, serve
 async def build(runtime: Runtime):
     settings: BillingSettings = runtime.settings
     plans = load_plans(Path(settings.plans_file))
+    uow = PostgresUnitOfWork(runtime.pool)
     api = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
-    worker = StripeEventWorker(runtime.pool, plans=plans, interval=settings.webhook_retry_interval_seconds,
+    worker = StripeEventWorker(uow, plans=plans, interval=settings.webhook_retry_interval_seconds,
                                max_backoff=settings.webhook_retry_max_backoff_seconds)
-    meter = MeterReporter(runtime.pool, api, event_name=settings.stripe_meter_event_name,
+    meter = MeterReporter(uow, api, event_name=settings.stripe_meter_event_name,
                           interval=settings.meter_retry_interval_seconds,
                           max_backoff=settings.meter_retry_max_backoff_seconds)
-    subscribers.register(runtime, plans=plans, on_usage=meter.wake.set)
+    subscribers.register(runtime, uow=uow, on_usage=meter.wake.set)
     runtime.background(worker.run)
     if settings.stripe_meter_enabled:
         runtime.background(meter.run)
     runtime.on_stop(worker.drain)
     credentials = CredentialsClient(settings.rabbitmq_url, timeout_s=settings.credential_check_timeout_s)
     runtime.on_stop(credentials.close)
-    return http.create_app(settings=settings, pool=runtime.pool, plans=plans, worker=worker, stripe_api=api,
+    return http.create_app(settings=settings, uow=uow, plans=plans, worker=worker, stripe_api=api,
                            credentials=credentials, ready=runtime.ready)
 
 

@@ -2,7 +2,6 @@
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
 from uuid import UUID
 
 from shared.plans import Plan
@@ -60,6 +59,19 @@ BillingEvent = CheckoutCompleted | InvoicePaid | InvoiceFailed | SubscriptionSta
 
 class MalformedEvent(ValueError):
     pass
+
+
+class NotFound(Exception):
+    """What was asked for does not exist (an unknown tenant's account)."""
+
+
+class Refused(Exception):
+    """The request is not done, for a reason the caller is told: `code` as in the error shape
+    (unauthorized, forbidden, invalid_request, unavailable), `retry_after` seconds when worth retrying."""
+
+    def __init__(self, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.retry_after = code, message, retry_after
 
 
 def _id(value) -> str | None:
@@ -216,14 +228,6 @@ def session_debit_entries(*, balance: int, session_id: str, started_at: datetime
 
 def meter_minutes(duration_ms: int) -> int:
     return max(1, math.ceil(max(duration_ms, 0) / 60_000))
-
-
-def money(value: Decimal) -> str:
-    """A decimal amount as a string without noise: 0.010000 → "0.01", 0.014000 → "0.014"."""
-    value = value.normalize()
-    if value.as_tuple().exponent > -2:
-        value = value.quantize(Decimal("0.01"))
-    return f"{value:f}"
 
 
 def backoff_seconds(attempts: int, *, cap: float) -> float:

@@ -1,28 +1,20 @@
-"""One function per command or message, given its ports (a pool or connection, the plans)."""
-import hmac
+"""Stripe events and consumed messages, one function each, given the unit of work `uow`
+(ports.UnitOfWork) and the plans. Checkout is in checkout.py, the operator's views in views.py."""
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from uuid import UUID, uuid4
+from uuid import UUID
 
-import asyncpg
-import stripe
-
-from services.billing import domain, repository
-from services.billing.adapters.credentials import Credentials, CredentialsUnavailable
+from services.billing import domain, metrics
 from services.billing.adapters.stripe import StripeAPI
-from services.billing.domain import (CheckoutCompleted, InvoiceFailed, InvoicePaid, Ignored, Ref,
+from services.billing.domain import (CheckoutCompleted, Entry, InvoiceFailed, InvoicePaid, Ignored, Ref,
                                      SubscriptionState)
-from shared import faults, http
-from shared import outbox
-from shared.db import transaction
-from shared.http import APIError
-from shared.inbox import first_delivery
+from services.billing.ports import Tx, UnitOfWork
+from shared import faults
 from shared.messages import PaymentVerified, SessionCompleted, SessionStarted, SubscriptionChanged
 from shared.plans import Plan
 
 log = logging.getLogger(__name__)
-CONSUMER = "billing"
 
 
 @dataclass(frozen=True)
@@ -48,43 +40,43 @@ WAITING = Outcome(False, "tenant or plan not known yet")
 @dataclass
 class _Account:
     tenant_id: UUID
-    row: asyncpg.Record
+    row: dict  # the locked accounts row
     created: bool
     plan: Plan | None
 
 
-async def _account_for(conn, ref: Ref, plans: dict[str, Plan], *, prefer_price: bool = False) -> _Account | None:
+async def _account_for(tx: Tx, ref: Ref, plans: dict[str, Plan], *, prefer_price: bool = False) -> _Account | None:
     """Resolve and lock the tenant's account; None while the event cannot be tied to one."""
-    tenant_id = ref.tenant_id or await repository.find_tenant(conn, subscription=ref.subscription,
+    tenant_id = ref.tenant_id or await tx.repo.find_tenant(subscription=ref.subscription,
                                                              customer=ref.customer)
     if tenant_id is None:
         return None
-    existing = await repository.lock_existing_account(conn, tenant_id=tenant_id)
+    existing = await tx.repo.lock_existing_account(tenant_id=tenant_id)
     plan = domain.plan_for(ref, plans, fallback=existing["plan"] if existing else None, prefer_price=prefer_price)
     if existing is not None:
         return _Account(tenant_id, existing, False, plan)
     if plan is None:
         return None
-    row = await repository.lock_account(conn, tenant_id=tenant_id, plan=plan.name)
+    row = await tx.repo.lock_account(tenant_id=tenant_id, plan=plan.name)
     return _Account(tenant_id, row, True, plan)
 
 
-async def _passed_over(conn, acct: _Account, ref: Ref) -> Outcome | None:
+async def _passed_over(tx, acct: _Account, ref: Ref) -> Outcome | None:
     """Refused (another customer), or for a subscription this tenant has since replaced: no effect."""
     if refused := _refused(acct, ref):
         return refused
-    if await repository.is_superseded(conn, tenant_id=acct.tenant_id, subscription_id=ref.subscription):
+    if await tx.repo.is_superseded(tenant_id=acct.tenant_id, subscription_id=ref.subscription):
         log.warning("stripe event for a superseded subscription ignored; cancel that subscription at Stripe",
                     extra={"tenant_id": str(acct.tenant_id), "subscription_id": ref.subscription})
         return Outcome(True, "a subscription this tenant has replaced")
     return None
 
 
-async def _switch_subscription(conn, acct: _Account, ref: Ref) -> None:
+async def _switch_subscription(tx, acct: _Account, ref: Ref) -> None:
     """A plan change paid by a new subscription (the same customer): the previous one is let go."""
     old = acct.row["subscription_id"]
     if old and ref.subscription and old != ref.subscription:
-        await repository.supersede_subscription(conn, tenant_id=acct.tenant_id, subscription_id=old,
+        await tx.repo.supersede_subscription(tenant_id=acct.tenant_id, subscription_id=old,
                                                 by=ref.subscription)
 
 
@@ -96,45 +88,53 @@ def _refused(acct: _Account, ref: Ref) -> Outcome | None:
                    refused=Refusal(acct.tenant_id, have, ref.customer, ref.subscription))
 
 
-def _is_stale(row: asyncpg.Record, created: datetime | None) -> bool:
+async def _append(tx: Tx, tenant_id: UUID, entry: Entry) -> bool:
+    """One ledger entry (False if its (kind, reference) is there already), counted in the metrics."""
+    added = await tx.repo.append_entry(tenant_id=tenant_id, entry=entry)
+    if added:
+        metrics.CREDITS.labels(entry.kind).inc(abs(entry.amount))
+    return added
+
+
+def _is_stale(row, created: datetime | None) -> bool:
     return created is not None and row["status_event_at"] is not None and created < row["status_event_at"]
 
 
-async def _change(conn, acct: _Account, *, status: str, plan: Plan, created: datetime | None, **fields) -> None:
+async def _change(tx, acct: _Account, *, status: str, plan: Plan, created: datetime | None, **fields) -> None:
     """Set status/plan (and other columns); tell the other services when status or plan changed."""
     old = acct.row
-    await repository.update_account(conn, tenant_id=acct.tenant_id, status=status, plan=plan.name,
+    await tx.repo.update_account(tenant_id=acct.tenant_id, status=status, plan=plan.name,
                                     status_event_at=max(filter(None, [created, old["status_event_at"]]),
                                                         default=None), **fields)
     # Only a tenant already announced by a PaymentVerified is news to the other services.
     announced = not acct.created and old["period_start"] is not None
     if announced and (old["status"] != status or old["plan"] != plan.name):
-        await outbox.add(conn, SubscriptionChanged(tenant_id=acct.tenant_id, plan=plan.name, status=status,
+        await tx.publish(SubscriptionChanged(tenant_id=acct.tenant_id, plan=plan.name, status=status,
                                                    limits=plan.limits))
 
 
-async def checkout_completed(conn, ev: CheckoutCompleted, *, plans, created) -> Outcome:
-    acct = await _account_for(conn, ev.ref, plans)
+async def checkout_completed(tx, ev: CheckoutCompleted, *, plans, created) -> Outcome:
+    acct = await _account_for(tx, ev.ref, plans)
     if acct is None:
         return WAITING
-    if passed := await _passed_over(conn, acct, ev.ref):
+    if passed := await _passed_over(tx, acct, ev.ref):
         return passed
     if acct.plan is None:
         return WAITING
     if acct.row["status"] == "canceled" and acct.row["subscription_id"] == ev.ref.subscription:
         return Outcome(True, "subscription already canceled")
-    await _switch_subscription(conn, acct, ev.ref)
-    await _change(conn, acct, status="active", plan=acct.plan, created=created,
+    await _switch_subscription(tx, acct, ev.ref)
+    await _change(tx, acct, status="active", plan=acct.plan, created=created,
                   stripe_customer_id=ev.ref.customer or acct.row["stripe_customer_id"],
                   subscription_id=ev.ref.subscription or acct.row["subscription_id"])
     return Outcome(True, tenant_linked=True)
 
 
-async def invoice_paid(conn, ev: InvoicePaid, *, plans, created) -> Outcome:
-    acct = await _account_for(conn, ev.ref, plans)
+async def invoice_paid(tx, ev: InvoicePaid, *, plans, created) -> Outcome:
+    acct = await _account_for(tx, ev.ref, plans)
     if acct is None:
         return WAITING
-    if passed := await _passed_over(conn, acct, ev.ref):
+    if passed := await _passed_over(tx, acct, ev.ref):
         return passed
     if acct.plan is None:
         return WAITING
@@ -143,39 +143,39 @@ async def invoice_paid(conn, ev: InvoicePaid, *, plans, created) -> Outcome:
         return Outcome(True, "subscription already canceled")
     if row["period_start"] is not None and ev.period_start < row["period_start"]:
         return Outcome(True, "an older period than the account's")
-    await _switch_subscription(conn, acct, ev.ref)
+    await _switch_subscription(tx, acct, ev.ref)
     reference = domain.grant_reference(ev.ref.subscription, ev.period_start)
     ids = dict(stripe_customer_id=ev.ref.customer or row["stripe_customer_id"], subscription_id=ev.ref.subscription)
-    if await repository.entry_exists(conn, kind="grant", reference=reference):
-        await repository.update_account(conn, tenant_id=acct.tenant_id, **ids)
+    if await tx.repo.entry_exists(kind="grant", reference=reference):
+        await tx.repo.update_account(tenant_id=acct.tenant_id, **ids)
         return Outcome(True, "period already granted", tenant_linked=True)
     plan = acct.plan
     for entry in domain.renewal_entries(balance=row["balance"], credits=plan.credits, reference=reference):
-        await repository.append_entry(conn, tenant_id=acct.tenant_id, entry=entry)
+        await _append(tx, acct.tenant_id, entry)
     status = acct.row["status"] if _is_stale(row, created) else "active"
-    await _change(conn, acct, status=status, plan=plan, created=created, period_start=ev.period_start,
+    await _change(tx, acct, status=status, plan=plan, created=created, period_start=ev.period_start,
                   period_end=ev.period_end, **ids)
-    await outbox.add(conn, PaymentVerified(
+    await tx.publish(PaymentVerified(
         tenant_id=acct.tenant_id, stripe_customer_id=ids["stripe_customer_id"], subscription_id=ev.ref.subscription,
         plan=plan.name, period_start=ev.period_start, period_end=ev.period_end, credits=plan.credits,
         limits=plan.limits))
     return Outcome(True, tenant_linked=True)
 
 
-async def invoice_failed(conn, ev: InvoiceFailed, *, plans, created) -> Outcome:
-    return await _set_status(conn, ev.ref, "past_due", plans=plans, created=created)
+async def invoice_failed(tx, ev: InvoiceFailed, *, plans, created) -> Outcome:
+    return await _set_status(tx, ev.ref, "past_due", plans=plans, created=created)
 
 
-async def subscription_state(conn, ev: SubscriptionState, *, plans, created) -> Outcome:
-    return await _set_status(conn, ev.ref, ev.status, plans=plans, created=created)
+async def subscription_state(tx, ev: SubscriptionState, *, plans, created) -> Outcome:
+    return await _set_status(tx, ev.ref, ev.status, plans=plans, created=created)
 
 
-async def _set_status(conn, ref: Ref, status: str | None, *, plans, created) -> Outcome:
+async def _set_status(tx, ref: Ref, status: str | None, *, plans, created) -> Outcome:
     """status None: the event only links ids and plan (e.g. a subscription awaiting its first payment)."""
-    acct = await _account_for(conn, ref, plans, prefer_price=True)
+    acct = await _account_for(tx, ref, plans, prefer_price=True)
     if acct is None:
         return WAITING
-    if passed := await _passed_over(conn, acct, ref):
+    if passed := await _passed_over(tx, acct, ref):
         return passed
     if acct.plan is None:
         return WAITING
@@ -186,7 +186,7 @@ async def _set_status(conn, ref: Ref, status: str | None, *, plans, created) -> 
         return Outcome(True, "older than the account's state")
     if status is None:  # an unpaid (incomplete) subscription: not active until its invoice is paid
         status = "past_due" if acct.created else row["status"]
-    await _change(conn, acct, status=status, plan=acct.plan, created=created,
+    await _change(tx, acct, status=status, plan=acct.plan, created=created,
                   stripe_customer_id=ref.customer or row["stripe_customer_id"], subscription_id=ref.subscription)
     return Outcome(True, tenant_linked=True)
 
@@ -195,27 +195,27 @@ _HANDLERS = {CheckoutCompleted: checkout_completed, InvoicePaid: invoice_paid, I
              SubscriptionState: subscription_state}
 
 
-async def apply_stripe_event(conn, payload: dict, *, plans: dict[str, Plan]) -> Outcome:
+async def apply_stripe_event(tx, payload: dict, *, plans: dict[str, Plan]) -> Outcome:
     """Apply one stored Stripe event inside the caller's transaction."""
     event = domain.parse_event(payload)
     if isinstance(event, Ignored):
         return Outcome(True, f"ignored {event.type}")
     created = datetime.fromtimestamp(int(payload["created"]), timezone.utc) if payload.get("created") else None
-    return await _HANDLERS[type(event)](conn, event, plans=plans, created=created)
+    return await _HANDLERS[type(event)](tx, event, plans=plans, created=created)
 
 
-async def process_stripe_event(pool: asyncpg.Pool, event_id: str, *, plans: dict[str, Plan],
+async def process_stripe_event(event_id: str, *, uow: UnitOfWork, plans: dict[str, Plan],
                                max_backoff: float) -> Outcome | None:
     """Claim a stored, unprocessed event and apply it; on failure or waiting, schedule a retry.
 
     None when another worker holds it or it is already processed."""
-    async with transaction(pool) as conn:
-        row = await repository.claim_event(conn, event_id=event_id)
+    async with uow.begin() as tx:
+        row = await tx.repo.claim_event(event_id=event_id)
         if row is None:
             return None
         try:
-            async with conn.transaction():  # a savepoint: a failed apply leaves no partial effects
-                outcome = await apply_stripe_event(conn, row["payload"], plans=plans)
+            async with tx.savepoint():  # a failed apply leaves no partial effects
+                outcome = await apply_stripe_event(tx, row["payload"], plans=plans)
         except domain.MalformedEvent as exc:  # retrying cannot help: keep it, with the reason
             log.warning("malformed stripe event set aside", extra={"event_id": event_id, "error": str(exc)})
             outcome = Outcome(True, f"malformed: {exc}")
@@ -224,130 +224,100 @@ async def process_stripe_event(pool: asyncpg.Pool, event_id: str, *, plans: dict
             outcome = Outcome(False, f"error: {exc!r}")
         if outcome.refused:
             r = outcome.refused
-            await repository.record_refusal(conn, event_id=event_id, type=row["type"], tenant_id=r.tenant_id,
-                                            account_customer=r.account_customer, event_customer=r.event_customer,
-                                            subscription_id=r.subscription_id, reason=outcome.reason)
+            await tx.repo.record_refusal(event_id=event_id, type=row["type"], tenant_id=r.tenant_id,
+                                         account_customer=r.account_customer, event_customer=r.event_customer,
+                                         subscription_id=r.subscription_id, reason=outcome.reason)
             log.warning("stripe event refused: it would tie a tenant to another Stripe customer",
                         extra={"event_id": event_id, "type": row["type"], "tenant_id": str(r.tenant_id)})
         if outcome.done:
             noted = outcome.refused or outcome.reason.startswith("malformed")
-            await repository.mark_processed(conn, event_id=event_id, note=outcome.reason if noted else None)
+            await tx.repo.mark_processed(event_id=event_id, note=outcome.reason if noted else None)
         else:
-            await repository.postpone_event(conn, event_id=event_id, error=outcome.reason,
-                                            delay_s=domain.backoff_seconds(row["attempts"], cap=max_backoff))
+            await tx.repo.postpone_event(event_id=event_id, error=outcome.reason,
+                                         delay_s=domain.backoff_seconds(row["attempts"], cap=max_backoff))
         if outcome.tenant_linked:
-            await repository.wake_waiting_events(conn)
+            await tx.repo.wake_waiting_events()
     faults.point(f"billing.after_commit:{row['type']}")  # committed, not yet published
+    metrics.EVENTS_APPLIED.labels(row["type"], "done" if outcome.done else "postponed").inc()
+    if outcome.refused:
+        metrics.EVENTS_REFUSED.labels(row["type"]).inc()
     return replace(outcome, type=row["type"])
 
 
-async def store_stripe_event(pool: asyncpg.Pool, *, payload: dict) -> bool:
-    async with pool.acquire() as conn:
-        return await repository.store_event(conn, event_id=payload["id"], type=payload["type"], payload=payload)
+async def store_stripe_event(payload: dict, *, uow: UnitOfWork) -> bool:
+    """Keep a verified webhook's event (once per event id); True when it is new."""
+    async with uow.connect() as tx:
+        stored = await tx.repo.store_event(event_id=payload["id"], type=payload["type"], payload=payload)
+    metrics.WEBHOOKS.labels(payload["type"], "stored" if stored else "duplicate").inc()
+    return stored
 
 
-# --- checkout ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Caller:
-    """Who asks for a checkout: nobody known, the operator, or a tenant (by its own credential)."""
-    admin: bool = False
-    tenant_id: UUID | None = None
-
-
-async def checkout_caller(*, credential: str | None, admin_token: str, credentials: Credentials) -> Caller:
-    """Checked before the request body is read: a bad credential is a 401 whatever the body."""
-    if credential is None:
-        return Caller()
-    if admin_token and hmac.compare_digest(credential.encode(), admin_token.encode()):
-        return Caller(admin=True)
-    http.refuse_if_throttled()  # sessions' failed-auth limit, applied here too: no guessing through billing
-    try:
-        owner = await credentials.tenant_for(credential) if len(credential) <= 1024 else None
-    except CredentialsUnavailable:
-        raise APIError(503, "unavailable", "the credential cannot be checked right now; try again") from None
-    if owner is None:
-        http.auth_failed()
-        raise APIError(401, "unauthorized", "invalid API key or dashboard sign-in")
-    return Caller(tenant_id=owner)
-
-
-def checkout_tenant(caller: Caller, *, requested: UUID | None) -> UUID:
-    """Whose checkout this is. Without a credential: always a new tenant. An existing tenant's
-    (a plan change): its own API key or dashboard sign-in, or the admin token."""
-    if caller.admin:
-        return requested or uuid4()
-    if caller.tenant_id is None:
-        if requested is not None:
-            raise APIError(401, "unauthorized", "a checkout for an existing tenant needs that tenant's "
-                                                "API key or dashboard sign-in")
-        return uuid4()
-    if requested is not None and requested != caller.tenant_id:
-        raise APIError(403, "forbidden", "this credential belongs to another tenant")
-    return caller.tenant_id
-
-
-async def start_checkout(*, pool: asyncpg.Pool, stripe_api: StripeAPI, plan: Plan, tenant_id: UUID,
-                         email: str | None, success_url: str, cancel_url: str) -> dict:
-    async with pool.acquire() as conn:
-        account = await repository.get_account(conn, tenant_id=tenant_id)
-    # A plan change is paid by the tenant's own Stripe customer: its events then pass the binding check.
-    customer = account["stripe_customer_id"] if account else None
-    try:
-        url = await stripe_api.create_checkout_session(
-            price_id=plan.stripe_price_id, tenant_id=str(tenant_id), plan=plan.name, email=email,
-            customer=customer, success_url=success_url, cancel_url=cancel_url)
-    except stripe.StripeError as exc:
-        raise APIError(503, "unavailable", f"Stripe: {exc.user_message or type(exc).__name__}")
-    return {"url": url, "tenant_id": str(tenant_id)}
-
-
-async def refused_events(pool: asyncpg.Pool, *, tenant_id: UUID | None, limit: int) -> dict:
-    async with pool.acquire() as conn:
-        rows = await repository.refused_events(conn, tenant_id=tenant_id, limit=limit)
-    return {"data": [{"event_id": r["event_id"], "type": r["type"], "tenant_id": str(r["tenant_id"]),
-                      "account_customer": r["account_customer"], "event_customer": r["event_customer"],
-                      "subscription_id": r["subscription_id"], "reason": r["reason"],
-                      "refused_at": r["refused_at"].isoformat()} for r in rows]}
+async def due_stripe_events(*, uow: UnitOfWork) -> list[str]:
+    """The stored events whose (re)try is due, oldest first."""
+    async with uow.connect() as tx:
+        ids = await tx.repo.due_events()
+        metrics.EVENTS_PENDING.set(await tx.repo.count_pending_events())
+    return ids
 
 
 # --- consumed messages -----------------------------------------------------------------------
 
-async def session_started(event: SessionStarted, *, pool: asyncpg.Pool) -> None:
-    async with transaction(pool) as conn:
-        if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+async def session_started(event: SessionStarted, *, uow: UnitOfWork) -> None:
+    async with uow.begin() as tx:
+        if not await tx.first_delivery(event.message_id):
             return
-        account = await repository.lock_existing_account(conn, tenant_id=event.tenant_id)
+        account = await tx.repo.lock_existing_account(tenant_id=event.tenant_id)
         if account is None:
             raise LookupError(f"no billing account for tenant {event.tenant_id}")  # retried, then DLQ
         entries = domain.session_debit_entries(balance=account["balance"], session_id=str(event.session_id),
                                                started_at=event.started_at, period_start=account["period_start"])
         for entry in entries:
-            if not await repository.append_entry(conn, tenant_id=event.tenant_id, entry=entry):
+            if not await _append(tx, event.tenant_id, entry):
                 return  # this session was already debited
 
 
-async def session_completed(event: SessionCompleted, *, pool: asyncpg.Pool, plans: dict[str, Plan],
-                            meter: bool = True) -> None:
-    async with transaction(pool) as conn:
-        if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
-            return
-        account = await repository.get_account(conn, tenant_id=event.tenant_id)
-        plan = plans.get(account["plan"]) if account else None
-        cost = plan.session_cost(event.duration_ms) if plan else event.cost
-        recorded = await repository.record_usage(
-            conn, session_id=event.session_id, tenant_id=event.tenant_id, started_at=event.started_at,
-            ended_at=event.ended_at, duration_ms=event.duration_ms, end_reason=event.end_reason, cost=cost)
+async def session_completed(event: SessionCompleted, *, uow: UnitOfWork, meter: bool = True) -> bool:
+    """Record the session's usage at the cost sessions computed under the plan it ran under (the one
+    source of truth: the account's plan may have changed since it started). True when recorded now."""
+    async with uow.begin() as tx:
+        if not await tx.first_delivery(event.message_id):
+            return False
+        recorded = await tx.repo.record_usage(
+            session_id=event.session_id, tenant_id=event.tenant_id, started_at=event.started_at,
+            ended_at=event.ended_at, duration_ms=event.duration_ms, end_reason=event.end_reason, cost=event.cost)
         if recorded and meter:
-            await repository.enqueue_meter_report(conn, session_id=event.session_id, tenant_id=event.tenant_id,
-                                                  value=domain.meter_minutes(event.duration_ms),
-                                                  occurred_at=event.ended_at)
+            await tx.repo.enqueue_meter_report(session_id=event.session_id, tenant_id=event.tenant_id,
+                                               value=domain.meter_minutes(event.duration_ms),
+                                               occurred_at=event.ended_at)
+    return recorded
 
 
-async def check_ledger(pool: asyncpg.Pool) -> dict:
-    async with pool.acquire() as conn:
-        bad = await repository.inconsistent_accounts(conn)
-        total = await repository.count_accounts(conn)
-    return {"accounts": total, "consistent": not bad,
-            "mismatches": [{"tenant_id": str(r["tenant_id"]), "balance": r["balance"],
-                            "ledger_sum": int(r["ledger_sum"])} for r in bad]}
+# --- meter reports ---------------------------------------------------------------------------
+
+async def send_meter_reports(*, uow: UnitOfWork, api: StripeAPI, event_name: str, max_backoff: float,
+                             batch: int = 50) -> int:
+    """Send one batch; rows stay locked while sending so replicas never send the same one at once.
+    A crash after Stripe accepted but before the mark re-sends; Stripe dedupes by identifier."""
+    sent = 0
+    async with uow.begin() as tx:
+        for row in await tx.repo.claim_meter_reports(limit=batch):
+            delay_s = domain.backoff_seconds(row["attempts"], cap=max_backoff)
+            if not row["stripe_customer_id"]:
+                await tx.repo.postpone_meter_report(session_id=row["session_id"], error="no stripe customer yet",
+                                                    delay_s=delay_s)
+                continue
+            try:
+                await api.send_meter_event(event_name=event_name, identifier=str(row["session_id"]),
+                                           customer=row["stripe_customer_id"], value=row["value"],
+                                           timestamp=row["occurred_at"])
+            except Exception as exc:
+                log.warning("meter event not sent, will retry",
+                            extra={"session_id": str(row["session_id"]), "error": repr(exc)[:300]})
+                metrics.METER_SENT.labels("failed").inc()
+                await tx.repo.postpone_meter_report(session_id=row["session_id"], error=repr(exc), delay_s=delay_s)
+                continue
+            await tx.repo.mark_meter_sent(session_id=row["session_id"])
+            metrics.METER_SENT.labels("sent").inc()
+            sent += 1
+        metrics.METER_PENDING.set(await tx.repo.count_pending_meter_reports())
+    return sent

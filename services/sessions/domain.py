@@ -9,6 +9,8 @@ from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
+from shared import money as shared_money
+
 API_KEY_PREFIX = "bf_live_"
 LIVE = ("starting", "running")
 END_REASONS = ("client", "timeout", "idle", "disconnected", "browser_crashed", "canceled")
@@ -116,9 +118,8 @@ class Cursor:
 
 
 def money(amount: Decimal) -> str:
-    """Decimal as a plain string without trailing zeros: 0.010000 → "0.01"."""
-    text = format(amount, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    """The one money format (shared/money.py): 0.01 → "0.010000"."""
+    return shared_money.to_str(amount)
 
 
 def session_view(row) -> dict:

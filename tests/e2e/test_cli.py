@@ -165,7 +165,7 @@ def test_operator_cli(platform, http, tenant_id, module_mq):
 
     ended = fields(ok(platform, "sessions", "end", session["id"]))
     assert ended["status"] == "completed" and ended["end_reason"] == "canceled"
-    assert ended["tenant_id"] == tenant_id and ended["cost"] == "0.01"
+    assert ended["tenant_id"] == tenant_id and ended["cost"] == "0.010000"
     assert http.get(f"{sessions}/v1/sessions/{session['id']}", headers=auth).json()["end_reason"] == "canceled"
     again = cli(platform, "sessions", "end", session["id"])
     assert again.returncode == 0 and fields(again.stdout)["ended_at"] == ended["ended_at"]

@@ -129,7 +129,7 @@ async def test_paying_customer_drives_a_real_browser(platform, artifacts_dir):
         ended = await http.post(f"{sessions_url}/v1/sessions/{session['id']}/end", headers=auth)
         assert ended.status_code == 200, ended.text
         done = ended.json()
-        assert done["status"] == "completed" and done["duration_ms"] > 0 and done["cost"] == "0.01"
+        assert done["status"] == "completed" and done["duration_ms"] > 0 and done["cost"] == "0.010000"
         again = await http.post(f"{sessions_url}/v1/sessions/{session['id']}/end", headers=auth)
         assert again.json() == done
 
@@ -139,7 +139,7 @@ async def test_paying_customer_drives_a_real_browser(platform, artifacts_dir):
 
         billed = await eventually(usage_recorded, timeout=20, what="billing usage")
         assert [u["session_id"] for u in billed["data"]] == [session["id"]]
-        assert billed["data"][0]["cost"] == "0.01"
+        assert billed["data"][0]["cost"] == "0.010000"
         timings["6a_end_to_usage_recorded"] = time.perf_counter() - t3
 
         # The leased browser (one of the warm ones) is killed and its profile removed; the pool refills.

@@ -106,12 +106,14 @@ async def test_payment_to_usage_through_the_broker(fresh_db, fresh_mq, artifacts
                                  started_at=now)
         completed = SessionCompleted(session_id=session_id, tenant_id=tenant, started_at=now,
                                      ended_at=now + timedelta(minutes=7), duration_ms=7 * 60_000 - 1,
-                                     end_reason="client", cost="0")
+                                     end_reason="client", cost="0.014")
         await _publish(fresh_mq, started, started, completed, completed)  # each delivered twice
 
         usage = await asyncio.to_thread(wait_for, lambda: (u := admin(svc.url, f"{tenant}/usage").json())["sessions"] and u,
                                         what="usage")
-        assert usage["total_cost"] == "0.014" and usage["data"][0]["duration_ms"] == 7 * 60_000 - 1
+        # The cost is the message's (sessions computed it under the plan the session ran under), as Money.
+        assert usage["total_cost"] == "0.014000" and usage["data"][0]["cost"] == "0.014000"
+        assert usage["data"][0]["duration_ms"] == 7 * 60_000 - 1
         assert admin(svc.url, str(tenant)).json()["balance"] == 4999
         await asyncio.to_thread(wait_for, lambda: str(session_id) in stripe_stand_in.meter_events, what="meter event")
         meter = stripe_stand_in.meter_events[str(session_id)]

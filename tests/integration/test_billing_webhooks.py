@@ -14,6 +14,7 @@ from services.billing import handlers, http
 from services.billing.adapters.credentials import CredentialsClient
 from services.billing.adapters.stripe import StripeGateway
 from services.billing.settings import BillingSettings
+from services.billing.uow import PostgresUnitOfWork
 from services.billing.workers import StripeEventWorker
 from shared import db
 from shared.plans import load_plans
@@ -32,13 +33,14 @@ class Billing:
         # No sessions service answers on this vhost: a tenant's credential cannot be checked (503).
         self.credentials = CredentialsClient(settings.rabbitmq_url, timeout_s=2)
         self.plans = load_plans(Path(settings.plans_file))
-        self.worker = StripeEventWorker(pool, plans=self.plans, interval=0.05, max_backoff=0.2)
+        self.uow = PostgresUnitOfWork(pool)
+        self.worker = StripeEventWorker(self.uow, plans=self.plans, interval=0.05, max_backoff=0.2)
 
     async def ready(self):
         return {"database": await db.check(self.pool)}
 
     def client(self, stripe_base: str | None = None) -> httpx.AsyncClient:
-        app = http.create_app(settings=self.settings, pool=self.pool, plans=self.plans, worker=self.worker,
+        app = http.create_app(settings=self.settings, uow=self.uow, plans=self.plans, worker=self.worker,
                               stripe_api=StripeGateway("sk_test_x", stripe_base), credentials=self.credentials,
                               ready=self.ready)
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://billing")
@@ -157,7 +159,7 @@ async def test_renewal_expires_remainder_grants_new_period_and_late_old_invoice_
     await post(client, fakes.invoice_paid(tenant, "professional", cus, sub, P1, P2))
     await billing.settle()
     for i in range(3):
-        await handlers.session_started(_started(tenant), pool=billing.pool)
+        await handlers.session_started(_started(tenant), uow=billing.uow)
     await post(client, fakes.invoice_paid(tenant, "professional", cus, sub, P2, P3))
     await billing.settle()
     await post(client, fakes.invoice_paid(tenant, "professional", cus, sub, P1, P2, event_type="invoice.payment_succeeded"))
@@ -255,7 +257,7 @@ async def test_ledger_pages_and_the_ledger_check(billing, client):
     await post(client, fakes.invoice_paid(tenant, "professional", cus, sub, P1, P2))
     await billing.settle()
     for _ in range(4):
-        await handlers.session_started(_started(tenant), pool=billing.pool)
+        await handlers.session_started(_started(tenant), uow=billing.uow)
     seen, cursor = [], None
     while True:
         r = (await client.get(f"/v1/admin/accounts/{tenant}/ledger", headers=ADMIN,

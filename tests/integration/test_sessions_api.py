@@ -29,7 +29,7 @@ async def test_create_get_list_end_and_usage(platform):
     assert ended.status_code == 200
     body = ended.json()
     assert body["status"] == "completed" and body["end_reason"] == "client"
-    assert body["duration_ms"] >= 0 and body["cost"] == "0.01"
+    assert body["duration_ms"] >= 0 and body["cost"] == "0.010000"
     again = await platform.http.post(f"/v1/sessions/{created['id']}/end", headers=auth)
     assert again.status_code == 200 and again.json() == body
     usage = (await platform.http.get("/v1/usage", headers=auth)).json()

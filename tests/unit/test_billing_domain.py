@@ -1,4 +1,5 @@
 import json
+import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -6,9 +7,12 @@ from decimal import Decimal
 
 import pytest
 import stripe
+from pydantic import BaseModel
 
 from services.billing import domain
 from services.billing.domain import CheckoutCompleted, Ignored, InvoiceFailed, InvoicePaid, SubscriptionState
+from shared import money
+from shared.messages import SessionCompleted
 from shared.plans import load_plans
 from shared.settings import DEFAULT_PLANS_FILE
 from tests import stripe_fakes as fakes
@@ -134,6 +138,29 @@ def test_a_session_from_an_already_renewed_period_does_not_touch_the_new_balance
     assert (debit.kind, debit.balance_after) == ("debit", 4999)
 
 
-def test_money_strings_have_no_trailing_noise():
-    assert [domain.money(Decimal(v)) for v in ("0.010000", "0.014000", "12", "0", "1.5", "0.002107")] == \
-        ["0.01", "0.014", "12.00", "0.00", "1.50", "0.002107"]
+def test_money_is_written_with_exactly_six_decimals_everywhere():
+    """One money format (shared/money.py) for HTTP JSON and messages: no "0.01" beside "0.010000"."""
+    assert [money.to_str(Decimal(v)) for v in ("0.01", "0.014000", "12", "0", "1.5", "0.0021074", "-3")] == \
+        ["0.010000", "0.014000", "12.000000", "0.000000", "1.500000", "0.002107", "-3.000000"]
+    assert all(re.fullmatch(money.PATTERN, money.to_str(Decimal(v))) for v in ("0", "12.5", "-0.000001"))
+
+    class Priced(BaseModel):
+        amount: money.Money
+    wire = Priced(amount=Decimal("0.01")).model_dump_json()
+    assert wire == '{"amount":"0.010000"}' and Priced.model_validate_json(wire).amount == Decimal("0.01")
+    assert Priced(amount="0.014").model_dump()["amount"] == Decimal("0.014")  # a Decimal in Python
+    assert Priced.model_json_schema()["properties"]["amount"]["type"] == "string"
+    with pytest.raises(ValueError):
+        Priced(amount="NaN")
+
+
+def test_a_session_completed_message_carries_its_cost_as_money():
+    event = SessionCompleted(session_id=uuid.uuid4(), tenant_id=uuid.uuid4(), started_at=START, ended_at=END,
+                             duration_ms=1, end_reason="client", cost=Decimal("0.01"))
+    assert json.loads(event.model_dump_json())["cost"] == "0.010000"
+    assert SessionCompleted.model_validate_json(event.model_dump_json()).cost == Decimal("0.01")
+
+
+def test_sessions_and_billing_write_a_cost_alike():
+    from services.sessions import domain as sessions_domain
+    assert sessions_domain.money(Decimal("0.014")) == money.to_str(Decimal("0.014")) == "0.014000"

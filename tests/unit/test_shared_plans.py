@@ -46,6 +46,6 @@ def test_messages_round_trip_with_decimal_money_as_strings():
                              started_at="2026-01-01T00:00:00Z", ended_at="2026-01-01T00:01:00Z",
                              duration_ms=60_000, end_reason="client", cost=Decimal("0.01"))
     wire = event.model_dump_json()
-    assert '"cost":"0.01"' in wire and '"type":"sessions.session_completed"' in wire
+    assert '"cost":"0.010000"' in wire and '"type":"sessions.session_completed"' in wire
     assert SessionCompleted.model_validate_json(wire) == event
     assert EVENT_TYPES["billing.payment_verified"] is PaymentVerified

@@ -76,6 +76,7 @@
   function money(amount) {
     if (amount === null || amount === undefined) return '—';
     let [whole, frac = ''] = String(amount).split('.');
+    frac = frac.replace(/0+$/, '');  // the API writes 6 decimals ("0.010000"): show "$0.01", "$0.014"
     while (frac.length < 2) frac += '0';
     return '$' + whole + '.' + frac;
   }
