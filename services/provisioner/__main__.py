@@ -12,6 +12,7 @@ from services.provisioner import http, manifests, subscribers
 from services.provisioner.adapters.local import LocalBackend
 from services.provisioner.domain import TenantSpec, namespace_for
 from services.provisioner.settings import ProvisionerSettings
+from services.provisioner.uow import PostgresUnitOfWork
 from shared.plans import UnknownPlan, get_plan
 from shared.service import Runtime, run, serve
 
@@ -25,7 +26,7 @@ def make_backend(settings: ProvisionerSettings):
 
 async def build(runtime: Runtime):
     backend = make_backend(runtime.settings)
-    subscribers.register(runtime, backend=backend)
+    subscribers.register(runtime, uow=PostgresUnitOfWork(runtime.pool), backend=backend)
     return http.create_app(runtime)
 
 

@@ -5,6 +5,7 @@ from uuid import uuid4
 import pytest
 
 from services.provisioner import handlers
+from services.provisioner.uow import PostgresUnitOfWork
 from services.provisioner.__main__ import make_backend
 from services.provisioner.adapters.local import LocalBackend
 from services.provisioner.settings import ProvisionerSettings
@@ -30,14 +31,14 @@ def test_local_is_the_default_backend(monkeypatch):
 async def test_local_provision_cancel_and_resubscribe(pool):
     tid, backend = uuid4(), LocalBackend()
     event = payment(tid)
-    await handlers.provision(event, pool=pool, backend=backend)
-    await handlers.provision(event, pool=pool, backend=backend)
+    await handlers.provision(event, uow=PostgresUnitOfWork(pool), backend=backend)
+    await handlers.provision(event, uow=PostgresUnitOfWork(pool), backend=backend)
     assert (await tenant(pool, tid))["status"] == "provisioned"
     assert len(await events(pool, "provisioner.tenant_provisioned", tid)) == 1
-    await handlers.subscription_changed(changed(tid, "canceled"), pool=pool, backend=backend)
+    await handlers.subscription_changed(changed(tid, "canceled"), uow=PostgresUnitOfWork(pool), backend=backend)
     assert (await tenant(pool, tid))["status"] == "deprovisioned"
     assert len(await events(pool, "provisioner.tenant_deprovisioned", tid)) == 1
-    await handlers.provision(payment(tid), pool=pool, backend=backend)
+    await handlers.provision(payment(tid), uow=PostgresUnitOfWork(pool), backend=backend)
     assert (await tenant(pool, tid))["status"] == "provisioned"
 
 
