@@ -2,11 +2,14 @@
 context host is launched or recycled, what a session's end and a host's crash do."""
 import asyncio
 import math
+import os
+import stat
 import uuid
 
 import pytest
 
 from services.warm_pool import handlers
+from services.warm_pool.adapters.contexts import make_downloads_dir, remove_downloads_dir
 from services.warm_pool.pool_cluster import ClusterPool
 from services.warm_pool.pool_local import LocalPool
 from services.warm_pool.pools import Replica
@@ -307,3 +310,56 @@ async def test_the_cluster_pool_refuses_context_leases_clearly(uow):
     reply = await lease(pool, uow, tenant, settled=False)
 
     assert not reply.ok and reply.error == "error" and "kubernetes" in reply.message
+
+
+# --- a context's downloads directory, against a tenant's planted links ---------------------------
+
+def _home(tmp_path, uid=4242):
+    home = tmp_path / "browser" / "home"
+    (home / "downloads").mkdir(parents=True)
+    os.chown(home, uid, uid)
+    os.chown(home / "downloads", uid, uid)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("the host's")
+    return home, outside
+
+
+def test_a_downloads_directory_is_the_browsers_own_and_goes_with_what_is_in_it(tmp_path):
+    home, _ = _home(tmp_path)
+    make_downloads_dir(home, "s1")
+    made = os.stat(home / "downloads" / "s1")
+    assert (made.st_uid, stat.S_IMODE(made.st_mode)) == (4242, 0o700)
+    (home / "downloads" / "s1" / "deep").mkdir()
+    (home / "downloads" / "s1" / "deep" / "file.pdf").write_bytes(b"%PDF")
+
+    remove_downloads_dir(home, "s1")
+
+    assert not (home / "downloads" / "s1").exists() and (home / "downloads").is_dir()
+
+
+def test_a_planted_downloads_link_leads_neither_the_making_nor_the_removal_outside(tmp_path):
+    home, outside = _home(tmp_path)
+    (home / "downloads").rmdir()
+    (home / "downloads").symlink_to(outside)  # the browser replaced its downloads directory
+    (outside / "s1").mkdir()
+    (outside / "s1" / "keep").write_text("the host's")
+
+    with pytest.raises(OSError):
+        make_downloads_dir(home, "s2")
+    remove_downloads_dir(home, "s1")
+
+    assert not (outside / "s2").exists() and (outside / "s1" / "keep").read_text() == "the host's"
+
+
+def test_links_planted_inside_a_downloads_directory_are_removed_not_followed(tmp_path):
+    home, outside = _home(tmp_path)
+    make_downloads_dir(home, "s1")
+    (home / "downloads" / "s1" / "escape").symlink_to(outside)
+    (home / "downloads" / "s2").symlink_to(outside)  # a link in the place of another session's directory
+
+    remove_downloads_dir(home, "s1")
+    remove_downloads_dir(home, "s2")
+
+    assert (outside / "keep").read_text() == "the host's"
+    assert not os.path.lexists(home / "downloads" / "s1") and not os.path.lexists(home / "downloads" / "s2")
