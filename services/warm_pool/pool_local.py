@@ -12,6 +12,7 @@ hosts; a context whose session ended elsewhere is left 'ending' for this replica
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from uuid import UUID, uuid4
 
@@ -74,7 +75,10 @@ class LocalPool:
         self.refill_slots = asyncio.Semaphore(settings.launch_concurrency)
         # Lock order everywhere: cap_lock, then a connection, then the tenant's advisory lock.
         self.cap_lock = asyncio.Lock()
-        self.host_launches: dict[UUID, asyncio.Lock] = {}  # per tenant: one on-demand host launch at a time
+        # Per tenant: one round of on-demand host launches at a time, the rounds done, the leases waiting.
+        self.host_launches: dict[UUID, asyncio.Lock] = {}
+        self.launch_rounds: dict[UUID, int] = {}
+        self.context_waiting: dict[UUID, int] = {}
         self.host_memory: dict[UUID, int] = {}  # a context host's memory when it started
         self.ending: set[UUID] = set()  # sessions whose context is being disposed here
 
@@ -313,27 +317,40 @@ class LocalPool:
     # --- context leases --------------------------------------------------------------------
 
     async def lease_context(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
-        """A slot in an open host (warm); else, one tenant's lease at a time, launch a host and take
-        a slot in it (cold; the leases queued behind take the rest of its room), up to lease_wait_s
-        at the host cap."""
-        reply = await self._open_context(req, warm=True)
-        if reply is not None:
-            return reply
-        lock = self.host_launches.setdefault(req.tenant_id, asyncio.Lock())
+        """A slot in an open host (warm); else launch hosts and take a slot in one (cold). Launches
+        of a tenant go one round at a time, each starting, at once, enough hosts for every lease
+        waiting then; a lease that waited out another's round tries the new hosts first. Up to
+        lease_wait_s at the host cap."""
         deadline = time.monotonic() + self.settings.lease_wait_s
-        async with lock:
+        lock = self.host_launches.setdefault(req.tenant_id, asyncio.Lock())
+        waiting = self.context_waiting
+        warm = True
+        waiting[req.tenant_id] = waiting.get(req.tenant_id, 0) + 1
+        try:
             while not self.stopping:
-                reply = await self._open_context(req, warm=False)
+                round_seen = self.launch_rounds.get(req.tenant_id, 0)
+                reply = await self._open_context(req, warm=warm)
                 if reply is not None:
                     return reply
-                launched, refused = await self._launch_host(req)
+                warm = False
+                async with lock:
+                    if self.launch_rounds.get(req.tenant_id, 0) != round_seen:
+                        continue  # hosts started while this lease waited: try them
+                    count = math.ceil(waiting[req.tenant_id] / self.settings.contexts_per_browser)
+                    results = await asyncio.gather(*(self._launch_host(req) for _ in range(count)))
+                    self.launch_rounds[req.tenant_id] = round_seen + 1
+                if any(launched for launched, _ in results):
+                    continue
+                refused = next((r for _, r in results if r is not None), None)
                 if refused is not None:
                     return refused
-                if launched:
-                    continue
                 if time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.1)
+        finally:
+            waiting[req.tenant_id] -= 1
+            if not waiting[req.tenant_id]:
+                del waiting[req.tenant_id]
         metrics.CONTEXT_LEASES.labels("no_capacity").inc()
         return LeaseReply(ok=False, error="no_capacity")
 

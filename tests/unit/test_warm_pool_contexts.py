@@ -363,3 +363,17 @@ def test_links_planted_inside_a_downloads_directory_are_removed_not_followed(tmp
 
     assert (outside / "keep").read_text() == "the host's"
     assert not os.path.lexists(home / "downloads" / "s1") and not os.path.lexists(home / "downloads" / "s2")
+
+
+async def test_start_up_after_a_dead_predecessor_reports_each_session_its_hosts_held(uow, backend):
+    before = local_pool(uow, backend)
+    tenant = await provision(before, uow, prewarm=1)
+    sessions = [uuid.uuid4() for _ in range(2)]
+    for s in sessions:
+        assert (await lease(before, uow, tenant, s)).ok
+    successor = local_pool(uow, backend, replica="replica-a2")
+
+    await handlers.start_up(pool=successor)
+
+    assert all(r["state"] == "dead" for r in uow.rows(mode="context"))
+    assert sorted(e.session_id for e in uow.outbox) == sorted(sessions)
