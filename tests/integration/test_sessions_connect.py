@@ -236,6 +236,18 @@ async def test_a_keep_alive_context_session_reconnects_to_its_pages(platform):
         titles = [await p.title() for p in again.contexts[0].pages]
         assert "hello connect" in titles
         await again.close()
+    # A context the client creates goes with its relay; the session's own stays.
+    _, cdp = await platform.lease.context_browser()
+    async with websockets.connect(session["cdp_url"], max_size=None) as raw:
+        await raw.send('{"id": 1, "method": "Target.createBrowserContext"}')
+        created = json.loads(await asyncio.wait_for(raw.recv(), 10))["result"]["browserContextId"]
+        assert created in (await cdp.call("Target.getBrowserContexts"))["browserContextIds"]
+
+    async def disposed():
+        return created not in (await cdp.call("Target.getBrowserContexts"))["browserContextIds"]
+    await platform.wait_for(disposed)
+    assert platform.lease.contexts[UUID(session["id"])] in (await cdp.call("Target.getBrowserContexts"))[
+        "browserContextIds"]
     await platform.http.post(f"/v1/sessions/{session['id']}/end", headers=auth)
 
 
