@@ -51,14 +51,20 @@ def links_exist(slots: set[int]) -> set[int]:
     return {s for s in slots if f"bfh{s}" in names}
 
 
-def processes_of_uids(uids: set[int]) -> list[int]:
+def processes_of_uids(uids: set[int]) -> list[str]:
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
-            for line in status.read_text().splitlines():
-                if line.startswith("Uid:") and int(line.split()[1]) in uids:
-                    found.append(int(status.parent.name))
-        except OSError:
+            text = status.read_text()
+            uid = int(next(line for line in text.splitlines() if line.startswith("Uid:")).split()[1])
+            if uid in uids:
+                state = next(line for line in text.splitlines() if line.startswith("State:")).split()[1]
+                ppid = int(next(line for line in text.splitlines() if line.startswith("PPid:")).split()[1])
+                if state == "Z" and ppid == 1:
+                    continue  # dead, and init's to reap (this machine's init does not; a real one does)
+                cmd = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{status.parent.name} ({state}) {cmd[:120]}")
+        except (OSError, StopIteration):
             continue
     return found
 
@@ -111,5 +117,8 @@ def stray(*, uid_base: int = 2_100_000_000) -> list[str]:
         except (OSError, StopIteration):
             continue
         if uid >= uid_base and uid - uid_base not in live_slots:
+            text = status.read_text() if status.exists() else ""
+            if "State:\tZ" in text and "PPid:\t1\n" in text:
+                continue  # dead, and init's to reap
             problems.append(f"process {status.parent.name} of browser uid {uid}")
     return problems

@@ -41,6 +41,8 @@ def make_sandbox(settings: WarmPoolSettings):
         state_dir=settings.browser_state_dir, browser_memory_mib=settings.browser_memory_mib,
         browser_pids=settings.browser_pids_max, browser_cpu_weight=settings.browser_cpu_weight,
         tenant_memory_fraction=settings.browser_tenant_memory_fraction,
+        browser_disk_mib=settings.browser_disk_mib, max_connections=settings.browser_max_connections,
+        total_memory_fraction=settings.browser_total_memory_fraction,
     ), chromium_path=settings.chromium_path, profile_root=settings.profile_root)
     try:
         sandbox.start(alive=LocalChromium.live_warm_pool)

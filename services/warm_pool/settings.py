@@ -96,6 +96,10 @@ class WarmPoolSettings(ServiceSettings):
     browser_state_dir: Path = Path("/run/browserfleet")
     browser_memory_mib: int = Field(1024, ge=128)
     browser_pids_max: int = Field(512, ge=32)
+    browser_disk_mib: int = Field(512, ge=16)  # each browser's own filesystem (profile, downloads)
+    browser_max_connections: int = Field(2048, ge=64)  # tracked connections per browser at once
+    # All browsers of a warm_pool together, at most this share of the host's memory.
+    browser_total_memory_fraction: float = Field(0.8, gt=0, le=1)
     browser_cpu_weight: int = Field(100, ge=1, le=10000)
     # A tenant's browsers together: their count (max concurrent + pre-warmed) times the above,
     # but never more than this fraction of the host's memory.

@@ -10,8 +10,11 @@ import asyncio
 import ipaddress
 import json
 import os
+import random
 import re
+import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from tests.security.nettest import Canary, make_test_hosts
 
 pytestmark = pytest.mark.e2e
 BROWSER_MEMORY_MIB = 512
+DISK_MIB = 64
 
 FETCH = """async (url) => {
     const abort = new AbortController();
@@ -60,7 +64,7 @@ def platform(module_db, module_mq, tmp_path_factory, hosts):
     plans["professional"]["prewarm_browsers"] = 1
     (workdir / "plans.json").write_text(json.dumps(plans))
     with running_platform(module_db, module_mq, workdir, PLANS_FILE=str(workdir / "plans.json"),
-                          BROWSER_MEMORY_MIB=str(BROWSER_MEMORY_MIB)) as running:
+                          BROWSER_MEMORY_MIB=str(BROWSER_MEMORY_MIB), BROWSER_DISK_MIB=str(DISK_MIB)) as running:
         yield running
 
 
@@ -318,3 +322,104 @@ async def test_a_browser_past_its_memory_limit_dies_alone(platform, tenants, att
         b = await pw.chromium.connect_over_cdp(cdp_b)
         assert await (await b.contexts[0].new_page()).evaluate("6 * 7") == 42
         await b.close()
+
+
+# --- found by the red team (each failed before its fix) ----------------------------------------
+
+async def test_a_browser_cannot_fill_the_storage_everyone_shares(attack, platform):
+    """Its directory is a filesystem of its own, BROWSER_DISK_MIB large: a 3x larger download
+    fails there, and the host's PROFILE_ROOT does not fill."""
+    browser, page = attack["browser"], attack["page"]
+    home = Path(attack["row_a"]["profile_dir"]) / "home"
+    assert os.path.ismount(home)
+    size = os.statvfs(home)
+    assert size.f_blocks * size.f_frsize <= DISK_MIB * 2**20
+    free_before = shutil.disk_usage(platform.profile_root).free
+    cdp = await browser.new_browser_cdp_session()
+    done = asyncio.get_running_loop().create_future()
+    cdp.on("Browser.downloadProgress",
+           lambda e: e["state"] in ("completed", "canceled") and not done.done() and done.set_result(e["state"]))
+    await cdp.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": "/browser/downloads",
+                                                  "eventsEnabled": True})
+    await page.evaluate(f"""() => {{ const a = document.createElement('a');
+        a.href = URL.createObjectURL(new Blob([new Uint8Array({3 * DISK_MIB} * 1024 * 1024)]));
+        a.download = 'huge.bin'; document.body.appendChild(a); a.click(); }}""")
+    assert await asyncio.wait_for(done, 60) == "canceled"
+    assert shutil.disk_usage(platform.profile_root).free > free_before - 2 * DISK_MIB * 2**20
+
+
+async def test_a_flushed_host_ruleset_opens_nothing_and_is_put_back(attack, platform, hosts):
+    private, _ = hosts
+    page = attack["page"]
+    table = f"browserfleet_{platform.procs['warm_pool'].proc.pid}"
+    subprocess.run(["nft", "delete", "table", "inet", table], check=True)  # a firewall reload's flush
+    b_devtools = attack["row_b"]["cdp_ws_url"].replace("ws://", "http://").split("/devtools")[0]
+    assert (await page.evaluate(FETCH, f"{b_devtools}/json/version")).startswith("error")
+    assert (await page.evaluate(FETCH, f"http://{private.address}:8080/")).startswith("error")
+    assert private.hits("tcp") == []
+    await eventually(lambda: table in subprocess.run(["nft", "list", "tables"], capture_output=True,
+                                                     text=True).stdout, what="the filter table restored")
+
+
+async def test_relayed_connections_are_capped_per_browser(attack, platform, tenants):
+    """A context proxied into the DNS relay (and DNS over TCP) cannot make warm_pool hold
+    descriptors without bound; other tenants' browsers still launch."""
+    warm_pool = platform.procs["warm_pool"].proc.pid
+    fds_before = len(os.listdir(f"/proc/{warm_pool}/fd"))
+    context = await attack["browser"].new_context(proxy={"server": "http://127.0.0.1:53"})
+    page = await context.new_page()
+    await page.evaluate("""() => Promise.all([...Array(300).keys()].map(i =>
+        fetch(`http://site${i}.example/`, {mode: 'no-cors'}).catch(() => null)))""")
+    assert len(os.listdir(f"/proc/{warm_pool}/fd")) < fds_before + 100
+    await context.close()
+    _, (_, key_b) = tenants
+    fresh = await session(platform, key_b)  # a launch for the other tenant still works
+    assert fresh["status"] == "running"
+
+
+def test_only_root_on_the_host_reaches_a_browsers_devtools(attack):
+    devtools = attack["row_b"]["cdp_ws_url"].replace("ws://", "http://").split("/devtools")[0]
+    probe = [sys.executable, "-c", f"import urllib.request; urllib.request.urlopen('{devtools}/json/version', timeout=3)"]
+    assert subprocess.run(probe, capture_output=True).returncode == 0  # control: root (the platform)
+    as_nobody = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *probe],
+                               capture_output=True)
+    assert as_nobody.returncode != 0
+
+
+async def test_what_the_host_installed_by_hand_is_not_shown(attack):
+    page = attack["page"]
+    assert "lib" in await read_file_url(page, "file:///usr/")  # control: the system is there
+    listing = await read_file_url(page, "file:///usr/local/")
+    assert listing is None or "addRow(" not in listing.split("<tbody")[-1].replace('addRow("..",', "")
+
+
+async def test_a_network_the_host_joins_later_is_blocked_too(attack, platform, tmp_path):
+    page = attack["page"]
+    n = random.randrange(1, 250)
+    ns, veth = f"bftest-late-{n}", f"bftla{n}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns],
+                    ["addr", "add", f"198.51.100.1/24", "dev", veth], ["link", "set", veth, "up"],
+                    ["-n", ns, "addr", "add", "198.51.100.2/24", "dev", "eth0"],
+                    ["-n", ns, "link", "set", "eth0", "up"],
+                    ["-n", ns, "link", "set", "lo", "up"]):
+            subprocess.run(["ip", *cmd], check=True)
+        lan = "198.51.100.2"  # the host's new LAN (TEST-NET-2, public-looking, on a link of the host's)
+        assert json.loads(subprocess.run(["ip", "-j", "route", "get", lan], capture_output=True,
+                                         text=True).stdout)[0]["dev"] == veth
+        log = tmp_path / "late.log"
+        listener = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
+                                     "import socket,sys\ns=socket.socket();s.setsockopt(1,2,1);s.bind(('0.0.0.0',8080));s.listen()\n"
+                                     "while True:\n c,a=s.accept();open(sys.argv[1],'a').write(a[0]+'\\n');c.close()",
+                                     str(log)])
+        try:
+            await asyncio.sleep(3)  # warm_pool's reconcile (every second) learns the new network
+            assert (await page.evaluate(FETCH, f"http://{lan}:8080/")).startswith("error")
+            assert not log.exists() or log.read_text() == ""
+        finally:
+            listener.kill()
+            listener.wait()
+    finally:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -97,7 +97,8 @@ def test_no_hierarchy_at_all_is_refused(tmp_path):
 
 def test_tenant_share_follows_the_plan_capped_by_the_host(monkeypatch):
     monkeypatch.setattr("services.warm_pool.adapters.sandbox._host_memory_bytes", lambda: 16 * 2**30)
-    sandbox = Sandbox(SandboxConfig(host_ports=[], browser_memory_mib=1024, tenant_memory_fraction=0.5),
+    sandbox = Sandbox(SandboxConfig(host_ports=[], browser_memory_mib=1024, tenant_memory_fraction=0.5,
+                                    total_memory_fraction=1.0),
                       chromium_path="/bin/true", profile_root=Path("/nonexistent"))
     browser, tenant = sandbox._limits(tenant_browsers=3)
     assert browser.memory_bytes == 2**30 and tenant.memory_bytes == 3 * 2**30

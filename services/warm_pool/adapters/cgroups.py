@@ -60,11 +60,12 @@ def _pids(group: Path) -> list[int]:
     return []
 
 
-def _kill_tasks(groups: list[Path]) -> None:
-    """SIGKILL every process of these groups until they are empty (a dying process may fork)."""
+def _kill_tasks(groups: list[Path], *, keep: int | None = None) -> None:
+    """SIGKILL every process of these groups (but `keep`) until none is left (a dying process
+    may fork)."""
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        alive = [pid for group in groups for pid in _pids(group)]
+        alive = [pid for group in groups for pid in _pids(group) if pid != keep]
         if not alive:
             return
         for pid in alive:
@@ -112,6 +113,10 @@ class CgroupsV2:
     def _group(self, *parts: str) -> Path:
         return self.base.joinpath(*parts)
 
+    def limit_base(self, limits: Limits) -> None:
+        _write(self.base / "memory.max", str(limits.memory_bytes))
+        _write(self.base / "pids.max", str(limits.pids))
+
     def create(self, parts: tuple[str, ...], limits: Limits, *, subtree: bool) -> list[Path]:
         group = self._group(*parts)
         if not _mkdir(group) and subtree:
@@ -143,6 +148,9 @@ class CgroupsV2:
         with contextlib.suppress(OSError):
             _write(group / "cgroup.kill", "1")
         _kill_tasks([group])
+
+    def kill_except(self, parts: tuple[str, ...], keep: int) -> None:
+        _kill_tasks([self._group(*parts)], keep=keep)
 
     def remove(self, parts: tuple[str, ...]) -> None:
         _rmdir_tree(self._group(*parts))
@@ -178,6 +186,10 @@ class CgroupsV1:
     def _group(self, controller: str, parts: tuple[str, ...]) -> Path:
         return self.bases[controller].joinpath(*parts)
 
+    def limit_base(self, limits: Limits) -> None:
+        _write(self.bases["memory"] / "memory.limit_in_bytes", str(limits.memory_bytes))
+        _write(self.bases["pids"] / "pids.max", str(limits.pids))
+
     def create(self, parts: tuple[str, ...], limits: Limits, *, subtree: bool) -> list[Path]:
         groups, made = [], False
         for controller in V1_CONTROLLERS:
@@ -207,6 +219,9 @@ class CgroupsV1:
 
     def kill(self, parts: tuple[str, ...]) -> None:
         _kill_tasks([self._group(c, parts) for c in V1_CONTROLLERS])
+
+    def kill_except(self, parts: tuple[str, ...], keep: int) -> None:
+        _kill_tasks([self._group("pids", parts)], keep=keep)
 
     def remove(self, parts: tuple[str, ...]) -> None:
         for controller in V1_CONTROLLERS:

@@ -24,7 +24,7 @@ import httpx
 from services.warm_pool import domain, metrics
 from services.warm_pool.adapters.contexts import ContextHosts, OpenedContext
 from services.warm_pool.adapters.expose import PortForwarder
-from services.warm_pool.adapters.sandbox import Prepared, Sandbox
+from services.warm_pool.adapters.sandbox import Prepared, Sandbox, unmount
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,12 @@ def _singleton_dir(browser_dir: Path) -> list[str]:
 
 
 def _remove_dir(path: Path) -> None:
+    """`rm -rf`, which follows no link and has no recursion limit (a tenant's tree may be deep)."""
+    unmount(path / "home")
     for extra in _singleton_dir(path):
         shutil.rmtree(extra, ignore_errors=True)
     for _ in range(3):  # a dying child may still drop a file in while the tree is removed
-        shutil.rmtree(path, ignore_errors=True)
+        subprocess.run(["rm", "-rf", "--", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not path.exists():
             return
         time.sleep(0.05)
@@ -99,6 +101,7 @@ def _remove_dir(path: Path) -> None:
 async def _remove_dir_async(path: Path) -> None:
     """`rm -rf` in a child process: a Python rmtree in a thread holds the GIL for much of a
     profile's ~200 files and stalls the event loop that answers leases."""
+    unmount(path / "home")  # a sandboxed browser's own filesystem
     also = _singleton_dir(path)
     for _ in range(3):  # a dying child may still drop a file in while the tree is removed
         proc = await asyncio.create_subprocess_exec("rm", "-rf", "--", str(path), *also,
@@ -110,6 +113,7 @@ async def _remove_dir_async(path: Path) -> None:
 
 
 PROMOTE_AFTER_S = 3.0
+UPKEEP_S = 2.0
 
 
 def _set_autogroup_nice(pid: int, nice: int) -> None:
@@ -159,6 +163,8 @@ class LocalChromium:
         self._procs: dict[UUID, subprocess.Popen] = {}
         self._sandboxed: dict[UUID, Prepared] = {}
         self._only_tenant: UUID | None = None
+        self._next_upkeep = 0.0
+        self._upkeep_task: asyncio.Future | None = None
         self._closed = False
         self._http = httpx.AsyncClient(timeout=2, trust_env=False)
 
@@ -299,7 +305,9 @@ class LocalChromium:
 
     def exited(self) -> list[UUID]:
         """Browsers started here whose process has died (and is now reaped), or whose sandbox
-        hit its memory limit (the kernel killed part of it: the rest goes too)."""
+        hit its memory limit (the kernel killed part of it: the rest goes too). Called often
+        (the crash monitor): the sandbox's upkeep rides on it every few seconds."""
+        self._upkeep()
         gone = []
         for bid, proc in list(self._procs.items()):
             prepared = self._sandboxed.get(bid)
@@ -308,7 +316,7 @@ class LocalChromium:
             elif prepared is not None and self.sandbox.oom_killed(prepared):
                 log.warning("browser hit its memory limit", extra={"browser_id": str(bid)})
                 metrics.MEMORY_KILLS.inc()
-                self.sandbox.kill(prepared)
+                self.sandbox.kill_inside(prepared, launcher=proc.pid)
                 gone.append(bid)
         return gone
 
@@ -320,6 +328,11 @@ class LocalChromium:
         if self._forwarder is not None:
             await self._forwarder.close(browser_id)
         if proc is not None:
+            if prepared is not None and proc.poll() is None:
+                await asyncio.to_thread(self.sandbox.kill_inside, prepared, launcher=proc.pid)
+                deadline = time.monotonic() + 2
+                while proc.poll() is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             deadline = time.monotonic() + 5
@@ -328,6 +341,22 @@ class LocalChromium:
         if prepared is not None:
             await self.sandbox.release(prepared)  # kills whatever is left in its cgroups
         await _remove_dir_async(self._dir(browser_id))
+
+    def _upkeep(self) -> None:
+        """Every UPKEEP_S, off the loop: the host's filter table put back if a firewall reload
+        removed it, networks the host joined since blocked, dead replicas' leftovers removed."""
+        if self.sandbox is None or self._closed or time.monotonic() < self._next_upkeep:
+            return
+        if self._upkeep_task is not None and not self._upkeep_task.done():
+            return
+        self._next_upkeep = time.monotonic() + UPKEEP_S
+        self._upkeep_task = asyncio.ensure_future(asyncio.to_thread(self._upkeep_now))
+
+    def _upkeep_now(self) -> None:
+        try:
+            self.sandbox.remove_stale()
+        except Exception:  # noqa: BLE001 — logged; the next round tries again
+            log.exception("sandbox upkeep failed")
 
     def owned(self) -> list[UUID]:
         return list(self._procs)
@@ -349,6 +378,8 @@ class LocalChromium:
         return pid == os.getpid() or (_pid_alive(pid) and "services.warm_pool" in _cmdline(pid))
 
     def owner_alive(self, pid: int) -> bool:
+        if self.sandbox is not None:  # a lock its owner holds: no pid reuse, no forged command line
+            return self.sandbox.owner_alive(pid)
         return self.live_warm_pool(pid)
 
     async def remove_stale(self, browser_id: UUID, *, pid: int | None, profile_dir: str | None) -> None:

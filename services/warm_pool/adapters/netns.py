@@ -8,7 +8,11 @@ route for the whole BROWSER_NET_CIDR beneath the browsers' own /30s):
 - what a browser sends on is dropped when it is IPv6 or bound for a non-public IPv4 range
   (private, loopback, link-local and metadata, CGNAT, multicast, reserved) or for a network the
   host is attached to; the rest leaves masqueraded.
-Browser side: `eth0` with one IPv4 address and a default route, no IPv6; DevTools, which
+- at most `BROWSER_MAX_CONNECTIONS` tracked connections per browser (the host's conntrack table
+  is shared by everyone);
+- DevTools ports are reachable from the host by root only (the platform), not by any local user.
+Browser side: the same egress rules once more (a flushed host ruleset opens nothing), and
+`eth0` with one IPv4 address and a default route, no IPv6; DevTools, which
 Chromium binds to the namespace's 127.0.0.1, is DNAT'ed from the veth address so the platform
 reaches it. DNS and the `BROWSER_HOST_PORTS` are served inside the namespace by sockets this
 process opens there (see relays.py), so the browser never needs a route to the host.
@@ -98,11 +102,18 @@ def host_networks() -> list[str]:
     return sorted(nets)
 
 
-def host_table(*, name: str, cidr: str, extra_blocked: list[str]) -> str:
-    blocked = ", ".join(dict.fromkeys([*BLOCKED_V4, *extra_blocked]))
+def blocked_set(extra: list[str]) -> str:
+    return ", ".join(dict.fromkeys([*BLOCKED_V4, *extra]))
+
+
+def host_table(*, name: str, cidr: str, extra_blocked: list[str], max_connections: int = 2048) -> str:
+    """Atomic: the old table (if any) goes and the new one comes in one nft transaction."""
     return f"""
+table inet {name} {{}}
+delete table inet {name}
 table inet {name} {{
-  set blocked4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked} }} }}
+  set blocked4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked_set(extra_blocked)} }} }}
+  set connections {{ type ipv4_addr; flags dynamic; size 65535; }}
   chain input {{
     type filter hook input priority filter - 5; policy accept;
     iifname "bfh*" ct state established,related accept
@@ -114,6 +125,11 @@ table inet {name} {{
     oifname "bfh*" counter drop
     iifname "bfh*" meta nfproto ipv6 counter drop
     iifname "bfh*" ip daddr @blocked4 counter drop
+    iifname "bfh*" ct state new add @connections {{ ip saddr ct count over {max_connections} }} counter drop
+  }}
+  chain output {{
+    type filter hook output priority filter - 5; policy accept;
+    oifname "bfh*" tcp dport {DEVTOOLS_PORT} meta skuid != 0 counter drop
   }}
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
@@ -123,19 +139,64 @@ table inet {name} {{
 """
 
 
+def browser_tables(*, ip: str, extra_blocked: list[str]) -> str:
+    """Inside a browser's namespace: DevTools from its veth, and the same egress rules as the
+    host's once more, so a flushed host ruleset (a firewall reload) does not open anything."""
+    return f"""
+table ip browserfleet {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "eth0" ip daddr {ip} tcp dport {DEVTOOLS_PORT} dnat to 127.0.0.1:{DEVTOOLS_PORT}
+  }}
+}}
+table inet browserfleet_egress {{
+  set blocked4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {blocked_set(extra_blocked)} }} }}
+  chain output {{
+    type filter hook output priority filter; policy accept;
+    oifname "lo" accept
+    ct state established,related accept
+    meta nfproto ipv6 counter drop
+    ip daddr @blocked4 counter drop
+  }}
+}}
+"""
+
+
 class HostNetwork:
     """The host's half: forwarding on, and this process's filter table."""
 
-    def __init__(self, *, cidr: str, blocked: list[str]):
+    def __init__(self, *, cidr: str, blocked: list[str], max_connections: int = 2048):
         self.cidr = ipaddress.ip_network(cidr)
         self.blocked = blocked
+        self.max_connections = max_connections
         self.table = f"{TABLE_PREFIX}{os.getpid()}"
         self._forward_was = None
+        self._networks: list[str] = []
+
+    @property
+    def all_blocked(self) -> list[str]:
+        return [*self._networks, *self.blocked]
+
+    def _apply(self) -> None:
+        run_sync("nft", "-f", "-", stdin=host_table(name=self.table, cidr=str(self.cidr),
+                                                    extra_blocked=self.all_blocked,
+                                                    max_connections=self.max_connections))
+
+    def ensure(self) -> str | None:
+        """Put the table back if something removed it (a firewall reload flushes the ruleset),
+        and follow networks the host joined since: what changed, or None."""
+        networks = host_networks()
+        present = self.table in self.tables()
+        if present and networks == self._networks:
+            return None
+        why = "the filter table was gone" if not present else f"host networks now {networks}"
+        self._networks = networks
+        self._apply()
+        return why
 
     def setup(self) -> None:
-        run_sync("nft", "delete", "table", "inet", self.table, check=False)  # a dead namesake's (pid reuse)
-        run_sync("nft", "-f", "-", stdin=host_table(name=self.table, cidr=str(self.cidr),
-                                                    extra_blocked=[*host_networks(), *self.blocked]))
+        self._networks = host_networks()
+        self._apply()  # replaces a dead namesake's table (pid reuse) in the same transaction
         # A browser's /30 is routed to its veth while it lives; the rest of the range (a browser
         # that has gone) is a black hole, never the default route.
         run_sync("ip", "route", "replace", "blackhole", str(self.cidr))
@@ -197,7 +258,7 @@ class BrowserNet:
         return f"bfh{self.slot}"
 
 
-async def create(net: BrowserNet) -> None:
+async def create(net: BrowserNet, *, blocked: list[str]) -> None:
     await run("ip", "-batch", "-", stdin="\n".join([
         f"netns add {net.name}",
         f"link add {net.veth} type veth peer name eth0 netns {net.name}",
@@ -211,14 +272,8 @@ async def create(net: BrowserNet) -> None:
         "link set eth0 up",
         f"route add default via {net.host_ip}", ""]))
     await run("nsenter", f"--net={net.path}", "--", "sh", "-c",
-              "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet && nft -f -", stdin=f"""
-table ip browserfleet {{
-  chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    iifname "eth0" ip daddr {net.ip} tcp dport {DEVTOOLS_PORT} dnat to 127.0.0.1:{DEVTOOLS_PORT}
-  }}
-}}
-""")
+              "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet && nft -f -",
+              stdin=browser_tables(ip=net.ip, extra_blocked=blocked))
 
 
 async def destroy(slot: int) -> None:

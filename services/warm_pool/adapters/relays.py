@@ -13,12 +13,18 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.warm_pool.adapters.expose import _pipe
 from services.warm_pool.adapters.netns import in_netns
 
 log = logging.getLogger(__name__)
 MAX_DNS_IN_FLIGHT = 64
 DNS_TIMEOUT_S = 5.0
+# Per browser: connections at once through its host-port listeners and its DNS-over-TCP one, and
+# how long one may sit idle. Each costs this process two descriptors; uncapped, one tenant could
+# take them all (and every other tenant's launches with them).
+MAX_HOST_PORT_CONNECTIONS = 64
+MAX_DNS_TCP_CONNECTIONS = 8
+IDLE_TIMEOUT_S = 300.0
+DNS_TCP_IDLE_S = 10.0
 
 # One thread enters namespaces, so no other work ever runs on a thread that is inside one.
 _NS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns")
@@ -110,6 +116,8 @@ class NamespaceRelays:
     def __init__(self):
         self._servers: list[asyncio.base_events.Server] = []
         self._transports: list[asyncio.BaseTransport] = []
+        self._host_ports = _Gate(MAX_HOST_PORT_CONNECTIONS)
+        self._dns_tcp = _Gate(MAX_DNS_TCP_CONNECTIONS)
 
     async def open(self, netns_path: str, *, host_ports: list[int], resolvers: list[str]) -> None:
         specs = [(socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1", 53),
@@ -123,9 +131,11 @@ class NamespaceRelays:
         try:
             transport, _ = await loop.create_datagram_endpoint(lambda: _DnsRelay(upstream), sock=socks[0])
             self._transports.append(transport)
-            self._servers.append(await asyncio.start_server(_forwarder(*upstream), sock=socks[1]))
+            self._servers.append(await asyncio.start_server(self._dns_tcp.wrap(_dns_over_tcp(upstream)),
+                                                            sock=socks[1]))
             for sock, port in zip(socks[2:], [p for p in host_ports for _ in (0, 1)]):
-                self._servers.append(await asyncio.start_server(_forwarder("127.0.0.1", port), sock=sock))
+                self._servers.append(await asyncio.start_server(
+                    self._host_ports.wrap(_forwarder("127.0.0.1", port)), sock=sock))
         except BaseException:
             for sock in socks:
                 sock.close()
@@ -142,12 +152,78 @@ class NamespaceRelays:
         self._servers, self._transports = [], []
 
 
+class _Gate:
+    """At most `limit` connections at once; the one past it is closed at once."""
+
+    def __init__(self, limit: int):
+        self.limit, self.open = limit, 0
+
+    def wrap(self, handler):
+        async def gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if self.open >= self.limit:
+                writer.close()
+                return
+            self.open += 1
+            try:
+                await handler(reader, writer)
+            finally:
+                self.open -= 1
+                writer.close()
+        return gated
+
+
+async def _idle_pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT_S):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.TimeoutError, asyncio.CancelledError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
 def _forwarder(host: str, port: int):
     async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
-            writer.close()
             return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(_idle_pipe(reader, up_writer), _idle_pipe(up_reader, writer))
     return forward
+
+
+def is_dns_query(message: bytes) -> bool:
+    """A standard query: a 12-byte header with QR = 0, opcode QUERY, at least one question."""
+    return (len(message) >= 12 and not message[2] & 0x80 and (message[2] >> 3) & 0x0F == 0
+            and int.from_bytes(message[4:6], "big") >= 1)
+
+
+def _dns_over_tcp(upstream: tuple[str, int]):
+    """DNS over TCP, message by message: anything that is not a DNS query ends the connection,
+    so port 53 of the host's resolver is no general-purpose pipe (e.g. for a context's proxy)."""
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_writer = None
+        try:
+            for _ in range(32):
+                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), DNS_TCP_IDLE_S), "big")
+                if not 12 <= size <= 4096:
+                    return
+                query = await asyncio.wait_for(reader.readexactly(size), DNS_TCP_IDLE_S)
+                if not is_dns_query(query):
+                    return
+                if up_writer is None:
+                    up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*upstream), DNS_TIMEOUT_S)
+                up_writer.write(size.to_bytes(2, "big") + query)
+                await up_writer.drain()
+                answer_size = int.from_bytes(await asyncio.wait_for(up_reader.readexactly(2), DNS_TIMEOUT_S), "big")
+                answer = await asyncio.wait_for(up_reader.readexactly(answer_size), DNS_TIMEOUT_S)
+                writer.write(answer_size.to_bytes(2, "big") + answer)
+                await writer.drain()
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if up_writer is not None:
+                up_writer.close()
+    return relay

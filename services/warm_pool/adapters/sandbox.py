@@ -13,12 +13,17 @@ namespace, drops to the browser's uid and execs bubblewrap:
 """
 import asyncio
 import contextlib
+import ctypes
+import fcntl
 import json
 import logging
 import os
 import random
+import resource
 import shutil
 import subprocess
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
@@ -30,7 +35,9 @@ log = logging.getLogger(__name__)
 TOOLS = ("bwrap", "nsenter", "setpriv", "chrt", "ip", "nft")
 ETC_FROM_HOST = ("fonts", "ssl", "ca-certificates", "alternatives", "ld.so.cache", "localtime",
                  "mime.types")
-JOIN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 97; shift; n=$((n-1)); done; exec "$@"'
+# Joins the browser's cgroups before anything else runs, and offers it first to the kernel's OOM killer.
+JOIN_CGROUPS = ('echo 1000 > /proc/self/oom_score_adj; n=$1; shift; '
+                'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 97; shift; n=$((n-1)); done; exec "$@"')
 
 
 class SandboxUnavailable(Exception):
@@ -47,7 +54,10 @@ class SandboxConfig:
     browser_memory_mib: int = 1024
     browser_pids: int = 512
     browser_cpu_weight: int = 100
+    browser_disk_mib: int = 512
+    max_connections: int = 2048
     tenant_memory_fraction: float = 0.5
+    total_memory_fraction: float = 0.8
 
 
 @dataclass
@@ -61,6 +71,8 @@ class Prepared:
     argv: list[str]
     relays: NamespaceRelays
     home_fd: int = -1  # the browser's directory, opened here: bwrap mounts it whatever its parents' modes
+    slot_lock: int = -1  # held while the slot is in use: a sweep takes only slots nobody holds
+    home: Path | None = None
 
     def close_fd(self) -> None:
         if self.home_fd >= 0:
@@ -83,16 +95,18 @@ class Sandbox:
         self.profile_root = profile_root
         self.slots_dir = config.state_dir / "slots"
         self.etc_dir = config.state_dir / "etc"
-        self.host = netns.HostNetwork(cidr=config.net_cidr, blocked=config.blocked_networks)
+        self.host = netns.HostNetwork(cidr=config.net_cidr, blocked=config.blocked_networks,
+                                      max_connections=config.max_connections)
+        self._lock_fd = -1
         self.cgroups = None
         self._resolvers = host_resolvers()
         self._cgroup_lock = asyncio.Lock()  # a tenant's group is not removed while a browser joins it
 
     # --- start and stop ------------------------------------------------------------------
 
-    def start(self, *, alive) -> None:
-        """Check the host can sandbox, then set up what all browsers share. `alive(pid)`: is that
-        pid a live warm_pool process (whose leftovers must be kept)."""
+    def start(self, *, alive=None) -> None:
+        """Check the host can sandbox, then set up what all browsers share. Whose leftovers are
+        whose is decided by locks the owners hold (`alive` is accepted for older callers)."""
         if os.geteuid() != 0:
             raise SandboxUnavailable("warm_pool must run as root to build browser sandboxes "
                                      "(network namespaces, cgroups, per-browser users)")
@@ -100,9 +114,15 @@ class Sandbox:
         if missing:
             raise SandboxUnavailable(f"missing tools: {', '.join(missing)} (Debian: bubblewrap, util-linux, "
                                      "iproute2, nftables)")
+        self._hold_process_lock()
+        # Relays hold two descriptors per connection: the hard limit, not the usual soft 1024.
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         try:
             self.cgroups = cgroups.detect(f"browserfleet-{os.getpid()}")
             self.cgroups.setup()
+            self.cgroups.limit_base(self._root_limits())
         except (OSError, cgroups.CgroupError) as exc:
             raise SandboxUnavailable(f"cannot create cgroups beneath this process's own: {exc}") from exc
         try:
@@ -112,7 +132,7 @@ class Sandbox:
         self._check_reachable(self.profile_root)
         self.slots_dir.mkdir(parents=True, exist_ok=True)
         self._write_etc()
-        self.remove_stale(alive)
+        self.remove_stale()
         self._probe()
 
     @staticmethod
@@ -143,14 +163,32 @@ class Sandbox:
         self.etc_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.etc_dir, 0o755)
         files = {
-            "passwd": "root:x:0:0::/:/usr/sbin/nologin\nbrowser:x:{uid}:{uid}::/browser:/usr/sbin/nologin\n",
-            "group": "root:x:0:\nbrowser:x:{uid}:\n",
+            "passwd": "root:x:0:0::/:/usr/sbin/nologin\nnobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n",
+            "group": "root:x:0:\nnogroup:x:65534:\n",
             "hosts": "127.0.0.1 localhost\n::1 localhost\n",
             "resolv.conf": "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n",
             "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
         }
         for name, text in files.items():
             (self.etc_dir / name).write_text(text)
+
+    # --- liveness: a lock its owner holds while it lives ----------------------------------
+
+    def _hold_process_lock(self) -> None:
+        owners = self.config.state_dir / "owners"
+        owners.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(owners / f"{os.getpid()}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def owner_alive(self, pid: int) -> bool:
+        """Does warm_pool process `pid` (of this host's state dir) still hold its lock?"""
+        return pid == os.getpid() or _held(self.config.state_dir / "owners" / f"{pid}.lock")
+
+    def _root_limits(self) -> cgroups.Limits:
+        """All browsers of this process together: most of the host, never all of it."""
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+        return cgroups.Limits(memory_bytes=int(_host_memory_bytes() * self.config.total_memory_fraction),
+                              pids=max(1024, pid_max // 2), cpu_weight=100)
 
     def stop(self) -> None:
         if self.cgroups is not None:
@@ -159,22 +197,34 @@ class Sandbox:
                 cgroups._rmdir_tree(group)
         with contextlib.suppress(netns.NetworkError, OSError):
             self.host.teardown()
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.state_dir / "owners" / f"{os.getpid()}.lock")
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
-    def remove_stale(self, alive) -> None:
-        """What dead warm_pool processes on this host left: cgroup trees, filter tables, slots."""
-        cgroups.remove_stale(self.cgroups, prefix="browserfleet-", alive=alive)
-        self.host.remove_stale(alive)
-        self.remove_stale_slots(alive)
+    def remove_stale(self, alive=None) -> None:
+        """What dead warm_pool processes on this host left (cgroup trees, filter tables, slots),
+        and this process's own filter table put back if a firewall reload removed it."""
+        cgroups.remove_stale(self.cgroups, prefix="browserfleet-", alive=self.owner_alive)
+        self.host.remove_stale(self.owner_alive)
+        self.remove_stale_slots()
+        changed = self.host.ensure()
+        if changed:
+            log.error("browser filter table restored", extra={"reason": changed})
+        for lock in (self.config.state_dir / "owners").glob("*.lock"):
+            if lock.stem.isdigit() and not self.owner_alive(int(lock.stem)):
+                with contextlib.suppress(OSError):
+                    lock.unlink()
 
-    def remove_stale_slots(self, alive) -> list[int]:
+    def remove_stale_slots(self, alive=None) -> list[int]:
+        """Slots whose lock nobody holds (their warm_pool died): namespace, veth and directory."""
         removed = []
         for entry in self.slots_dir.iterdir():
-            if not entry.name.isdigit():
+            if entry.name.startswith(".claim-") and time.time() - entry.stat().st_mtime > 60:
+                shutil.rmtree(entry, ignore_errors=True)  # a claim that died half-made
                 continue
-            owner = {}
-            with contextlib.suppress(OSError, ValueError):
-                owner = json.loads((entry / "owner.json").read_text())
-            if owner.get("pid") and (owner["pid"] == os.getpid() or alive(int(owner["pid"]))):
+            if not entry.name.isdigit() or _held(entry / "owner.json"):
                 continue
             netns.destroy_sync(int(entry.name))
             shutil.rmtree(entry, ignore_errors=True)
@@ -183,48 +233,58 @@ class Sandbox:
 
     # --- one browser ---------------------------------------------------------------------
 
-    def _claim_slot(self, browser_id: UUID) -> int:
+    def _claim_slot(self, browser_id: UUID) -> tuple[int, int]:
+        """A free slot, claimed atomically with its owner file already in it and locked: (slot,
+        lock fd). A directory renamed onto an existing slot (never empty) fails."""
+        claim = self.slots_dir / f".claim-{uuid.uuid4().hex}"
+        claim.mkdir()
+        owner = claim / "owner.json"
+        owner.write_text(json.dumps({"pid": os.getpid(), "browser_id": str(browser_id)}))
+        fd = os.open(owner, os.O_RDWR | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         count = self.host.slots
         start = random.randrange(count)
         for i in range(count):
             slot = (start + i) % count
-            path = self.slots_dir / str(slot)
             try:
-                path.mkdir()
-            except FileExistsError:
+                os.rename(claim, self.slots_dir / str(slot))
+            except OSError:  # taken (ENOTEMPTY / EEXIST)
                 continue
-            (path / "owner.json").write_text(json.dumps({"pid": os.getpid(), "browser_id": str(browser_id)}))
-            return slot
+            return slot, fd
+        os.close(fd)
+        shutil.rmtree(claim, ignore_errors=True)
         raise netns.NetworkError("every browser network slot is taken (BROWSER_NET_CIDR)")
 
     def _limits(self, tenant_browsers: int) -> tuple[cgroups.Limits, cgroups.Limits]:
         c = self.config
         browser = cgroups.Limits(memory_bytes=c.browser_memory_mib * 2**20, pids=c.browser_pids,
                                  cpu_weight=c.browser_cpu_weight)
-        share = int(_host_memory_bytes() * c.tenant_memory_fraction)
+        share = int(_host_memory_bytes() * c.total_memory_fraction * c.tenant_memory_fraction)
         tenant = cgroups.Limits(memory_bytes=min(share, browser.memory_bytes * max(1, tenant_browsers)),
                                 pids=c.browser_pids * max(1, tenant_browsers), cpu_weight=100)
         return browser, tenant
 
     async def prepare(self, *, browser_id: UUID, tenant_id: UUID, tenant_browsers: int, base: Path,
                       flags: list[str], urgent: bool) -> Prepared:
-        slot = self._claim_slot(browser_id)
+        slot, lock = self._claim_slot(browser_id)
         host_ip, ip = self.host.addresses(slot)
         uid = self.config.uid_base + slot
         prepared = Prepared(slot=slot, net=netns.BrowserNet(slot, host_ip, ip), uid=uid, tenant_id=tenant_id,
-                            browser_id=browser_id, argv=[], relays=NamespaceRelays())
+                            browser_id=browser_id, argv=[], relays=NamespaceRelays(), slot_lock=lock, home=base)
         try:
             browser_limits, tenant_limits = self._limits(tenant_browsers)
             async with self._cgroup_lock:
                 self.cgroups.create(prepared.cgroup[:1], tenant_limits, subtree=True)
                 self.cgroups.create(prepared.cgroup, browser_limits, subtree=False)
             base.mkdir(exist_ok=True)
+            # Its own filesystem, size-capped: one tenant cannot fill what everyone writes to.
+            mount_tmpfs(base, size_mib=self.config.browser_disk_mib, uid=uid)
             for sub in ("profile", "downloads"):
                 (base / sub).mkdir(exist_ok=True)
             for path in (base, base / "profile", base / "downloads"):
                 os.chown(path, uid, uid)
                 os.chmod(path, 0o700)
-            await netns.create(prepared.net)
+            await netns.create(prepared.net, blocked=self.host.all_blocked)
             await prepared.relays.open(prepared.net.path, host_ports=self.config.host_ports,
                                        resolvers=self._resolvers)
         except BaseException:
@@ -246,7 +306,8 @@ class Sandbox:
         # unset again, so the browser's environment never holds it.
         args = ["bwrap", "--setenv", "BROWSERFLEET_DIR", str(marker), "--unsetenv", "BROWSERFLEET_DIR", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--hostname", "browser",
-                "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local",  # what the host installed by hand stays out
+                "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                 "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
         for name in ETC_FROM_HOST:
@@ -270,9 +331,16 @@ class Sandbox:
     def kill(self, prepared: Prepared) -> None:
         self.cgroups.kill(prepared.cgroup)
 
+    def kill_inside(self, prepared: Prepared, *, launcher: int) -> None:
+        """Everything but the launcher (the outer bwrap, our child): it then reaps its own child
+        and exits, and we reap it. Killing all at once would leave the inner ones to init."""
+        self.cgroups.kill_except(prepared.cgroup, launcher)
+
     async def release(self, prepared: Prepared) -> None:
         prepared.close_fd()
         await prepared.relays.close()
+        if prepared.home is not None:
+            unmount(prepared.home)
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.kill, prepared.cgroup)
             async with self._cgroup_lock:
@@ -280,3 +348,38 @@ class Sandbox:
                 self.cgroups.remove_empty(prepared.cgroup[:1])
         await netns.destroy(prepared.slot)
         shutil.rmtree(self.slots_dir / str(prepared.slot), ignore_errors=True)
+        if prepared.slot_lock >= 0:
+            os.close(prepared.slot_lock)
+            prepared.slot_lock = -1
+
+
+def _held(lock: Path) -> bool:
+    """Is an flock held on this file by anyone (another process, or another fd of ours)?"""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
+
+
+def mount_tmpfs(path: Path, *, size_mib: int, uid: int) -> None:
+    options = f"size={size_mib}m,nr_inodes={max(4096, size_mib * 64)},mode=0700,uid={uid},gid={uid}".encode()
+    if _libc.mount(b"tmpfs", str(path).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount tmpfs on {path}: {os.strerror(err)}")
+
+
+def unmount(path: Path) -> None:
+    """Detach a browser's filesystem (lazily: a dying process may still hold a file open)."""
+    if os.path.ismount(path):
+        _libc.umount2(str(path).encode(), MNT_DETACH)
