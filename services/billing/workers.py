@@ -4,7 +4,7 @@ last process stopped."""
 import asyncio
 import logging
 
-from services.billing import handlers
+from services.billing import handlers, metering
 from services.billing.adapters.stripe import StripeAPI
 from services.billing.ports import UnitOfWork
 from shared.plans import Plan
@@ -68,7 +68,7 @@ class MeterReporter:
         self.wake = asyncio.Event()
 
     async def run_once(self) -> int:
-        return await handlers.send_meter_reports(uow=self.uow, api=self.api, event_name=self.event_name,
+        return await metering.send_meter_reports(uow=self.uow, api=self.api, event_name=self.event_name,
                                                  max_backoff=self.max_backoff, batch=self.batch)
 
     async def run(self) -> None:

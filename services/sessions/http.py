@@ -14,6 +14,7 @@ from services.sessions.adapters import cdp
 from services.sessions.dashboard import routes as dashboard
 from shared import http
 from shared.http import APIError, error_response, error_responses
+from shared.money import Money
 
 log = logging.getLogger(__name__)
 CONNECT_OPTIONS = {"browser", "isolation", "timeout_s", "idle_timeout_s"}
@@ -33,7 +34,7 @@ class SessionOut(BaseModel):
     expires_at: datetime | None
     ended_at: datetime | None
     duration_ms: int | None
-    cost: str | None
+    cost: Money | None
     end_reason: str | None
 
 

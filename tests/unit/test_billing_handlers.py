@@ -10,7 +10,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from services.billing import checkout, handlers, http, views
+from services.billing import checkout, handlers, http, metering, views
 from services.billing.domain import NotFound, Refused
 from services.billing.repository import Repository
 from services.billing.settings import BillingSettings
@@ -290,14 +290,14 @@ async def test_meter_reports_wait_for_a_customer_and_out_a_stripe_outage_then_ar
     await handlers.session_completed(completed(tenant, session, duration_ms=61_000, cost=Decimal("0.01")), uow=uow)
     api.down = True
     send = dict(uow=uow, api=api, event_name="browser_session_minutes", max_backoff=5)
-    assert await handlers.send_meter_reports(**send) == 0
-    assert uow.meter_reports[session]["last_error"] and await handlers.send_meter_reports(**send) == 0  # backed off
+    assert await metering.send_meter_reports(**send) == 0
+    assert uow.meter_reports[session]["last_error"] and await metering.send_meter_reports(**send) == 0  # backed off
     api.down = False
     uow.advance(10)
-    assert await handlers.send_meter_reports(**send) == 1
+    assert await metering.send_meter_reports(**send) == 1
     assert api.meter_events == {str(session): {"event_name": "browser_session_minutes", "customer": cus, "value": 2}}
     uow.advance(10)
-    assert await handlers.send_meter_reports(**send) == 0
+    assert await metering.send_meter_reports(**send) == 0
 
 
 # --- checkout ---------------------------------------------------------------------------------

@@ -58,11 +58,11 @@ def test_tokens_are_redacted_from_logs():
     assert "SECRET123" not in record.getMessage() and "token=[redacted]" in record.getMessage()
 
 
-def test_money_is_a_plain_decimal_string():
+def test_money_is_a_decimal_string_with_six_decimals():
     from decimal import Decimal
-    assert domain.money(Decimal("0.010000")) == "0.01"
-    assert domain.money(Decimal("10.000000")) == "10"
-    assert domain.money(Decimal("0.012000")) == "0.012"
+    assert domain.money(Decimal("0.01")) == "0.010000"  # shared/money.py: one format everywhere
+    assert domain.money(Decimal("10")) == "10.000000"
+    assert domain.money(Decimal("0.012000")) == "0.012000"
 
 
 def test_admission_needs_an_active_provisioned_tenant_under_its_limit():

@@ -14,6 +14,7 @@ from services.sessions import handlers as sessions_handlers
 from services.sessions.dashboard import domain, handlers, sign_ins
 from shared import http
 from shared.http import error_responses
+from shared.money import Money
 
 HERE = Path(__file__).parent
 PAGES = {"usage": "Usage", "sessions": "Sessions", "keys": "API keys", "quickstart": "Quick start"}
@@ -35,7 +36,7 @@ class Day(BaseModel):
 class DailyUsage(BaseModel):
     period_start: datetime | None
     period_end: datetime | None
-    bill_estimate: str = Field(description="cost of this period's completed sessions, decimal string (USD)")
+    bill_estimate: Money = Field(description="cost of this period's completed sessions (USD)")
     days: list[Day]
 
 
