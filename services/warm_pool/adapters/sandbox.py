@@ -21,6 +21,7 @@ import os
 import random
 import resource
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -177,12 +178,16 @@ class Sandbox:
     def _hold_process_lock(self) -> None:
         owners = self.config.state_dir / "owners"
         owners.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(owners / f"{os.getpid()}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock_fd = os.open(self._lock_path(os.getpid()), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
 
+    def _lock_path(self, pid: int) -> Path:
+        # Named by host too: replicas in containers may share the state dir, not pid numbers.
+        return self.config.state_dir / "owners" / f"{socket.gethostname()}-{pid}.lock"
+
     def owner_alive(self, pid: int) -> bool:
-        """Does warm_pool process `pid` (of this host's state dir) still hold its lock?"""
-        return pid == os.getpid() or _held(self.config.state_dir / "owners" / f"{pid}.lock")
+        """Does warm_pool process `pid` (of this host or container) still hold its lock?"""
+        return pid == os.getpid() or _held(self._lock_path(pid))
 
     def _root_limits(self) -> cgroups.Limits:
         """All browsers of this process together: most of the host, never all of it."""
@@ -199,7 +204,7 @@ class Sandbox:
             self.host.teardown()
         if self._lock_fd >= 0:
             with contextlib.suppress(OSError):
-                os.unlink(self.config.state_dir / "owners" / f"{os.getpid()}.lock")
+                os.unlink(self._lock_path(os.getpid()))
             os.close(self._lock_fd)
             self._lock_fd = -1
 
@@ -212,8 +217,9 @@ class Sandbox:
         changed = self.host.ensure()
         if changed:
             log.error("browser filter table restored", extra={"reason": changed})
-        for lock in (self.config.state_dir / "owners").glob("*.lock"):
-            if lock.stem.isdigit() and not self.owner_alive(int(lock.stem)):
+        for lock in (self.config.state_dir / "owners").glob(f"{socket.gethostname()}-*.lock"):
+            pid = lock.stem.rsplit("-", 1)[-1]
+            if pid.isdigit() and not self.owner_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     lock.unlink()
 
