@@ -73,3 +73,23 @@ def test_refills_stay_in_the_background_until_the_pool_is_half_empty():
     assert domain.refill_is_urgent(target=10, idle=4)
     assert domain.refill_is_urgent(target=1, idle=0)
     assert not domain.refill_is_urgent(target=0, idle=0)
+
+
+def test_context_hosts_cover_active_contexts_plus_spare_within_the_plan():
+    assert domain.context_spare_slots(lease_rate=0, launch_seconds=1) == 0
+    spare = domain.context_spare_slots(lease_rate=2, launch_seconds=0.5)
+    assert spare >= 2  # more than the leases expected during one launch
+    # Unused: only the baseline; busy: room for the active ones and the spare slots.
+    assert domain.context_hosts_target(baseline=1, active=0, spare=0, per_browser=8, max_concurrent=50) == 1
+    assert domain.context_hosts_target(baseline=0, active=0, spare=0, per_browser=8, max_concurrent=50) == 0
+    assert domain.context_hosts_target(baseline=1, active=8, spare=spare, per_browser=8, max_concurrent=50) == 2
+    # Never more hosts than the tenant's concurrency limit could fill.
+    assert domain.context_hosts_target(baseline=0, active=8, spare=40, per_browser=8, max_concurrent=10) == 2
+
+
+def test_only_empty_context_hosts_beyond_the_target_are_retired():
+    assert domain.excess_context_hosts(target=1, open_hosts=3, launching=0, empty=1) == 1
+    assert domain.excess_context_hosts(target=1, open_hosts=3, launching=0, empty=3) == 2
+    assert domain.excess_context_hosts(target=3, open_hosts=2, launching=1, empty=2) == 0
+    assert domain.context_launches_needed(target=3, open_hosts=1, launching=1, host_free=5) == 1
+    assert domain.context_launches_needed(target=3, open_hosts=0, launching=0, host_free=2) == 2
