@@ -56,3 +56,32 @@ async def test_one_line_connect_creates_debits_and_closing_ends_the_session(plat
     for log in platform.logs.glob("*.log"):
         assert key not in log.read_text(errors="replace"), log.name
     assert "api_key=[redacted]" in (platform.logs / "sessions.log").read_text()
+
+
+async def test_one_line_connect_in_context_mode_from_the_real_warm_pool(platform):
+    _, key = await paying_tenant(platform)
+    base = platform.urls["sessions"]
+    async with httpx.AsyncClient(base_url=base, headers=bearer(key), timeout=30) as http:
+        async with async_playwright() as pw:
+            url = f"{base.replace('http://', 'ws://')}/v1/connect?api_key={key}&isolation=context"
+            first = await pw.chromium.connect_over_cdp(url)
+            second = await pw.chromium.connect_over_cdp(url)
+            sessions = (await http.get("/v1/sessions")).json()["data"]
+            assert [s["isolation"] for s in sessions] == ["context", "context"]
+            assert len(first.contexts) == 1 and len(second.contexts) == 1
+            page = await first.contexts[0].new_page()
+            await page.goto(PAGE)
+            assert await page.text_content("#p") == "connected"
+            await first.contexts[0].add_cookies([{"name": "first", "value": "1", "url": "http://example.com/"}])
+            assert await second.contexts[0].cookies() == []
+            assert len(second.contexts[0].pages) <= 1  # its own first page at most, none of the first's
+            await first.close()
+            assert await (await second.contexts[0].new_page()).evaluate("6 * 7") == 42
+            await second.close()
+
+        async def ended():
+            rows = (await http.get("/v1/sessions")).json()["data"]
+            return rows if all(s["status"] == "completed" for s in rows) else None
+        rows = await eventually(ended, timeout=30, what="both sessions ended by closing their sockets")
+        assert {s["end_reason"] for s in rows} == {"client"}
+        assert (await http.get("/v1/usage")).json()["credits_used"] == 2
