@@ -326,25 +326,33 @@ async def test_a_browser_past_its_memory_limit_dies_alone(platform, tenants, att
 
 # --- found by the red team (each failed before its fix) ----------------------------------------
 
-async def test_a_browser_cannot_fill_the_storage_everyone_shares(attack, platform):
+async def test_a_browser_cannot_fill_the_storage_everyone_shares(platform, tenants):
     """Its directory is a filesystem of its own, BROWSER_DISK_MIB large: a 3x larger download
-    fails there, and the host's PROFILE_ROOT does not fill."""
-    browser, page = attack["browser"], attack["page"]
-    home = Path(attack["row_a"]["profile_dir"]) / "home"
+    fails there, and the host's PROFILE_ROOT does not fill. (A session of its own: the download
+    may take its browser down with it.)"""
+    (_, key_a), _ = tenants
+    mine = await session(platform, key_a)
+    home = Path((await browser_row(platform, mine["id"]))["profile_dir"]) / "home"
     assert os.path.ismount(home)
     size = os.statvfs(home)
     assert size.f_blocks * size.f_frsize <= DISK_MIB * 2**20
     free_before = shutil.disk_usage(platform.profile_root).free
-    cdp = await browser.new_browser_cdp_session()
-    done = asyncio.get_running_loop().create_future()
-    cdp.on("Browser.downloadProgress",
-           lambda e: e["state"] in ("completed", "canceled") and not done.done() and done.set_result(e["state"]))
-    await cdp.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": "/browser/downloads",
-                                                  "eventsEnabled": True})
-    await page.evaluate(f"""() => {{ const a = document.createElement('a');
-        a.href = URL.createObjectURL(new Blob([new Uint8Array({3 * DISK_MIB} * 1024 * 1024)]));
-        a.download = 'huge.bin'; document.body.appendChild(a); a.click(); }}""")
-    assert await asyncio.wait_for(done, 60) == "canceled"
+    huge = bytes(3 * DISK_MIB * 2**20)  # served by the test's page server, streamed to the browser
+    with local_page_server() as page_url, local_page_server(huge) as huge_url:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.connect_over_cdp(mine["cdp_url"])
+            page = await browser.contexts[0].new_page()
+            await page.goto(page_url)
+            cdp = await browser.new_browser_cdp_session()
+            done = asyncio.get_running_loop().create_future()
+            cdp.on("Browser.downloadProgress", lambda e: e["state"] in ("completed", "canceled")
+                   and not done.done() and done.set_result(e["state"]))
+            await cdp.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": "/browser/downloads",
+                                                          "eventsEnabled": True})
+            await page.evaluate("""url => { const a = document.createElement('a');
+                a.href = url; a.download = 'huge.bin'; document.body.appendChild(a); a.click(); }""", huge_url)
+            assert await asyncio.wait_for(done, 120) == "canceled"
+            await browser.close()
     assert shutil.disk_usage(platform.profile_root).free > free_before - 2 * DISK_MIB * 2**20
 
 
