@@ -24,7 +24,7 @@ import httpx
 from services.warm_pool import domain, metrics
 from services.warm_pool.adapters.contexts import ContextHosts, OpenedContext
 from services.warm_pool.adapters.expose import PortForwarder
-from services.warm_pool.adapters.sandbox import Prepared, Sandbox, unmount
+from services.warm_pool.adapters.sandbox import Prepared, Sandbox, mounts_under, unmount
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +342,16 @@ class LocalChromium:
             await self.sandbox.release(prepared)  # kills whatever is left in its cgroups
         await _remove_dir_async(self._dir(browser_id))
 
+    def _sweep_mounts(self) -> None:
+        """A launch cut short by the stop can leave its browser's filesystem mounted: unmount
+        every one under the profile root and remove those browsers' directories."""
+        for point in mounts_under(self.profile_root):
+            unmount(point)
+            base = point.parent
+            with contextlib.suppress(ValueError):
+                if base.parent == self.profile_root and UUID(base.name) not in self._procs:
+                    _remove_dir(base)
+
     def _upkeep(self) -> None:
         """Every UPKEEP_S, off the loop: the host's filter table put back if a firewall reload
         removed it, networks the host joined since blocked, dead replicas' leftovers removed."""
@@ -367,6 +377,7 @@ class LocalChromium:
     async def close(self) -> None:
         self._closed = True
         await self.kill_all()
+        await asyncio.to_thread(self._sweep_mounts)
         await self.contexts.close()
         await self._http.aclose()
         if self.sandbox is not None:

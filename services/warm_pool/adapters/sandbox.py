@@ -344,9 +344,9 @@ class Sandbox:
 
     async def release(self, prepared: Prepared) -> None:
         prepared.close_fd()
-        await prepared.relays.close()
-        if prepared.home is not None:
+        if prepared.home is not None:  # first, before any await: a cancelled release still does it
             unmount(prepared.home)
+        await prepared.relays.close()
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.kill, prepared.cgroup)
             async with self._cgroup_lock:
@@ -389,3 +389,15 @@ def unmount(path: Path) -> None:
     """Detach a browser's filesystem (lazily: a dying process may still hold a file open)."""
     if os.path.ismount(path):
         _libc.umount2(str(path).encode(), MNT_DETACH)
+
+
+def mounts_under(root: Path) -> list[Path]:
+    """Mount points below `root` (browsers' filesystems), deepest first."""
+    prefix = str(root.resolve()).rstrip("/") + "/"
+    found = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            point = line.split()[4].encode().decode("unicode_escape")  # octal escapes (\040)
+            if point.startswith(prefix):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
