@@ -164,6 +164,7 @@ class LocalChromium:
         self._sandboxed: dict[UUID, Prepared] = {}
         self._only_tenant: UUID | None = None
         self._next_upkeep = 0.0
+        self._inflight = 0
         self._upkeep_task: asyncio.Future | None = None
         self._closed = False
         self._http = httpx.AsyncClient(timeout=2, trust_env=False)
@@ -189,6 +190,15 @@ class LocalChromium:
         if self._closed:
             raise LaunchFailed("backend closed")
         self._check_tenant(tenant_id)
+        self._inflight += 1  # close() waits for it: a launch cut off at exit would leak its sandbox
+        try:
+            return await self._launch(browser_id, tenant_id=tenant_id, tenant_browsers=tenant_browsers,
+                                      urgent=urgent)
+        finally:
+            self._inflight -= 1
+
+    async def _launch(self, browser_id: UUID, *, tenant_id: UUID | None, tenant_browsers: int,
+                      urgent: bool) -> Launched:
         base = self._dir(browser_id)
         base.mkdir(parents=True, exist_ok=False)
         owner = base / "owner.json"
@@ -376,12 +386,28 @@ class LocalChromium:
 
     async def close(self) -> None:
         self._closed = True
+        deadline = time.monotonic() + 2 * self.launch_timeout_s
+        while self._inflight and time.monotonic() < deadline:  # they see _closed and undo themselves
+            await asyncio.sleep(0.02)
         await self.kill_all()
         await asyncio.to_thread(self._sweep_mounts)
         await self.contexts.close()
         await self._http.aclose()
         if self.sandbox is not None:
             await asyncio.to_thread(self.sandbox.stop)
+            await asyncio.to_thread(self._sweep_own_dirs)
+
+    def _sweep_own_dirs(self) -> None:
+        """Directories of this process's browsers still there at the stop (a launch cut off)."""
+        for base in self.profile_root.iterdir() if self.profile_root.is_dir() else ():
+            owner = {}
+            with contextlib.suppress(OSError, ValueError):
+                owner = json.loads((base / "owner.json").read_text())
+            unowned = "owner_pid" not in owner and time.time() - base.stat().st_mtime > 5  # not a sibling's, just made
+            if base.is_dir() and (owner.get("owner_pid") == os.getpid() or unowned):
+                with contextlib.suppress(ValueError):
+                    UUID(base.name)
+                    _remove_dir(base)
 
     @staticmethod
     def live_warm_pool(pid: int) -> bool:

@@ -196,6 +196,12 @@ class Sandbox:
                               pids=max(1024, pid_max // 2), cpu_weight=100)
 
     def stop(self) -> None:
+        """Everything of this process's, whatever a cut-off launch or release left."""
+        for entry in self.slots_dir.iterdir() if self.slots_dir.is_dir() else ():
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if entry.name.isdigit() and json.loads((entry / "owner.json").read_text())["pid"] == os.getpid():
+                    netns.destroy_sync(int(entry.name))
+                    shutil.rmtree(entry, ignore_errors=True)
         if self.cgroups is not None:
             for group in self.cgroups.groups():
                 cgroups._kill_tasks([p for p in group.rglob("*") if p.is_dir()])
@@ -294,7 +300,7 @@ class Sandbox:
             await prepared.relays.open(prepared.net.path, host_ports=self.config.host_ports,
                                        resolvers=self._resolvers)
         except BaseException:
-            await self.release(prepared)
+            await asyncio.shield(self.release(prepared))  # a second cancellation must not cut it short
             raise
         prepared.home_fd = os.open(base, os.O_PATH | os.O_DIRECTORY)
         procs = [str(p) for p in self.cgroups.procs_files(prepared.cgroup)]
