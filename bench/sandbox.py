@@ -65,7 +65,18 @@ async def launches(samples: int) -> dict:
             for name, v in times.items()}
 
 
-async def lifecycles(quick: bool, blocks: int = 2) -> dict:
+async def _block(platform, page_url: str, quick: bool) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=60) as http, async_playwright() as pw:
+        tenant = await scenarios.new_tenant(http, platform, "bench", WEBHOOK_SECRET, idle=10)
+        out = {}
+        for c, iters in ((1, 10 if quick else 40), (10, 20 if quick else 80)):
+            out[f"c{c}"] = (await scenarios.lifecycle(http, pw, tenant, page_url, c, iters))["p50"]
+            await scenarios.wait_idle(platform, 10)
+        return out
+
+
+def lifecycles(quick: bool, blocks: int = 2) -> dict:
+    """Platforms with the sandbox on and off, in alternating blocks (the infra helpers are sync)."""
     out: dict[str, dict[str, list[float]]] = {"on": {"c1": [], "c10": []}, "off": {"c1": [], "c10": []}}
     with infra.postgres_server() as pg, infra.rabbitmq_server() as mq, local_page_server() as page_url:
         for block in range(blocks):
@@ -77,16 +88,13 @@ async def lifecycles(quick: bool, blocks: int = 2) -> dict:
                     platform = Platform(db, vhost, workdir, PLANS_FILE=str(plans), LOG_LEVEL="WARNING",
                                         BROWSER_SANDBOX=mode).start()
                     try:
-                        async with httpx.AsyncClient(timeout=60) as http, async_playwright() as pw:
-                            tenant = await scenarios.new_tenant(http, platform, "bench", WEBHOOK_SECRET, idle=10)
-                            for c, iters in ((1, 10 if quick else 40), (10, 20 if quick else 80)):
-                                r = await scenarios.lifecycle(http, pw, tenant, page_url, c, iters)
-                                out[mode][f"c{c}"].append(r["p50"])
-                                await scenarios.wait_idle(platform, 10)
+                        result = asyncio.run(_block(platform, page_url, quick))
                     finally:
                         platform.stop()
+                for c, p50 in result.items():
+                    out[mode][c].append(p50)
                 print(f"  lifecycle block {block + 1}/{blocks}, sandbox {mode}: "
-                      f"{out[mode]['c1'][-1]:.0f} / {out[mode]['c10'][-1]:.0f} ms", flush=True)
+                      f"{result['c1']:.0f} / {result['c10']:.0f} ms", flush=True)
     return {mode: {c: statistics.median(v) for c, v in per.items()} for mode, per in out.items()}
 
 
@@ -97,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {"launch": asyncio.run(launches(6 if args.quick else 12))}
     if not args.no_lifecycle:
-        results["lifecycle_p50_ms"] = asyncio.run(lifecycles(args.quick))
+        results["lifecycle_p50_ms"] = lifecycles(args.quick)
     (ROOT / "bench" / "sandbox_results.json").write_text(json.dumps(results, indent=2))
     launch = results["launch"]
     print(f"launch to DevTools ready, p50: plain {launch['plain']['ready_p50_ms']:.0f} ms, sandboxed "
