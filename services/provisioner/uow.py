@@ -6,23 +6,14 @@ from uuid import UUID
 import asyncpg
 
 from services.provisioner.repository import Repository
-from shared import inbox, outbox
-from shared.db import transaction
-from shared.messages import Event
+from shared import uow
 
 CONSUMER = "provisioner"
 
 
-class PostgresTx:
-    def __init__(self, conn: asyncpg.Connection):
-        self.conn = conn
-        self.repo = Repository(conn)
-
-    async def publish(self, event: Event) -> None:
-        await outbox.add(self.conn, event)
-
-    async def first_delivery(self, message_id: UUID) -> bool:
-        return await inbox.first_delivery(self.conn, message_id=message_id, consumer=CONSUMER)
+class PostgresTx(uow.PostgresTx):
+    consumer = CONSUMER
+    repository = Repository
 
     async def seen(self, message_id: UUID) -> bool:
         return await self.repo.seen(message_id=message_id, consumer=CONSUMER)
@@ -39,19 +30,8 @@ class PostgresLocked:
             yield PostgresTx(self.conn)
 
 
-class PostgresUnitOfWork:
-    def __init__(self, db: asyncpg.Pool):
-        self.db = db
-
-    @asynccontextmanager
-    async def begin(self):
-        async with transaction(self.db) as conn:
-            yield PostgresTx(conn)
-
-    @asynccontextmanager
-    async def connect(self):
-        async with self.db.acquire() as conn:
-            yield PostgresTx(conn)
+class PostgresUnitOfWork(uow.PostgresUnitOfWork):
+    tx = PostgresTx
 
     @asynccontextmanager
     async def tenant_lock(self, tenant_id: UUID, *, wait: bool = True):
