@@ -106,6 +106,10 @@ class LeaseRequest(BaseModel):
     # "context": a fresh BrowserContext in a warm browser of this tenant's, shared with its other
     # context sessions; "browser": a browser of the session's own.
     isolation: Literal["browser", "context"] = "browser"
+    # A profile of the tenant's to start from; `persist`: saved back at the session's end (one
+    # persisting session per profile at a time).
+    profile_id: UUID | None = None
+    persist: bool = False
 
 
 class LeaseReply(BaseModel):
@@ -113,7 +117,8 @@ class LeaseReply(BaseModel):
     browser_id: UUID | None = None
     cdp_ws_url: str | None = None
     warm: bool = False
-    error: Literal["no_capacity", "unknown_tenant", "error"] | None = None
+    error: Literal["no_capacity", "unknown_tenant", "error", "profile_not_found", "profile_in_use",
+                   "profiles_unavailable"] | None = None
     message: str | None = None  # why, when the reason is worth telling the client
     # Context leases: the session's BrowserContext in the browser at cdp_ws_url (which the relay
     # confines the client to), and where that context's downloads go inside the browser's sandbox.
@@ -134,8 +139,53 @@ class CredentialReply(BaseModel):
     error: Literal["unknown", "error"] | None = None
 
 
+# --- profiles (warm_pool owns them; sessions serves the public API over this RPC) -----------
+PROFILES_QUEUE = "warm_pool.profiles"
+
+
+class ProfileRequest(BaseModel):
+    op: Literal["create", "list", "get", "delete"]
+    tenant_id: UUID  # every operation is the tenant's own: another tenant's profile is not_found
+    profile_id: UUID | None = None
+    name: str | None = Field(None, max_length=200)
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200)
+
+
+class ProfileInfo(BaseModel):
+    id: UUID
+    name: str | None
+    created_at: datetime
+    updated_at: datetime
+    size_bytes: int
+    last_session_id: UUID | None
+
+
+class ProfileReply(BaseModel):
+    ok: bool
+    error: Literal["not_found", "profile_in_use", "invalid_cursor", "error"] | None = None
+    profile: ProfileInfo | None = None
+    profiles: list[ProfileInfo] = []
+    next_cursor: str | None = None
+
+
+ProfileSaveOutcome = Literal["saved", "failed", "not_saved"]
+
+
+class ProfileSaved(Event):
+    """A persisting session's end: was its state saved back to the profile?"""
+    TYPE: ClassVar[str] = "warm_pool.profile_saved"
+    session_id: UUID
+    tenant_id: UUID
+    profile_id: UUID
+    outcome: ProfileSaveOutcome
+    version: int | None = None
+    size_bytes: int | None = None
+    message: str | None = None  # why not, for the session's view
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (PaymentVerified, SubscriptionChanged, TenantProvisioned, TenantDeprovisioned,
-                SessionStarted, SessionCompleted, BrowserCrashed)
+                SessionStarted, SessionCompleted, BrowserCrashed, ProfileSaved)
 }
