@@ -3,8 +3,10 @@ from uuid import UUID
 
 import asyncpg
 
+from services.warm_pool.repository_profiles import ProfileQueries
 
-class Repository:
+
+class Repository(ProfileQueries):
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
 

@@ -115,11 +115,42 @@ class WarmPoolSettings(ServiceSettings):
                 raise ValueError(f"BROWSER_HOST_PORTS: {part} is taken inside every browser's sandbox")
         return value
 
+    @field_validator("profile_encryption_key")
+    @classmethod
+    def _key_ring(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().strip():
+            from services.warm_pool.profile_archive import KeyRing
+            KeyRing.parse(value.get_secret_value())  # a malformed ring stops the start, not the first save
+        return value
+
+    def profile_key_ring(self):
+        """The KeyRing, or None when PROFILE_ENCRYPTION_KEY is unset (profiles unavailable)."""
+        from services.warm_pool.profile_archive import KeyRing
+        text = self.profile_encryption_key.get_secret_value().strip()
+        return KeyRing.parse(text) if text else None
+
     def host_ports(self) -> list[int]:
         return sorted({int(p) for p in self.browser_host_ports.split(",") if p.strip()})
 
     def blocked_networks(self) -> list[str]:
         return [p.strip() for p in self.browser_blocked_networks.split(",") if p.strip()]
+
+    # Profiles (issue 18). `kid:base64key[,kid:base64key…]` (32-byte AES keys; the first seals new
+    # archives, the others still open old ones: rotation). Unset: profile operations answer 503
+    # profiles_unavailable (never a key of its own, which would lose every profile at a restart).
+    profile_encryption_key: SecretStr = SecretStr("")
+    profile_store: Literal["postgres", "s3"] = "postgres"
+    profile_s3_bucket: str = "browserfleet-profiles"
+    profile_s3_endpoint_url: str | None = None
+    profile_s3_region: str = "us-east-1"
+    profile_s3_access_key: SecretStr | None = None
+    profile_s3_secret_key: SecretStr | None = None
+    profile_versions_kept: int = Field(3, ge=1)
+    # A sealed archive larger than this is not saved (the previous version stays; the session says so).
+    profile_max_mib: int = Field(100, ge=1)
+    # After a tenant's cancel, its profiles (every version) are deleted this much later.
+    profile_retention_s: float = Field(30 * 24 * 3600, ge=0)
+    profile_sweep_interval_s: float = Field(300, gt=0)
 
     # Kubernetes backend. API: an explicit URL (tests, kubectl proxy), else KUBECONFIG, else in-cluster.
     kube_api_url: str | None = None
