@@ -184,6 +184,36 @@ class ProfileSaved(Event):
     message: str | None = None  # why not, for the session's view
 
 
+# --- downloads (warm_pool keeps a session's files after it ends; sessions serves them) --------
+DOWNLOADS_QUEUE = "warm_pool.downloads"
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024  # a read answers at most this much: no file is one huge message
+
+
+class DownloadsRequest(BaseModel):
+    op: Literal["list", "read"]
+    tenant_id: UUID  # always the tenant's own: another tenant's session or file is not_found
+    session_id: UUID
+    name: str | None = Field(None, max_length=1024)  # "read": exactly a stored name, else not_found
+    offset: int = Field(0, ge=0)
+    length: int = Field(DOWNLOAD_CHUNK_BYTES, ge=1, le=DOWNLOAD_CHUNK_BYTES)
+
+
+class DownloadInfo(BaseModel):
+    name: str
+    size_bytes: int
+    created_at: datetime
+
+
+class DownloadsReply(BaseModel):
+    # Binary data travels base64-encoded in the JSON body.
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    ok: bool
+    files: list[DownloadInfo] | None = None  # "list"
+    data: bytes | None = None  # "read": the bytes at [offset, offset + length)
+    size_bytes: int | None = None  # "read": the whole file's size
+    error: Literal["not_found", "error"] | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (PaymentVerified, SubscriptionChanged, TenantProvisioned, TenantDeprovisioned,
