@@ -25,11 +25,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from faststream import AckPolicy
-from faststream.rabbit import Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream import AckPolicy, BaseMiddleware
+from faststream.rabbit import (Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue,
+                              RabbitRouter)
 from faststream.rabbit.annotations import RabbitMessage
 from pydantic import BaseModel, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, wait_exponential
@@ -88,8 +91,79 @@ def _delivery_count(message: RabbitMessage) -> int:
         return 0
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """One consumer queue: the event it takes and who alone may have sent it."""
+    queue: str
+    model: type[BaseModel]
+    delivery_limit: int
+    own_user: str | None
+    expected_publisher: str | None
+
+
+class DeliveryPolicy(BaseMiddleware):
+    """What every consumer queue does with a delivery, around its typed subscriber:
+
+    - from a RabbitMQ user that may not send this type: dropped (acked, logged), never
+      dead-lettered, or a replay from the DLQ would launder it under our own user;
+    - not a valid event (not even JSON, or not the model): dead-lettered at once;
+    - handled: acked after the handler returned (its effects are committed by then);
+    - failed: rejected with requeue after a backoff, and without requeue (dead-lettered) on the
+      attempt that reaches the delivery limit, whichever RabbitMQ version enforces it.
+    """
+
+    def __init__(self, msg, /, *, context, subscription: Subscription):
+        super().__init__(msg, context=context)
+        self.subscription = subscription
+
+    async def consume_scope(self, call_next, msg: RabbitMessage) -> None:
+        sub, started = self.subscription, time.perf_counter()
+        publisher = msg.raw_message.user_id
+        if sub.expected_publisher is not None and publisher not in (sub.expected_publisher, sub.own_user):
+            log.error("message from a user that may not send it dropped",
+                      extra={"queue": sub.queue, "publisher": publisher, "expected": sub.expected_publisher})
+            metrics.MESSAGES_HANDLED.labels(sub.queue, "forged").inc()
+            await msg.ack()
+            return
+        try:
+            event = sub.model.model_validate_json(msg.body)
+        except ValidationError as exc:
+            log.error("malformed message dead-lettered", extra={"queue": sub.queue, "error": str(exc)[:500]})
+            metrics.MESSAGES_HANDLED.labels(sub.queue, "malformed").inc()
+            metrics.DEAD_LETTERED.labels(sub.queue).inc()
+            await msg.reject(requeue=False)
+            return
+        headers = msg.raw_message.headers or {}
+        token = log_context.set({"trace_id": str(headers.get("trace_id") or event.message_id),
+                                 "message_id": str(event.message_id), "message_type": event.type, **_ids(event)})
+        attempt = _delivery_count(msg) + 1
+        try:
+            await call_next(msg)
+            log.info("message handled", extra={"queue": sub.queue, "attempt": attempt,
+                                               "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
+        except Exception:
+            last = attempt >= sub.delivery_limit
+            log.exception("message handling failed", extra={"queue": sub.queue, "attempt": attempt,
+                                                           "dead_lettered": last})
+            metrics.MESSAGES_HANDLED.labels(sub.queue, "failed").inc()
+            if last:
+                metrics.DEAD_LETTERED.labels(sub.queue).inc()
+                await msg.reject(requeue=False)
+            else:
+                await asyncio.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
+                await msg.reject(requeue=True)
+            return
+        finally:
+            log_context.reset(token)
+            metrics.MESSAGE_DURATION.labels(sub.queue).observe(time.perf_counter() - started)
+        metrics.MESSAGES_HANDLED.labels(sub.queue, "ok").inc()
+        await msg.ack()
+
+
 class Consumers:
-    """The explicit list of which handler takes which message, for one service."""
+    """The explicit list of which handler takes which message, for one service: each `on(...)`
+    is a typed FastStream subscriber on a queue of its own, with the `DeliveryPolicy`
+    middleware and retries in place through a dependency's outage."""
 
     def __init__(self, broker: RabbitBroker, *, service: str, events: str, delivery_limit: int,
                  outage_retry_s: float = 300.0, user: str | None = None):
@@ -106,60 +180,22 @@ class Consumers:
         queue = consumer_queue(service=self.service, message_type=message_type, events=self.events,
                                delivery_limit=self.delivery_limit)
         self.queue_names.append(queue.name)
-        limit = self.delivery_limit
-        qname = queue.name
+        subscription = Subscription(queue=queue.name, model=model, delivery_limit=self.delivery_limit,
+                                    own_user=self.user,
+                                    expected_publisher=expected_publisher(self.user, self.service, message_type))
 
-        async def consume(body: Any, message: RabbitMessage) -> None:
-            started = time.perf_counter()
-            publisher = message.raw_message.user_id
-            expected = expected_publisher(self.user, self.service, message_type)
-            if expected is not None and publisher not in (expected, self.user):
-                # Not dead-lettered: a replay from the DLQ would then launder it under our own user.
-                log.error("message from a user that may not send it dropped",
-                          extra={"queue": qname, "publisher": publisher, "expected": expected})
-                metrics.MESSAGES_HANDLED.labels(qname, "forged").inc()
-                await message.ack()
-                return
-            try:
-                event = model.model_validate_json(message.body)
-            except ValidationError as exc:
-                log.error("malformed message dead-lettered", extra={"queue": qname, "error": str(exc)[:500]})
-                metrics.MESSAGES_HANDLED.labels(qname, "malformed").inc()
-                metrics.DEAD_LETTERED.labels(qname).inc()
-                await message.reject(requeue=False)
-                return
-            headers = message.raw_message.headers or {}
-            trace_id = str(headers.get("trace_id") or event.message_id)
-            token = log_context.set({"trace_id": trace_id, "message_id": str(event.message_id),
-                                     "message_type": message_type, **_ids(event)})
-            try:
-                await self._handle_through_outages(handler, event, qname)
-                log.info("message handled", extra={"queue": qname, "attempt": _delivery_count(message) + 1,
-                                                   "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
-            except Exception:
-                attempt = _delivery_count(message) + 1
-                last = attempt >= limit
-                log.exception("message handling failed", extra={"queue": qname, "attempt": attempt,
-                                                               "dead_lettered": last})
-                metrics.MESSAGES_HANDLED.labels(qname, "failed").inc()
-                if last:
-                    metrics.DEAD_LETTERED.labels(qname).inc()
-                    await message.reject(requeue=False)
-                else:
-                    await asyncio.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
-                    await message.reject(requeue=True)
-                return
-            finally:
-                log_context.reset(token)
-                metrics.MESSAGE_DURATION.labels(qname).observe(time.perf_counter() - started)
-            metrics.MESSAGES_HANDLED.labels(qname, "ok").inc()
-            await message.ack()
+        async def consume(event: model) -> None:  # type: ignore[valid-type]
+            await self._handle_through_outages(handler, event, queue.name)
 
-        consume.__name__ = f"consume_{qname.replace('.', '_')}"
-        # The raw body: `consume` parses it, so a body that is not even JSON dead-letters too
-        # (FastStream's own decoding would fail before `consume` and leave it unacked forever).
-        self.broker.subscriber(queue, events_exchange(self.events), ack_policy=AckPolicy.MANUAL,
-                               no_reply=True, decoder=_raw_body)(consume)
+        consume.__name__ = f"consume_{queue.name.replace('.', '_')}"
+        # A router per queue: FastStream's middlewares are per broker or router, and the policy
+        # needs this queue's own limits and publisher.
+        router = RabbitRouter(middlewares=(partial(DeliveryPolicy, subscription=subscription),))
+        router.subscriber(queue, events_exchange(self.events), ack_policy=AckPolicy.MANUAL, no_reply=True,
+                          title=queue.name, description=f"{self.service} takes `{message_type}` "
+                          f"(quorum queue, dead-lettered to `{queue.name}.dlq`)")(consume)
+        if self.broker is not None:
+            self.broker.include_router(router)
 
     async def _handle_through_outages(self, handler, event: BaseModel, qname: str) -> None:
         """Retry after 0.2, 0.4, … 5 s while a dependency is down, for up to `outage_retry_s`."""
@@ -174,10 +210,6 @@ class Consumers:
 
     async def declare_dead_letters(self) -> None:
         await declare_dead_letters(self.broker, events=self.events, queue_names=self.queue_names)
-
-
-async def _raw_body(message: RabbitMessage) -> bytes:
-    return message.body
 
 
 def _ids(event: BaseModel) -> dict:

@@ -126,6 +126,10 @@ async def _depth(dead: DeadLetters, queue: str) -> bool:
     return (await dead.depths())[queue] == 1
 
 
+async def _depths(dead: DeadLetters, queue: str, n: int) -> bool:
+    return (await dead.depths())[queue] == n
+
+
 async def test_malformed_message_goes_straight_to_the_dlq(fresh_mq):
     handled = []
 
@@ -135,10 +139,16 @@ async def test_malformed_message_goes_straight_to_the_dlq(fresh_mq):
     broker, consumers = await _consumer(fresh_mq, handler)
     dead = DeadLetters(fresh_mq, consumers.queue_names)
     try:
-        await broker.publish(b'{"not": "a tenant event"}', exchange=events_exchange(EXCHANGE),
-                             routing_key=TenantDeprovisioned.TYPE, persist=True)
-        await eventually(lambda: _depth(dead, consumers.queue_names[0]), what="malformed message dead-lettered")
+        for body in (b'{"not": "a tenant event"}', b"\xff not even JSON"):
+            await broker.publish(body, exchange=events_exchange(EXCHANGE),
+                                 routing_key=TenantDeprovisioned.TYPE, persist=True)
+        await eventually(lambda: _depths(dead, consumers.queue_names[0], 2), what="malformed messages dead-lettered")
         assert handled == []
+        # and the queue still serves good events
+        await broker.publish(TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="good").model_dump_json().encode(),
+                             exchange=events_exchange(EXCHANGE), routing_key=TenantDeprovisioned.TYPE, persist=True)
+        await eventually(lambda: [e.namespace for e in handled] == ["good"], what="a good event after them")
+        assert isinstance(handled[0], TenantDeprovisioned)
     finally:
         await dead.close()
         await broker.stop()
