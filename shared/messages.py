@@ -163,7 +163,7 @@ class ProfileInfo(BaseModel):
 
 class ProfileReply(BaseModel):
     ok: bool
-    error: Literal["not_found", "profile_in_use", "invalid_cursor", "error"] | None = None
+    error: Literal["not_found", "profile_in_use", "invalid_cursor", "unavailable", "error"] | None = None
     profile: ProfileInfo | None = None
     profiles: list[ProfileInfo] = []
     next_cursor: str | None = None

@@ -5,7 +5,9 @@ import socket
 from functools import partial
 from pathlib import Path
 
-from services.warm_pool import handlers, http, subscribers
+from services.warm_pool import handlers, handlers_profiles, http, subscribers
+from services.warm_pool.handlers_profiles import ProfileSessions
+from services.warm_pool.profiles import ProfileStore
 from services.warm_pool.ports import Pool, UnitOfWork
 from services.warm_pool.settings import WarmPoolSettings
 from services.warm_pool.uow import PostgresUnitOfWork
@@ -52,6 +54,25 @@ def make_sandbox(settings: WarmPoolSettings):
     return sandbox
 
 
+def make_profiles(settings: WarmPoolSettings, db) -> ProfileSessions:
+    """The profile store (PROFILE_STORE) and its key ring; without PROFILE_ENCRYPTION_KEY every
+    profile operation answers profiles_unavailable."""
+    from services.warm_pool.adapters.blobs import PostgresBlobs, S3Blobs
+    ring = settings.profile_key_ring()
+    if ring is None:
+        log.warning("PROFILE_ENCRYPTION_KEY is not set: profiles are unavailable on this deployment")
+    if settings.profile_store == "s3":
+        secret = lambda s: s.get_secret_value() if s else None  # noqa: E731
+        blobs = S3Blobs(bucket=settings.profile_s3_bucket, endpoint_url=settings.profile_s3_endpoint_url,
+                        region=settings.profile_s3_region, access_key=secret(settings.profile_s3_access_key),
+                        secret_key=secret(settings.profile_s3_secret_key))
+    else:
+        blobs = PostgresBlobs(db)
+    store = ProfileStore(blobs=blobs, ring=ring, max_bytes=settings.profile_max_mib * 2**20,
+                         keep=settings.profile_versions_kept)
+    return ProfileSessions(store, cdp_timeout_s=settings.context_cdp_timeout_s)
+
+
 def advertised_host(setting: str | None) -> str | None:
     """"auto" means this container's own address (one per replica under Compose)."""
     if setting == "auto":
@@ -73,7 +94,8 @@ async def build(runtime: Runtime):
     uow = PostgresUnitOfWork(runtime.pool)
     pool = make_pool(settings, uow)
     await handlers.start_up(pool=pool)
-    subscribers.register(runtime, pool=pool, uow=uow)
+    profiles = make_profiles(settings, runtime.pool)
+    subscribers.register(runtime, pool=pool, uow=uow, profiles=profiles)
     cluster = settings.warm_pool_backend == "kubernetes"
     monitor_s = settings.kube_monitor_interval_s if cluster else settings.monitor_interval_s
     runtime.background(every(monitor_s, partial(handlers.check_crashes, pool=pool, uow=uow)))
@@ -81,7 +103,11 @@ async def build(runtime: Runtime):
         handlers.reconcile, pool=pool, uow=uow, confirm_timeout_s=settings.lease_confirm_timeout_s)))
     runtime.background(every(settings.prune_interval_s, partial(
         handlers.prune, uow=uow, retention_s=settings.dead_browser_retention_s)))
+    runtime.background(every(settings.profile_sweep_interval_s, partial(
+        handlers_profiles.sweep, uow=uow, profiles=profiles, retention_s=settings.profile_retention_s,
+        stale_after_s=settings.lease_confirm_timeout_s + 30)))
     runtime.on_stop(partial(handlers.shut_down, pool=pool))
+    runtime.on_stop(profiles.close)
     return http.create_app(runtime, uow=uow)
 
 

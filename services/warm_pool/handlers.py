@@ -9,7 +9,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from services.warm_pool import metrics
+from services.warm_pool import handlers_profiles, metrics
+from services.warm_pool.handlers_profiles import ProfileSessions
 from services.warm_pool.ports import Pool, Row, UnitOfWork
 from services.warm_pool.pools import context_reply, report_gone
 from shared.messages import (LeaseReply, LeaseRequest, SessionCompleted, SessionStarted, SubscriptionChanged,
@@ -22,7 +23,15 @@ VIEW_RATE_WINDOW_S = 60
 
 # --- lease RPC -------------------------------------------------------------------------------
 
-async def lease(req: LeaseRequest, *, pool: Pool, uow: UnitOfWork) -> LeaseReply:
+async def lease(req: LeaseRequest, *, pool: Pool, uow: UnitOfWork,
+                profiles: ProfileSessions | None = None) -> LeaseReply:
+    if req.profile_id is not None:  # the profile's state into the browser (handlers_profiles)
+        return await handlers_profiles.lease(req, pool=pool, uow=uow, profiles=profiles,
+                                             plain=lambda r: _lease(r, pool=pool, uow=uow))
+    return await _lease(req, pool=pool, uow=uow)
+
+
+async def _lease(req: LeaseRequest, *, pool: Pool, uow: UnitOfWork) -> LeaseReply:
     if req.isolation == "context":
         return await lease_context(req, pool=pool, uow=uow)
     reply = await pool.take_idle(req)  # the common case, in one round trip
@@ -128,7 +137,10 @@ async def session_started(event: SessionStarted, *, uow: UnitOfWork) -> None:
             await tx.repo.confirm_context(session_id=event.session_id)
 
 
-async def session_completed(event: SessionCompleted, *, pool: Pool, uow: UnitOfWork) -> None:
+async def session_completed(event: SessionCompleted, *, pool: Pool, uow: UnitOfWork,
+                            profiles: ProfileSessions | None = None) -> None:
+    # A persisting session's state is saved while its context or browser is still there.
+    await handlers_profiles.session_ended(event, pool=pool, uow=uow, profiles=profiles)
     async with uow.begin() as tx:
         if not await tx.first_delivery(event.message_id):
             return
@@ -156,6 +168,7 @@ async def subscription_changed(event: SubscriptionChanged, *, pool: Pool, uow: U
         tenant = await tx.repo.get_tenant(tenant_id=event.tenant_id)
         if tenant is None:
             return
+        await tx.repo.set_tenant_canceled(tenant_id=event.tenant_id, canceled=event.status == "canceled")
         if event.status == "canceled":
             await tx.repo.set_tenant_status(tenant_id=event.tenant_id, status="draining")
             rows = await tx.repo.retire_tenant(tenant_id=event.tenant_id, with_leased=pool.retires_leased_on_cancel)

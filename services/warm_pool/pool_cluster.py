@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 class ClusterPool:
     retires_leased_on_cancel = True  # nothing of a canceled tenant stays leased
+    # Profiles reach pods as storage state over CDP only (cookies, local storage, IndexedDB): a
+    # pod's user-data directory is the pod's own, not unpacked from an archive (not yet).
+    launches_with_directory = False
 
     def __init__(self, backend: ClusterBackend, uow: UnitOfWork, settings: WarmPoolSettings,
                  replica: Replica | None = None):
@@ -30,8 +33,9 @@ class ClusterPool:
     async def take_idle(self, req: LeaseRequest) -> LeaseReply | None:
         return None  # a Ready pod is claimed from the cluster, never held in the database
 
-    async def lease_new(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
-        """Claim a Ready pod of the tenant's Deployment (waiting up to lease_wait_s for one)."""
+    async def lease_new(self, req: LeaseRequest, *, tenant: Row, directory: bytes | None = None) -> LeaseReply:
+        """Claim a Ready pod of the tenant's Deployment (waiting up to lease_wait_s for one).
+        (`directory` is never given here: launches_with_directory is False.)"""
         browser_id = uuid4()
         # The row comes first: a pod is never leased without one, so a replica dying mid-claim
         # leaves a 'launching' row that reconcile retires (deleting the pod, if it got one).
@@ -73,6 +77,9 @@ class ClusterPool:
 
     def may_destroy(self, row: Row) -> bool:
         return True
+
+    async def close_and_pack(self, browser_id: UUID, *, cdp_ws_url: str, max_bytes: int) -> bytes:
+        raise NotImplementedError("a pod's user-data directory is not packed (launches_with_directory)")
 
     async def kill(self, browser_id: UUID) -> None:
         await self.backend.kill(browser_id)

@@ -61,6 +61,7 @@ class Refills:
 
 class LocalPool:
     retires_leased_on_cancel = False  # sessions ends a canceled tenant's sessions, which retires them
+    launches_with_directory = True  # a profile's user-data directory goes into a browser launched for it
 
     def __init__(self, backend: ProcessBackend, uow: UnitOfWork, settings: WarmPoolSettings,
                  replica: Replica | None = None):
@@ -109,17 +110,20 @@ class LocalPool:
         self.request_refill(req.tenant_id)
         return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=True)
 
-    async def lease_new(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
+    async def lease_new(self, req: LeaseRequest, *, tenant: Row, directory: bytes | None = None) -> LeaseReply:
         """Launch on demand; at the host cap, wait a little for one of the tenant's refills to become
-        idle or for capacity to free up, then answer no_capacity."""
+        idle or for capacity to free up, then answer no_capacity. `directory`: a profile's packed
+        user-data directory to launch on (no idle browser will do then)."""
         deadline = time.monotonic() + self.settings.lease_wait_s
         while not self.stopping:
-            reply = await self._launch_on_demand(req)
+            reply = await self._launch_on_demand(req, directory=directory)
             if reply is not None:
                 return reply
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.1)
+            if directory is not None:
+                continue
             async with self.uow.connect() as tx:
                 row = await tx.repo.lease_idle(tenant_id=req.tenant_id, session_id=req.session_id)
             if row is not None:
@@ -129,7 +133,7 @@ class LocalPool:
         metrics.LEASES.labels("no_capacity").inc()
         return LeaseReply(ok=False, error="no_capacity")
 
-    async def _launch_on_demand(self, req: LeaseRequest) -> LeaseReply | None:
+    async def _launch_on_demand(self, req: LeaseRequest, *, directory: bytes | None = None) -> LeaseReply | None:
         """None when this host is at its cap with no idle browser of another tenant to make room."""
         browser_id, evicted = uuid4(), None
         async with self.cap_lock:
@@ -144,7 +148,7 @@ class LocalPool:
         if evicted is not None:
             await self.kill(evicted)
         try:
-            row = await self._launch(browser_id, "leased", tenant_id=req.tenant_id)
+            row = await self._launch(browser_id, "leased", tenant_id=req.tenant_id, directory=directory)
         except domain.TenantRefused as exc:
             metrics.LEASES.labels("no_capacity").inc()
             return LeaseReply(ok=False, error="no_capacity", message=str(exc))
@@ -154,7 +158,8 @@ class LocalPool:
         self._leased(False, row)
         return LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=row["cdp_ws_url"], warm=False)
 
-    async def _launch(self, browser_id: UUID, state: str, *, tenant_id: UUID, urgent: bool = False) -> Row | None:
+    async def _launch(self, browser_id: UUID, state: str, *, tenant_id: UUID, urgent: bool = False,
+                      directory: bytes | None = None) -> Row | None:
         """Start the browser of a 'launching' row and move it to `state`; None if that failed,
         `domain.TenantRefused` if the backend will not serve the tenant here."""
         if self.stopping:
@@ -166,7 +171,8 @@ class LocalPool:
         browsers = (tenant["max_concurrent"] + tenant["prewarm"]) if tenant else 1
         try:
             launched = await self.backend.launch(browser_id, tenant_id=tenant_id, tenant_browsers=browsers,
-                                                 urgent=urgent or state == "leased")
+                                                 urgent=urgent or state == "leased",
+                                                 **({"directory": directory} if directory is not None else {}))
         except domain.TenantRefused:
             await mark_dead(self.uow, browser_id)
             raise
@@ -248,6 +254,11 @@ class LocalPool:
         return domain.context_hosts_target(baseline=baseline, active=c["open_active"], spare=spare,
                                            per_browser=self.settings.contexts_per_browser,
                                            max_concurrent=c["max_concurrent"])
+
+    async def close_and_pack(self, browser_id: UUID, *, cdp_ws_url: str, max_bytes: int) -> bytes:
+        """Close the browser as a user would (Chromium writes out its cookies and storage), then
+        its user-data directory packed (profile_archive.pack); the caller kills it afterwards."""
+        return await self.backend.close_and_pack(browser_id, cdp_ws_url=cdp_ws_url, max_bytes=max_bytes)
 
     async def kill(self, browser_id: UUID) -> None:
         self.host_memory.pop(browser_id, None)

@@ -38,12 +38,19 @@ class Pool(Protocol):
     # On a tenant's cancel, are its leased browsers retired too (pods), or left to their
     # sessions, which sessions ends (processes)?
     retires_leased_on_cancel: bool
+    # Can a browser be launched on a profile's packed user-data directory (and its directory be
+    # packed at the end)? Else profiles are storage state restored and captured over CDP.
+    launches_with_directory: bool
 
     async def take_idle(self, req: LeaseRequest) -> LeaseReply | None:
         """A browser the tenant had ready, leased in one round trip; None if there is none."""
 
-    async def lease_new(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
-        """No ready browser and no earlier answer to this session: get one, or answer no_capacity."""
+    async def lease_new(self, req: LeaseRequest, *, tenant: Row, directory: bytes | None = None) -> LeaseReply:
+        """No ready browser and no earlier answer to this session: get one, or answer no_capacity.
+        `directory` (only where launches_with_directory): launch on that packed user-data directory."""
+
+    async def close_and_pack(self, browser_id: UUID, *, cdp_ws_url: str, max_bytes: int) -> bytes:
+        """(launches_with_directory) Close the browser gracefully, then its user-data directory packed."""
 
     async def lease_context(self, req: LeaseRequest, *, tenant: Row) -> LeaseReply:
         """A fresh BrowserContext in a context host of the tenant with room (launching one if none
@@ -96,7 +103,7 @@ class ProcessBackend(Protocol):
     """Browsers as processes of this replica (adapters/local.py)."""
 
     async def launch(self, browser_id: UUID, *, tenant_id: UUID, tenant_browsers: int,
-                     urgent: bool = False) -> Launched:
+                     urgent: bool = False, directory: bytes | None = None) -> Launched:
         """Start a browser; raises domain.TenantRefused if this host will
         not serve the tenant (BROWSER_SANDBOX=off serves one), any other exception if it failed."""
 
@@ -111,6 +118,9 @@ class ProcessBackend(Protocol):
     async def close_context(self, browser_id: UUID, *, cdp_ws_url: str, context_id: str | None,
                             session_id: UUID) -> None:
         """Dispose the context and remove its downloads directory."""
+
+    async def close_and_pack(self, browser_id: UUID, *, cdp_ws_url: str, max_bytes: int) -> bytes:
+        """Browser.close, wait for the process to exit, pack its user-data directory."""
 
     def memory_bytes(self, browser_id: UUID) -> int | None:
         """The browser's memory now (None if unknown)."""

@@ -6,10 +6,11 @@ from functools import partial
 from faststream import AckPolicy
 from faststream.rabbit import RabbitQueue
 
-from services.warm_pool import handlers
+from services.warm_pool import handlers, profiles as profile_ops
+from services.warm_pool.handlers_profiles import ProfileSessions
 from services.warm_pool.ports import Pool, UnitOfWork
-from shared.messages import (LEASE_QUEUE, LeaseReply, LeaseRequest, SessionCompleted, SessionStarted,
-                             SubscriptionChanged, TenantProvisioned)
+from shared.messages import (LEASE_QUEUE, PROFILES_QUEUE, LeaseReply, LeaseRequest, ProfileReply, ProfileRequest,
+                             SessionCompleted, SessionStarted, SubscriptionChanged, TenantProvisioned)
 from shared.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -21,13 +22,18 @@ def lease_queue() -> RabbitQueue:
     return RabbitQueue(LEASE_QUEUE, durable=True, arguments={"x-message-ttl": LEASE_TTL_MS})
 
 
-def register(runtime: Runtime, *, pool: Pool, uow: UnitOfWork) -> None:
+def profiles_queue() -> RabbitQueue:
+    return RabbitQueue(PROFILES_QUEUE, durable=True, arguments={"x-message-ttl": LEASE_TTL_MS})
+
+
+def register(runtime: Runtime, *, pool: Pool, uow: UnitOfWork, profiles: ProfileSessions | None = None) -> None:
     settings = runtime.settings
     runtime.consumers.on(TenantProvisioned, partial(handlers.tenant_provisioned, pool=pool, uow=uow))
     runtime.consumers.on(SubscriptionChanged, partial(handlers.subscription_changed, pool=pool, uow=uow,
                                                       plans_file=settings.plans_file))
     runtime.consumers.on(SessionStarted, partial(handlers.session_started, uow=uow))
-    runtime.consumers.on(SessionCompleted, partial(handlers.session_completed, pool=pool, uow=uow))
+    runtime.consumers.on(SessionCompleted, partial(handlers.session_completed, pool=pool, uow=uow,
+                                                   profiles=profiles))
 
     # Competing consumers across replicas; acked on receipt (a lost request times out at the
     # caller), so deliveries run concurrently, bounded here rather than by the prefetch.
@@ -37,7 +43,18 @@ def register(runtime: Runtime, *, pool: Pool, uow: UnitOfWork) -> None:
     async def lease(request: LeaseRequest) -> LeaseReply:
         async with workers:
             try:
-                return await handlers.lease(request, pool=pool, uow=uow)
+                return await handlers.lease(request, pool=pool, uow=uow, profiles=profiles)
             except Exception:
                 log.exception("lease failed", extra={"tenant_id": str(request.tenant_id)})
                 return LeaseReply(ok=False, error="error")
+
+    # The public profile API's operations (sessions serves it), answered by any replica.
+    @runtime.broker.subscriber(profiles_queue(), ack_policy=AckPolicy.ACK_FIRST)
+    async def profile_request(request: ProfileRequest) -> ProfileReply:
+        if profiles is None or not profiles.store.available:
+            return ProfileReply(ok=False, error="unavailable")
+        try:
+            return await profile_ops.request(request, uow=uow, store=profiles.store)
+        except Exception:
+            log.exception("profile request failed", extra={"tenant_id": str(request.tenant_id), "op": request.op})
+            return ProfileReply(ok=False, error="error")

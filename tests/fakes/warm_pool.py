@@ -51,6 +51,12 @@ class FakeRepository:
     async def set_tenant_status(self, *, tenant_id, status):
         self.s.tenants[tenant_id]["status"] = status
 
+    async def set_tenant_canceled(self, *, tenant_id, canceled):
+        self.s.tenants[tenant_id]["canceled"] = canceled
+
+    async def claim_profile_save(self, *, session_id):
+        return None  # profiles are tested against Postgres (tests/integration/test_profiles.py)
+
     async def lock_tenant(self, *, tenant_id):
         pass  # one event loop: nothing runs between the awaits of a fake transaction
 
@@ -380,7 +386,7 @@ class FakeProcessBackend:
         self._exited: list[UUID] = []
         self._pids = itertools.count(1000)
 
-    async def launch(self, browser_id, *, tenant_id, tenant_browsers, urgent=False):
+    async def launch(self, browser_id, *, tenant_id, tenant_browsers, urgent=False, directory=None):
         self.launches.append({"browser_id": browser_id, "tenant_id": tenant_id,
                               "tenant_browsers": tenant_browsers, "urgent": urgent})
         if tenant_id in self.refuse:
@@ -416,6 +422,9 @@ class FakeProcessBackend:
 
     def memory_bytes(self, browser_id):
         return self.memory.get(browser_id)
+
+    async def close_and_pack(self, browser_id, *, cdp_ws_url, max_bytes):
+        return b""
 
     async def kill(self, browser_id):
         self.running.pop(browser_id, None)

@@ -20,11 +20,13 @@ from pathlib import Path
 from uuid import UUID
 
 import httpx
+import websockets
 
 from services.warm_pool import domain, metrics
-from services.warm_pool.adapters.contexts import ContextHosts, OpenedContext
+from services.warm_pool.adapters.contexts import ContextHosts, Keeper, OpenedContext
 from services.warm_pool.adapters.expose import PortForwarder
 from services.warm_pool.adapters.sandbox import Prepared, Sandbox, mounts_under, unmount
+from services.warm_pool.profile_archive import pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +154,18 @@ class TenantRefused(LaunchFailed, domain.TenantRefused):
 
 class LocalChromium:
     def __init__(self, *, chromium_path: str, profile_root: Path, launch_timeout_s: float = 20,
-                 advertise_host: str | None = None, sandbox: Sandbox | None = None, cdp_timeout_s: float = 10):
+                 advertise_host: str | None = None, sandbox: Sandbox | None = None, cdp_timeout_s: float = 10,
+                 keeper: Keeper | None = None):
         self.chromium_path = chromium_path
-        self.contexts = ContextHosts(timeout_s=cdp_timeout_s)
+        self.keeper = keeper  # keeps each session's downloads before a browser's tree goes
+        self.contexts = ContextHosts(timeout_s=cdp_timeout_s, keeper=keeper)
         self.advertise_host = advertise_host
         self.sandbox = sandbox
         self._forwarder = PortForwarder() if advertise_host else None
         self.profile_root = Path(profile_root)
         self.launch_timeout_s = launch_timeout_s
         self._procs: dict[UUID, subprocess.Popen] = {}
+        self._closing: set[UUID] = set()  # closed on purpose (a profile's save): not a crash
         self._sandboxed: dict[UUID, Prepared] = {}
         self._only_tenant: UUID | None = None
         self._next_upkeep = 0.0
@@ -185,20 +190,21 @@ class LocalChromium:
                                 "and serves another tenant")
 
     async def launch(self, browser_id: UUID, *, tenant_id: UUID | None = None, tenant_browsers: int = 1,
-                     urgent: bool = False) -> Launched:
-        """`urgent`: a session waits for this one (or soon will), so it starts at normal priority."""
+                     urgent: bool = False, directory: bytes | None = None) -> Launched:
+        """`urgent`: a session waits for this one (or soon will), so it starts at normal priority.
+        `directory`: a profile's packed user-data directory, unpacked into its profile first."""
         if self._closed:
             raise LaunchFailed("backend closed")
         self._check_tenant(tenant_id)
         self._inflight += 1  # close() waits for it: a launch cut off at exit would leak its sandbox
         try:
             return await self._launch(browser_id, tenant_id=tenant_id, tenant_browsers=tenant_browsers,
-                                      urgent=urgent)
+                                      urgent=urgent, directory=directory)
         finally:
             self._inflight -= 1
 
     async def _launch(self, browser_id: UUID, *, tenant_id: UUID | None, tenant_browsers: int,
-                      urgent: bool) -> Launched:
+                      urgent: bool, directory: bytes | None = None) -> Launched:
         base = self._dir(browser_id)
         base.mkdir(parents=True, exist_ok=False)
         owner = base / "owner.json"
@@ -218,9 +224,13 @@ class LocalChromium:
             self._sandboxed[browser_id] = prepared
             argv, env, devtools = prepared.argv, {"PATH": "/usr/bin:/bin"}, self.sandbox.devtools(prepared)
             keep = (prepared.home_fd,)
+            if directory is not None:
+                await self._unpack_profile(browser_id, directory, uid=prepared.uid)
         else:
             profile = base / "profile"
             profile.mkdir()
+            if directory is not None:
+                await self._unpack_profile(browser_id, directory, uid=None)
             argv = [*([] if urgent else ["chrt", "--idle", "0"]), self.chromium_path, *FLAGS,
                     f"--user-data-dir={profile}", "about:blank"]
             env, devtools, keep = None, None, ()
@@ -282,6 +292,37 @@ class LocalChromium:
                     return port, resp.json()["webSocketDebuggerUrl"]
             await asyncio.sleep(0.03 if devtools is None else 0.01)
 
+    # --- profiles ----------------------------------------------------------------------------
+
+    def _profile_path(self, browser_id: UUID) -> Path:
+        """The user-data directory on the host (its sandbox's /browser/profile)."""
+        return self._dir(browser_id) / ("home/profile" if self.sandbox is not None else "profile")
+
+    async def _unpack_profile(self, browser_id: UUID, directory: bytes, *, uid: int | None) -> None:
+        cap = (self.sandbox.config.browser_disk_mib if self.sandbox is not None else 1024) * 2**20
+        target = self._profile_path(browser_id)
+        try:
+            await asyncio.to_thread(_unpack_owned, directory, target, max_bytes=cap, uid=uid)
+        except BaseException:
+            await self.kill(browser_id)
+            raise
+
+    async def close_and_pack(self, browser_id: UUID, *, cdp_ws_url: str, max_bytes: int) -> bytes:
+        self._closing.add(browser_id)
+        await self.contexts.forget(browser_id)
+        proc = self._procs.get(browser_id)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                async with websockets.connect(cdp_ws_url, max_size=None, open_timeout=None,
+                                              ping_interval=None) as ws:
+                    await ws.send(json.dumps({"id": 1, "method": "Browser.close"}))
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await ws.recv()
+        deadline = time.monotonic() + 10
+        while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return await asyncio.to_thread(pack, self._profile_path(browser_id), max_bytes=max_bytes)
+
     # --- context hosts -----------------------------------------------------------------------
 
     def _home(self, browser_id: UUID) -> tuple[Path, str]:
@@ -300,6 +341,10 @@ class LocalChromium:
                             session_id: UUID) -> None:
         await self.contexts.close_context(browser_id, cdp_ws_url=cdp_ws_url, context_id=context_id,
                                           home=self._home(browser_id)[0], session_id=session_id)
+
+    async def browser_downloads(self, browser_id: UUID, *, cdp_ws_url: str, session_id: UUID) -> str:
+        return await self.contexts.browser_downloads(browser_id, cdp_ws_url=cdp_ws_url,
+                                                     browser_home=self._home(browser_id)[1], session_id=session_id)
 
     def memory_bytes(self, browser_id: UUID) -> int | None:
         """What the browser's sandbox holds in memory (its cgroup's), None unsandboxed."""
@@ -321,6 +366,8 @@ class LocalChromium:
         gone = []
         for bid, proc in list(self._procs.items()):
             prepared = self._sandboxed.get(bid)
+            if bid in self._closing:
+                continue
             if proc.poll() is not None:
                 gone.append(bid)
             elif prepared is not None and self.sandbox.oom_killed(prepared):
@@ -333,6 +380,7 @@ class LocalChromium:
     async def kill(self, browser_id: UUID) -> None:
         """SIGKILL the browser's whole process group, reap it, release its sandbox, remove its directory."""
         await self.contexts.forget(browser_id)
+        self._closing.discard(browser_id)
         proc = self._procs.pop(browser_id, None)
         prepared = self._sandboxed.pop(browser_id, None)
         if self._forwarder is not None:
@@ -348,6 +396,8 @@ class LocalChromium:
             deadline = time.monotonic() + 5
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+        if self.keeper is not None:  # whatever ended it: its filesystem is still mounted here
+            await self.keeper.keep(browser_id, self._home(browser_id)[0])
         if prepared is not None:
             await self.sandbox.release(prepared)  # kills whatever is left in its cgroups
         await _remove_dir_async(self._dir(browser_id))
@@ -421,6 +471,9 @@ class LocalChromium:
 
     async def remove_stale(self, browser_id: UUID, *, pid: int | None, profile_dir: str | None) -> None:
         await asyncio.to_thread(kill_stale, pid, profile_dir or str(self._dir(browser_id)))
+        if self.keeper is not None:  # a crashed predecessor's browser: its sessions' downloads still count
+            base = Path(profile_dir) if profile_dir else self._dir(browser_id)
+            await self.keeper.keep(browser_id, base / "home" if self.sandbox is not None else base)
         await _remove_dir_async(Path(profile_dir) if profile_dir else self._dir(browser_id))
 
     async def remove_orphans(self) -> list[UUID]:
@@ -451,6 +504,19 @@ class LocalChromium:
             _remove_dir(base)
             removed.append(browser_id)
         return removed
+
+
+def _unpack_owned(data: bytes, target: Path, *, max_bytes: int, uid: int | None) -> None:
+    """Unpack a profile's directory into the (empty) user-data directory, every entry then owned
+    by the browser's uid (the sandbox's; unsandboxed, ours)."""
+    target.mkdir(exist_ok=True)
+    unpack(data, target, max_bytes=max_bytes)
+    if uid is None:
+        return
+    for root, dirs, files in os.walk(target):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, uid)
+    os.lchown(target, uid, uid)
 
 
 def kill_stale(pid: int | None, profile_dir: str | None) -> None:
