@@ -23,3 +23,6 @@ CONTEXT_LEASES = Counter("warm_pool_context_leases_total", "Context lease reques
                          ["result"])  # warm | cold | no_capacity | error
 CONTEXT_HOSTS_RECYCLED = Counter("warm_pool_context_hosts_recycled_total",
                                  "Empty context hosts retired (served, age, memory, excess, drained)")
+DOWNLOAD_FILES = Counter("warm_pool_download_files_total", "Sessions' downloaded files: kept in the store at the "
+                         "session's end, dropped (over DOWNLOADS_MAX_MIB, incomplete), expired (swept)", ["outcome"])
+DOWNLOAD_BYTES = Counter("warm_pool_download_bytes_total", "Bytes of those files, by the same outcome", ["outcome"])

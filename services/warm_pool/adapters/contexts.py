@@ -13,6 +13,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from uuid import UUID
 
 import websockets
@@ -59,9 +60,11 @@ class _Connection:
 
 
 class ContextHosts:
-    def __init__(self, *, timeout_s: float = 10):
+    def __init__(self, *, timeout_s: float = 10, keeper: "Keeper | None" = None):
         self.timeout_s = timeout_s
+        self.keeper = keeper
         self._conns: dict[UUID, _Connection] = {}
+        self._watchers: set[asyncio.Task] = set()
 
     def _conn(self, browser_id: UUID, url: str) -> _Connection:
         conn = self._conns.get(browser_id)
@@ -88,13 +91,37 @@ class ContextHosts:
 
     async def close_context(self, browser_id: UUID, *, cdp_ws_url: str, context_id: str | None, home: Path,
                             session_id: UUID) -> None:
-        """Dispose the context (its pages, cookies, storage, cache), then remove its downloads."""
+        """Dispose the context (its pages, cookies, storage, cache), keep its downloads (the
+        keeper moves them to the store), then remove its directory."""
         try:
             if context_id is not None:
                 await self._conn(browser_id, cdp_ws_url).call("Target.disposeBrowserContext",
                                                               {"browserContextId": context_id})
         finally:
+            if self.keeper is not None:
+                await self.keeper.keep(browser_id, home, session_id=session_id)
             await asyncio.to_thread(remove_downloads_dir, home, str(session_id))
+
+    async def browser_downloads(self, browser_id: UUID, *, cdp_ws_url: str, browser_home: str,
+                                session_id: UUID) -> str:
+        """A browser of one session's own downloads into `<browser_home>/downloads/<session_id>`
+        (Chromium makes the directory, as the browser's uid). Set over the kept connection: a
+        connection's download behaviour lasts only as long as the connection."""
+        downloads = f"{browser_home}/downloads/{session_id}"
+        conn = self._conn(browser_id, cdp_ws_url)
+        await conn.call("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": downloads})
+        task = asyncio.create_task(self._forget_when_closed(browser_id, conn))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        return downloads
+
+    async def _forget_when_closed(self, browser_id: UUID, conn: "_Connection") -> None:
+        """A browser another replica kills closes this connection: forget it then."""
+        ws = conn.ws
+        if ws is not None:
+            await ws.wait_closed()
+            if self._conns.get(browser_id) is conn and conn.ws is ws:
+                self._conns.pop(browser_id, None)
 
     async def forget(self, browser_id: UUID) -> None:
         conn = self._conns.pop(browser_id, None)
@@ -102,8 +129,16 @@ class ContextHosts:
             await conn.close()
 
     async def close(self) -> None:
+        for task in list(self._watchers):
+            task.cancel()
         for browser_id in list(self._conns):
             await self.forget(browser_id)
+
+
+class Keeper(Protocol):
+    """Moves a session's downloads out of a browser's tree before it is removed (downloads.Downloads)."""
+
+    async def keep(self, browser_id: UUID, home: Path, *, session_id: UUID | None = None) -> None: ...
 
 
 def _open_downloads(home: Path) -> tuple[int, int]:
