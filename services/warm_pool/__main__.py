@@ -6,6 +6,7 @@ from functools import partial
 from pathlib import Path
 
 from services.warm_pool import handlers, handlers_profiles, http, subscribers
+from services.warm_pool.downloads import Downloads
 from services.warm_pool.handlers_profiles import ProfileSessions
 from services.warm_pool.profiles import ProfileStore
 from services.warm_pool.ports import Pool, UnitOfWork
@@ -16,7 +17,7 @@ from shared.service import Runtime, run, serve
 log = logging.getLogger(__name__)
 
 
-def make_pool(settings: WarmPoolSettings, uow: UnitOfWork) -> Pool:
+def make_pool(settings: WarmPoolSettings, uow: UnitOfWork, downloads: Downloads | None = None) -> Pool:
     if settings.warm_pool_backend == "kubernetes":
         from services.warm_pool.adapters.kubernetes import KubernetesPods
         from services.warm_pool.pool_cluster import ClusterPool
@@ -26,7 +27,8 @@ def make_pool(settings: WarmPoolSettings, uow: UnitOfWork) -> Pool:
     backend = LocalChromium(chromium_path=settings.chromium_path, profile_root=settings.profile_root,
                             launch_timeout_s=settings.launch_timeout_s,
                             advertise_host=advertised_host(settings.browser_advertise_host),
-                            sandbox=make_sandbox(settings), cdp_timeout_s=settings.context_cdp_timeout_s)
+                            sandbox=make_sandbox(settings), cdp_timeout_s=settings.context_cdp_timeout_s,
+                            keeper=downloads)
     return LocalPool(backend, uow, settings)
 
 
@@ -92,10 +94,12 @@ def every(seconds: float, fn):
 async def build(runtime: Runtime):
     settings: WarmPoolSettings = runtime.settings
     uow = PostgresUnitOfWork(runtime.pool)
-    pool = make_pool(settings, uow)
+    downloads = Downloads(uow, root=settings.downloads_root, max_bytes=settings.downloads_max_mib * 2**20,
+                          retention_s=settings.downloads_retention_s)
+    pool = make_pool(settings, uow, downloads)
     await handlers.start_up(pool=pool)
     profiles = make_profiles(settings, runtime.pool)
-    subscribers.register(runtime, pool=pool, uow=uow, profiles=profiles)
+    subscribers.register(runtime, pool=pool, uow=uow, profiles=profiles, downloads=downloads)
     cluster = settings.warm_pool_backend == "kubernetes"
     monitor_s = settings.kube_monitor_interval_s if cluster else settings.monitor_interval_s
     runtime.background(every(monitor_s, partial(handlers.check_crashes, pool=pool, uow=uow)))
@@ -106,6 +110,7 @@ async def build(runtime: Runtime):
     runtime.background(every(settings.profile_sweep_interval_s, partial(
         handlers_profiles.sweep, uow=uow, profiles=profiles, retention_s=settings.profile_retention_s,
         stale_after_s=settings.lease_confirm_timeout_s + 30)))
+    runtime.background(every(settings.downloads_sweep_interval_s, downloads.sweep))
     runtime.on_stop(partial(handlers.shut_down, pool=pool))
     runtime.on_stop(profiles.close)
     return http.create_app(runtime, uow=uow)

@@ -45,7 +45,8 @@ async def _lease(req: LeaseRequest, *, pool: Pool, uow: UnitOfWork) -> LeaseRepl
         row = await tx.repo.leased_for_session(session_id=req.session_id)
     if row is not None:  # a retried request: the same answer, never a second browser
         if row["state"] == "leased":
-            return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=bool(row["warm"]))
+            return await pool.with_downloads(req, LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"],
+                                                             warm=bool(row["warm"])))
         return LeaseReply(ok=False, error="error")
     return await pool.lease_new(req, tenant=tenant)
 

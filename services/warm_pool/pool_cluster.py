@@ -30,6 +30,9 @@ class ClusterPool:
         self.replica_id = self.replica.replica_id
         self.stats = LeaseStats()
 
+    async def with_downloads(self, req: LeaseRequest, reply: LeaseReply) -> LeaseReply:
+        return reply  # a pod's downloads stay in the pod (not kept or served yet)
+
     async def take_idle(self, req: LeaseRequest) -> LeaseReply | None:
         return None  # a Ready pod is claimed from the cluster, never held in the database
 

@@ -108,7 +108,8 @@ class LocalPool:
         faults.point("warm_pool.after_lease")  # leased in the database, not replied
         self._leased(True, row)
         self.request_refill(req.tenant_id)
-        return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=True)
+        return await self.with_downloads(req, LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"],
+                                                          warm=True))
 
     async def lease_new(self, req: LeaseRequest, *, tenant: Row, directory: bytes | None = None) -> LeaseReply:
         """Launch on demand; at the host cap, wait a little for one of the tenant's refills to become
@@ -129,7 +130,8 @@ class LocalPool:
             if row is not None:
                 self._leased(True, row)
                 self.request_refill(req.tenant_id)
-                return LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"], warm=True)
+                return await self.with_downloads(req, LeaseReply(ok=True, browser_id=row["id"],
+                                                                  cdp_ws_url=row["cdp_ws_url"], warm=True))
         metrics.LEASES.labels("no_capacity").inc()
         return LeaseReply(ok=False, error="no_capacity")
 
@@ -156,7 +158,20 @@ class LocalPool:
             metrics.LEASES.labels("error").inc()
             return LeaseReply(ok=False, error="error")
         self._leased(False, row)
-        return LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=row["cdp_ws_url"], warm=False)
+        return await self.with_downloads(req, LeaseReply(ok=True, browser_id=browser_id, cdp_ws_url=row["cdp_ws_url"],
+                                                          warm=False))
+
+    async def with_downloads(self, req: LeaseRequest, reply: LeaseReply) -> LeaseReply:
+        """The browser downloads into a directory of its session's (kept when it ends); the
+        reply says where, so the relay keeps a client's own download settings pointed there."""
+        try:
+            path = await self.backend.browser_downloads(reply.browser_id, cdp_ws_url=reply.cdp_ws_url,
+                                                        session_id=req.session_id)
+        except Exception as exc:  # the browser is gone: the session will hear of it
+            log.warning("setting the downloads directory failed", extra={"browser_id": str(reply.browser_id),
+                                                                         "error": repr(exc)[:300]})
+            return reply
+        return reply.model_copy(update={"downloads_path": path})
 
     async def _launch(self, browser_id: UUID, state: str, *, tenant_id: UUID, urgent: bool = False,
                       directory: bytes | None = None) -> Row | None:

@@ -45,6 +45,10 @@ class Pool(Protocol):
     async def take_idle(self, req: LeaseRequest) -> LeaseReply | None:
         """A browser the tenant had ready, leased in one round trip; None if there is none."""
 
+    async def with_downloads(self, req: LeaseRequest, reply: LeaseReply) -> LeaseReply:
+        """A browser leased to the session downloads into a directory of the session's: the reply
+        with its `downloads_path` (unchanged where downloads are not kept)."""
+
     async def lease_new(self, req: LeaseRequest, *, tenant: Row, directory: bytes | None = None) -> LeaseReply:
         """No ready browser and no earlier answer to this session: get one, or answer no_capacity.
         `directory` (only where launches_with_directory): launch on that packed user-data directory."""
@@ -117,7 +121,11 @@ class ProcessBackend(Protocol):
 
     async def close_context(self, browser_id: UUID, *, cdp_ws_url: str, context_id: str | None,
                             session_id: UUID) -> None:
-        """Dispose the context and remove its downloads directory."""
+        """Dispose the context and remove its downloads directory (its files kept first)."""
+
+    async def browser_downloads(self, browser_id: UUID, *, cdp_ws_url: str, session_id: UUID) -> str:
+        """A browser of one session's: its downloads go to a directory of that session's (the
+        path as the browser sees it)."""
 
     async def close_and_pack(self, browser_id: UUID, *, cdp_ws_url: str, max_bytes: int) -> bytes:
         """Browser.close, wait for the process to exit, pack its user-data directory."""

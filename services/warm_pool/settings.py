@@ -152,6 +152,14 @@ class WarmPoolSettings(ServiceSettings):
     profile_retention_s: float = Field(30 * 24 * 3600, ge=0)
     profile_sweep_interval_s: float = Field(300, gt=0)
 
+    # Downloads: a session's files are moved here when it ends (<root>/<tenant>/<session>/<name>),
+    # at most DOWNLOADS_MAX_MIB per session, and removed DOWNLOADS_RETENTION_S later. Replicas that
+    # serve one another's sessions must share this directory (one host, or one volume).
+    downloads_root: Path = Path("/var/lib/browserfleet/downloads")
+    downloads_max_mib: int = Field(256, ge=1)
+    downloads_retention_s: float = Field(24 * 3600, ge=0)
+    downloads_sweep_interval_s: float = Field(300, gt=0)
+
     # Kubernetes backend. API: an explicit URL (tests, kubectl proxy), else KUBECONFIG, else in-cluster.
     kube_api_url: str | None = None
     kubeconfig: str | None = None

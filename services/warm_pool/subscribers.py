@@ -7,9 +7,10 @@ from faststream import AckPolicy
 from faststream.rabbit import RabbitQueue
 
 from services.warm_pool import handlers, profiles as profile_ops
+from services.warm_pool.downloads import Downloads
 from services.warm_pool.handlers_profiles import ProfileSessions
 from services.warm_pool.ports import Pool, UnitOfWork
-from shared.messages import (LEASE_QUEUE, PROFILES_QUEUE, LeaseReply, LeaseRequest, ProfileReply, ProfileRequest,
+from shared.messages import (DOWNLOADS_QUEUE, LEASE_QUEUE, DownloadsReply, DownloadsRequest, PROFILES_QUEUE, LeaseReply, LeaseRequest, ProfileReply, ProfileRequest,
                              SessionCompleted, SessionStarted, SubscriptionChanged, TenantProvisioned)
 from shared.service import Runtime
 
@@ -26,7 +27,12 @@ def profiles_queue() -> RabbitQueue:
     return RabbitQueue(PROFILES_QUEUE, durable=True, arguments={"x-message-ttl": LEASE_TTL_MS})
 
 
-def register(runtime: Runtime, *, pool: Pool, uow: UnitOfWork, profiles: ProfileSessions | None = None) -> None:
+def downloads_queue() -> RabbitQueue:
+    return RabbitQueue(DOWNLOADS_QUEUE, durable=True, arguments={"x-message-ttl": LEASE_TTL_MS})
+
+
+def register(runtime: Runtime, *, pool: Pool, uow: UnitOfWork, profiles: ProfileSessions | None = None,
+             downloads: Downloads | None = None) -> None:
     settings = runtime.settings
     runtime.consumers.on(TenantProvisioned, partial(handlers.tenant_provisioned, pool=pool, uow=uow))
     runtime.consumers.on(SubscriptionChanged, partial(handlers.subscription_changed, pool=pool, uow=uow,
@@ -58,3 +64,19 @@ def register(runtime: Runtime, *, pool: Pool, uow: UnitOfWork, profiles: Profile
         except Exception:
             log.exception("profile request failed", extra={"tenant_id": str(request.tenant_id), "op": request.op})
             return ProfileReply(ok=False, error="error")
+
+    if downloads is None:
+        return
+
+    # A session's kept downloads (sessions serves them), answered by any replica sharing DOWNLOADS_ROOT.
+    # The reply is encoded here: its bytes travel base64-encoded (DownloadsReply's JSON config).
+    @runtime.broker.subscriber(downloads_queue(), ack_policy=AckPolicy.ACK_FIRST)
+    async def downloads_request(request: DownloadsRequest) -> bytes:
+        async with workers:
+            try:
+                reply = await downloads.serve(request)
+            except Exception:
+                log.exception("downloads request failed", extra={"tenant_id": str(request.tenant_id),
+                                                                 "op": request.op})
+                reply = DownloadsReply(ok=False, error="error")
+            return reply.model_dump_json().encode()

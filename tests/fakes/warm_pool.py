@@ -423,6 +423,12 @@ class FakeProcessBackend:
     def memory_bytes(self, browser_id):
         return self.memory.get(browser_id)
 
+    async def browser_downloads(self, browser_id, *, cdp_ws_url, session_id):
+        await asyncio.sleep(0)
+        if browser_id not in self.running:
+            raise RuntimeError("Browser.setDownloadBehavior failed")
+        return f"/browser/downloads/{session_id}"
+
     async def close_and_pack(self, browser_id, *, cdp_ws_url, max_bytes):
         return b""
 
