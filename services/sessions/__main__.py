@@ -6,6 +6,7 @@ from pathlib import Path
 
 from services.sessions import credentials_rpc, handlers, http, subscribers
 from services.sessions.adapters.lease import LeaseClient
+from services.sessions.adapters.profiles import ProfilesClient
 from services.sessions.dashboard import routes as dashboard
 from services.sessions.gateway import RedactTokens, Relays, ServerProtocol
 from services.sessions.settings import SessionsSettings
@@ -42,8 +43,11 @@ async def build(runtime: Runtime):
     # inflate to the cap in memory before being refused (and compressing costs the relay CPU).
     runtime.server_options.update(ws=ServerProtocol, ws_max_size=settings.max_cdp_message_bytes,
                                   ws_per_message_deflate=False)
+    profiles = ProfilesClient(settings.rabbitmq_url, timeout_s=settings.lease_timeout_s)
     runtime.on_stop(lease.close)
-    return http.create_app(runtime=runtime, settings=settings, lease=lease, api_keys=api_keys, relays=relays)
+    runtime.on_stop(profiles.close)
+    return http.create_app(runtime=runtime, settings=settings, lease=lease, api_keys=api_keys, relays=relays,
+                           profiles=profiles)
 
 
 def main() -> None:

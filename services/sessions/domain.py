@@ -140,4 +140,15 @@ def session_view(row) -> dict:
         "duration_ms": row["duration_ms"],
         "cost": money(row["cost"]) if row["cost"] is not None else None,
         "end_reason": row["end_reason"],
+        "profile": profile_view(row),
     }
+
+
+def profile_view(row) -> dict | None:
+    """The session's profile and what became of its save ("pending" until warm_pool says)."""
+    if row.get("profile_id") is None:
+        return None
+    view = {"id": str(row["profile_id"]), "persist": bool(row["profile_persist"]), "save": row["profile_save"]}
+    if row.get("profile_save_message"):
+        view["message"] = row["profile_save_message"]
+    return view

@@ -20,14 +20,26 @@ from shared import outbox
 from shared.db import transaction
 from shared.http import APIError
 from shared.inbox import first_delivery
-from shared.messages import (BrowserCrashed, LeaseReply, PaymentVerified, SessionCompleted, SessionStarted,
-                             SubscriptionChanged, TenantDeprovisioned, TenantProvisioned)
+from shared.messages import (BrowserCrashed, LeaseReply, PaymentVerified, ProfileSaved, SessionCompleted,
+                             SessionStarted, SubscriptionChanged, TenantDeprovisioned, TenantProvisioned)
 from shared.plans import UnknownPlan, get_plan
 
 log = logging.getLogger(__name__)
 CONSUMER = "sessions"
-Lease = Callable[..., Awaitable[LeaseReply]]  # (tenant_id, session_id, *, isolation)
+Lease = Callable[..., Awaitable[LeaseReply]]  # (tenant_id, session_id, *, isolation, profile_id, persist)
+# Lease refusals about the profile named: the create's answer (the credit refunded).
+PROFILE_REFUSALS = {"profile_not_found": (404, "not_found", "profile not found"),
+                    "profile_in_use": (409, "profile_in_use",
+                                       "another persisting session of this profile is running"),
+                    "profiles_unavailable": (503, "profiles_unavailable",
+                                             "profiles are not available on this deployment")}
 Ended = Callable[[UUID, str], None]
+
+
+class ProfileOption(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: UUID
+    persist: bool = False
 
 
 class CreateSession(BaseModel):
@@ -37,11 +49,15 @@ class CreateSession(BaseModel):
     idle_timeout_s: int | None = Field(None, ge=1, le=7 * 24 * 3600)
     keep_alive: bool = False
     isolation: Literal["browser", "context"] = "browser"
+    # Start from a profile's state; with persist, save the state back to it when the session ends.
+    profile: ProfileOption | None = None
 
     def fingerprint(self) -> bytes:
         body = self.model_dump()
         if body["isolation"] == "browser":  # as before the field existed: older keys still match
             del body["isolation"]
+        if body["profile"] is None:
+            del body["profile"]
         return domain.request_fingerprint(body)
 
 
@@ -120,6 +136,13 @@ async def browser_crashed(event: BrowserCrashed, *, pool: asyncpg.Pool, plans_fi
     for row in rows:
         if row is not None:
             ended(row["id"], "browser_crashed")
+
+
+async def profile_saved(event: ProfileSaved, *, pool: asyncpg.Pool) -> None:
+    async with transaction(pool) as conn:
+        if await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
+            await repo.set_profile_save(conn, session_id=event.session_id, outcome=event.outcome,
+                                        message=event.message)
 
 # --- API keys -------------------------------------------------------------------------------
 
@@ -233,13 +256,17 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
                 timeout_s=domain.effective_timeout(request.timeout_s or defaults[0], tenant["max_session_seconds"]),
                 idle_timeout_s=request.idle_timeout_s or defaults[1], keep_alive=request.keep_alive,
                 token_hash=domain.digest(token), period_start=tenant["current_period_start"],
-                remaining_credits=remaining, isolation=request.isolation)
+                remaining_credits=remaining, isolation=request.isolation,
+                profile_id=request.profile.id if request.profile else None,
+                profile_persist=request.profile.persist if request.profile else None)
     faults.point("sessions.after_debit")  # debited, no browser yet, not answered
     if replay is not None:
         return await _replay(pool, replay, idempotency_key, public_url, wait_s=lease_timeout_s + 5)
 
     try:
-        reply = await lease(tenant_id, session_id, isolation=request.isolation)
+        profile = ({"profile_id": request.profile.id, "persist": request.profile.persist}
+                   if request.profile else {})
+        reply = await lease(tenant_id, session_id, isolation=request.isolation, **profile)
         error = None if reply.ok and reply.cdp_ws_url else (reply.error or "error")
         if error is None and request.isolation == "context" and not reply.context_id:
             error = "no context in the lease reply"  # never relay a context session unconfined
@@ -264,6 +291,10 @@ async def create_session(request: CreateSession, *, pool: asyncpg.Pool, lease: L
             return _created(row, token, public_url)
         error = "failed while starting"
     await fail_and_refund(pool, session_id=session_id, failure=error)
+    if error in PROFILE_REFUSALS:
+        SESSIONS_CREATED.labels(error).inc()
+        status, code, message = PROFILE_REFUSALS[error]
+        raise APIError(status, code, message)
     SESSIONS_CREATED.labels("no_capacity").inc()
     log.warning("session start failed", extra={"session_id": str(session_id), "error": error})
     raise APIError(503, "no_capacity", (reply and reply.message) or "no browser available right now, retry later")

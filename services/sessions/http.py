@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
-from services.sessions import gateway, handlers
+from services.sessions import gateway, handlers, profiles_http
 from services.sessions.adapters import cdp
 from services.sessions.dashboard import routes as dashboard
 from shared import http
@@ -17,7 +17,16 @@ from shared.http import APIError, error_response, error_responses
 from shared.money import Money
 
 log = logging.getLogger(__name__)
-CONNECT_OPTIONS = {"browser", "isolation", "timeout_s", "idle_timeout_s"}
+CONNECT_OPTIONS = {"browser", "isolation", "timeout_s", "idle_timeout_s", "profile", "persist"}
+
+
+class SessionProfile(BaseModel):
+    id: UUID
+    persist: bool
+    # pending until the persisting session's end is saved; not_saved: read-only use, a crashed
+    # browser, or a deleted profile; failed: see message (the previous version is kept).
+    save: Literal["pending", "saved", "failed", "not_saved"]
+    message: str | None = None
 
 
 class SessionOut(BaseModel):
@@ -36,6 +45,7 @@ class SessionOut(BaseModel):
     duration_ms: int | None
     cost: Money | None
     end_reason: str | None
+    profile: SessionProfile | None = None
 
 
 class SessionCreated(SessionOut):
@@ -118,10 +128,20 @@ may come as `Authorization: Bearer` instead; an `Idempotency-Key` header is hono
 session with those options exactly as `POST /v1/sessions` does (one credit, the same limits) and
 relays to it: `connect_over_cdp("ws://host/v1/connect?api_key=…")`. Closing the socket ends the
 session (end reason `client`). A refused create refuses the handshake with its HTTP status and
-JSON error (401, 402, 403, 422, 429 with `Retry-After`, 503). `api_key` is never logged."""
+JSON error (401, 402, 403, 422, 429 with `Retry-After`, 503). `api_key` is never logged.
+`&profile=<id>&persist=true` is the body's `"profile"`.
+
+**Profiles**: browser state (cookies, local storage, IndexedDB; in browser isolation the rest of
+the user-data directory) that outlives a session, stored encrypted. A session created with
+`"profile": {"id"}` starts with it; with `"persist": true` its state is saved back as a new
+version when it ends, whatever the end reason (a crashed browser saves nothing). The session's
+`profile.save` says what happened (`pending` until then). A second persisting create of a profile
+while one runs → 409 `profile_in_use` (read-only uses run beside it); a profile of another tenant,
+or none, → 404 `not_found`; both refund the credit."""
 
 
-def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: gateway.Relays) -> FastAPI:
+def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: gateway.Relays,
+               profiles=None) -> FastAPI:
     app = FastAPI(title="browserfleet sessions", version="1", description=DESCRIPTION)
     http.install(app, ready=runtime.ready, settings=settings)
     pool, bearer = runtime.pool, HTTPBearer(auto_error=False)
@@ -179,7 +199,7 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
     # The body comes from a dependency after `tenant`: a request without a valid key is refused
     # before its body is read (FastAPI reads a declared body before any dependency runs).
     @app.post("/v1/sessions", status_code=201, response_model=SessionCreated,
-              responses=error_responses(402, 403, 409, 413, 503), tags=["sessions"],
+              responses=error_responses(402, 403, 404, 409, 413, 503), tags=["sessions"],
               openapi_extra=http.json_body_openapi(app, handlers.CreateSession, required=False))
     async def create_session(tenant_id: UUID = Depends(tenant),
                              body: handlers.CreateSession | None = Depends(
@@ -222,6 +242,8 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
         except Exception:
             raise APIError(503, "unavailable", "the browser did not answer") from None
         return Response(png, media_type="image/png")
+
+    app.include_router(profiles_http.router(app=app, profiles=profiles or profiles_http.unavailable, tenant=tenant))
 
     @app.get("/v1/usage", response_model=Usage, responses=error_responses(), tags=["usage"])
     async def usage(tenant_id: UUID = Depends(tenant)):
@@ -266,6 +288,10 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
         unknown = sorted(set(query) - CONNECT_OPTIONS)
         if unknown:
             raise APIError(422, "invalid_request", f"unknown option(s): {', '.join(unknown)[:200]}")
+        if "persist" in query and "profile" not in query:
+            raise APIError(422, "invalid_request", "persist needs a profile")
+        if "profile" in query:  # ?profile=<id>&persist=true is the body's {"profile": {"id", "persist"}}
+            query["profile"] = {"id": query.pop("profile"), "persist": query.pop("persist", False)}
         try:
             body = handlers.CreateSession.model_validate(query)
         except ValidationError as exc:

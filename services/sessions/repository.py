@@ -136,16 +136,29 @@ async def touch_api_key(conn: asyncpg.Connection, *, key_id: UUID) -> None:
 async def insert_session(conn: asyncpg.Connection, *, session_id: UUID, tenant_id: UUID, browser: str,
                          plan: str, timeout_s: int, idle_timeout_s: int, keep_alive: bool,
                          token_hash: bytes, period_start: datetime, remaining_credits: int,
-                         isolation: str = "browser") -> None:
+                         isolation: str = "browser", profile_id: UUID | None = None,
+                         profile_persist: bool | None = None) -> None:
     await conn.execute(
         """
         INSERT INTO sessions (id, tenant_id, status, browser, plan, timeout_s, idle_timeout_s, keep_alive,
-                              token_hash, period_start, remaining_credits, isolation)
-        VALUES ($1, $2, 'starting', $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                              token_hash, period_start, remaining_credits, isolation, profile_id, profile_persist,
+                              profile_save)
+        VALUES ($1, $2, 'starting', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                CASE WHEN $12::uuid IS NULL THEN NULL WHEN $13 THEN 'pending' ELSE 'not_saved' END)
         """,
         session_id, tenant_id, browser, plan, timeout_s, idle_timeout_s, keep_alive, token_hash,
-        period_start, remaining_credits, isolation,
+        period_start, remaining_credits, isolation, profile_id, profile_persist,
     )
+
+
+async def set_profile_save(conn: asyncpg.Connection, *, session_id: UUID, outcome: str, message: str | None) -> None:
+    """What warm_pool said of a persisting session's save (once; a redelivery changes nothing)."""
+    await conn.execute(
+        """
+        UPDATE sessions SET profile_save = $2, profile_save_message = $3
+         WHERE id = $1 AND profile_persist AND profile_save = 'pending'
+        """,
+        session_id, outcome, message)
 
 
 async def mark_running(conn: asyncpg.Connection, *, session_id: UUID, browser_id: UUID, browser_ws_url: str,

@@ -8,7 +8,7 @@ from services.sessions import handlers
 from services.sessions.dashboard import sign_ins
 from services.sessions.gateway import Relays
 from shared.broker import events_exchange
-from shared.messages import (BrowserCrashed, PaymentVerified, SessionCompleted, SubscriptionChanged,
+from shared.messages import (BrowserCrashed, PaymentVerified, ProfileSaved, SessionCompleted, SubscriptionChanged,
                              TenantDeprovisioned, TenantProvisioned)
 from shared.service import Runtime
 
@@ -28,6 +28,7 @@ def register(runtime: Runtime, *, relays: Relays) -> None:
                                                       ended=relays.end))
     runtime.consumers.on(BrowserCrashed, partial(handlers.browser_crashed, pool=pool, plans_file=plans_file,
                                                  ended=relays.end))
+    runtime.consumers.on(ProfileSaved, partial(handlers.profile_saved, pool=pool))
 
     # Every replica hears every session end on a queue of its own, so the one holding a
     # session's websocket closes it, whichever replica ended the session.

@@ -23,12 +23,14 @@ class LeaseClient:
                     await self.rpc.connect()
                     self._connected = True
 
-    async def __call__(self, tenant_id: UUID, session_id: UUID, *, isolation: str = "browser") -> LeaseReply:
+    async def __call__(self, tenant_id: UUID, session_id: UUID, *, isolation: str = "browser",
+                       profile_id: UUID | None = None, persist: bool = False) -> LeaseReply:
         started, outcome = time.perf_counter(), "error"
         try:
             await self._ensure()
             body = LeaseRequest(tenant_id=tenant_id, session_id=session_id,
-                                isolation=isolation).model_dump_json().encode()
+                                isolation=isolation, profile_id=profile_id,
+                                persist=persist).model_dump_json().encode()
             reply = LeaseReply.model_validate_json(await self.rpc.call(LEASE_QUEUE, body, timeout=self.timeout_s))
             outcome = "ok" if reply.ok else (reply.error or "error")
             return reply

@@ -12,13 +12,13 @@ from browserfleet._errors import (APIConnectionError, APIError, APIStatusError, 
                                   PayloadTooLargeError, PermissionDeniedError, RateLimitError,
                                   ServiceUnavailableError, UnprocessableEntityError)
 from browserfleet._models import (Download, Profile, ProfilePage, Session, SessionCreated, SessionPage,
-                                  SessionStatus, Usage)
+                                  SessionProfile, SessionStatus, Usage)
 from browserfleet._pagination import AsyncCursorPager, SyncCursorPage
 from browserfleet._version import __version__
 
 __all__ = [
     "Browserfleet", "AsyncBrowserfleet", "__version__",
-    "Session", "SessionCreated", "SessionPage", "SessionStatus", "Usage", "Profile", "ProfilePage", "Download",
+    "Session", "SessionCreated", "SessionPage", "SessionProfile", "SessionStatus", "Usage", "Profile", "ProfilePage", "Download",
     "SyncCursorPage", "AsyncCursorPager", "SessionConnection", "AsyncSessionConnection",
     "BrowserfleetError", "APIError", "APIStatusError", "APIConnectionError", "APITimeoutError",
     "APIResponseValidationError", "AuthenticationError", "InsufficientCreditsError", "PermissionDeniedError",

@@ -16,6 +16,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+class SessionProfile(_Model):
+    """The profile a session started from, and whether its state was saved back (`persist`)."""
+    id: str
+    persist: bool
+    save: Literal["pending", "saved", "failed", "not_saved"]
+    message: Optional[str] = None
+
+
 class Session(_Model):
     """`SessionOut`: a session as `retrieve`, `list` and `end` return it."""
     id: str
@@ -33,6 +41,7 @@ class Session(_Model):
     cost: Optional[Decimal]  # a decimal string in JSON: money is never a float
     end_reason: Optional[str]
     isolation: Literal["browser", "context"] = "browser"  # absent from a server older than isolation
+    profile: Optional[SessionProfile] = None
 
 
 class SessionCreated(Session):
@@ -64,6 +73,7 @@ class Profile(_Model):
     created_at: datetime
     updated_at: datetime
     size_bytes: int
+    last_session_id: Optional[str] = None  # the last session that used it
 
 
 class ProfilePage(_Model):
