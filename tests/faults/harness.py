@@ -272,7 +272,10 @@ class Db:
                   FROM sessions.allowances a""",
             "a browser serving two sessions": """
                 SELECT count(*) FROM (SELECT browser_id FROM sessions.sessions WHERE browser_id IS NOT NULL
-                                       GROUP BY browser_id HAVING count(*) > 1) t""",
+                                       AND isolation = 'browser' GROUP BY browser_id HAVING count(*) > 1) t""",
+            "a BrowserContext serving two sessions": """
+                SELECT count(*) FROM (SELECT browser_id, context_id FROM warm_pool.contexts WHERE context_id IS NOT NULL
+                                       GROUP BY 1, 2 HAVING count(*) > 1) t""",
             "session started twice": """
                 SELECT count(*) FROM (SELECT body->>'session_id' FROM sessions.outbox
                                        WHERE routing_key = 'sessions.session_started'
@@ -295,7 +298,21 @@ class Db:
             SELECT b.id, b.session_id, s.status FROM warm_pool.browsers b
               LEFT JOIN sessions.sessions s ON s.id = b.session_id
              WHERE b.state = 'leased' AND (s.status IS DISTINCT FROM 'running' OR s.browser_id <> b.id)""")
-        return [f"browser {r['id']} leased to session {r['session_id']} ({r['status']})" for r in rows]
+        leaks = [f"browser {r['id']} leased to session {r['session_id']} ({r['status']})" for r in rows]
+        # Context sessions: a live context whose session is not running, a host's slot count off.
+        rows = await self.conn.fetch("""
+            SELECT c.session_id, c.state, s.status FROM warm_pool.contexts c
+              LEFT JOIN sessions.sessions s ON s.id = c.session_id
+             WHERE c.state IN ('creating', 'active', 'ending') AND s.status IS DISTINCT FROM 'running'""")
+        leaks += [f"context of session {r['session_id']} {r['state']} ({r['status']})" for r in rows]
+        rows = await self.conn.fetch("""
+            SELECT b.id, b.state, b.active_contexts, count(c.session_id) AS live FROM warm_pool.browsers b
+              LEFT JOIN warm_pool.contexts c ON c.browser_id = b.id AND c.state IN ('creating', 'active', 'ending')
+             WHERE b.mode = 'context' GROUP BY b.id
+            HAVING (b.state = 'dead' AND count(c.session_id) > 0) OR (b.state <> 'dead' AND b.active_contexts <> count(c.session_id))""")
+        leaks += [f"context host {r['id']} ({r['state']}) counts {r['active_contexts']} contexts, {r['live']} live"
+                  for r in rows]
+        return leaks
 
     async def live_dirs(self) -> set[str]:
         rows = await self.conn.fetch("SELECT id FROM warm_pool.browsers WHERE state <> 'dead'")
