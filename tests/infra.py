@@ -4,6 +4,7 @@ URLs come from DATABASE_URL / RABBITMQ_URL or the local defaults; testcontainers
 when neither answers and a Docker engine does.
 """
 import atexit
+import base64
 import hashlib
 import os
 import secrets
@@ -32,6 +33,8 @@ SECRETS = {
     "STRIPE_WEBHOOK_SECRET": f"whsec_{secrets.token_urlsafe(24)}",
     "STRIPE_API_KEY": f"sk_test_{secrets.token_urlsafe(24)}",
     "DATABASE_ROLE_SECRET": secrets.token_urlsafe(32),
+    # warm_pool's profile archives (issue 18): one random AES-256 key of this run's.
+    "PROFILE_ENCRYPTION_KEY": "test1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
 }
 # The key of the services' RabbitMQ users' passwords (`service_broker_urls`); services never see it.
 BROKER_USER_KEY = secrets.token_urlsafe(32)
