@@ -4,6 +4,7 @@ and what a hung page or an oversized state does to a capture."""
 import asyncio
 import contextlib
 import http.server
+import json
 import threading
 import uuid
 
@@ -185,16 +186,30 @@ async def test_a_contexts_state_restores_into_a_fresh_context_and_into_another_b
             await other.close()
 
 
+# The origin's own service worker answers every navigation in its scope with a page that runs
+# the origin's script (it marks localStorage with the path it ran at).
+SERVICE_WORKER = b"""
+self.addEventListener("install", () => self.skipWaiting());
+self.addEventListener("activate", (e) => e.waitUntil(self.clients.claim()));
+self.addEventListener("fetch", (e) => e.respondWith(new Response(
+  "<script>localStorage.setItem('ran at ' + location.pathname, '1')</script>",
+  {headers: {"content-type": "text/html"}})));
+"""
+REGISTER = """navigator.serviceWorker.register("/sw.js", {scope: "/"})
+  .then(() => navigator.serviceWorker.ready).then(() => true)"""
+
+
 class _CountingPages(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []
 
     def do_GET(self):
         self.hits.append(self.path)
+        body, kind = (SERVICE_WORKER, "text/javascript") if self.path == "/sw.js" else (PAGE, "text/html")
         self.send_response(200)
-        self.send_header("content-type", "text/html")
-        self.send_header("content-length", str(len(PAGE)))
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(PAGE)
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -214,6 +229,24 @@ async def test_capture_and_restore_send_no_request_to_the_origin_and_run_none_of
 
         assert before == ["/page"] and _CountingPages.hits == before
         assert [o["origin"] for o in state["origins"]] == [origin]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_the_origins_service_worker_does_not_answer_the_capturing_page(browser, cdp):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CountingPages)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        origin = f"http://127.0.0.1:{server.server_address[1]}"
+        a = await new_context(cdp)
+        assert await (await Tab.open(cdp, a, origin + "/page")).run(REGISTER)
+        await Tab.open(cdp, a, origin + "/tenant")  # the worker answers the tenant's own pages
+
+        state = await capture(browser.ws_url, context_id=a, origins=[origin])
+
+        [entry] = state["origins"]
+        assert entry["localStorage"] == [{"name": "ran at /tenant", "value": "1"}]
     finally:
         server.shutdown()
         server.server_close()
@@ -309,3 +342,45 @@ async def test_a_malformed_state_is_refused_before_anything_is_written(browser, 
 
     with local_page_server(PAGE) as url:
         assert (await (await Tab.open(cdp, b, url)).run(READ_BACK))["local"] is None
+
+
+async def test_the_tracker_keeps_the_default_context_when_it_tracks_no_more_contexts(browser, cdp):
+    tracker = OriginTracker(max_contexts=1)
+    await tracker.start(browser.ws_url)
+    try:
+        a, b = await new_context(cdp), await new_context(cdp)
+        first, second = origins_of_test_pages()
+        with two_origin_page() as (first_url, second_url):
+            await Tab.open(cdp, a, first_url)
+            await eventually(lambda: tracker.origins(a) == {first}, what="the first context tracked")
+            await Tab.open(cdp, b, first_url)
+            await Tab.open(cdp, None, second_url)
+            await eventually(lambda: tracker.origins(None) == {second}, what="the default context tracked")
+        assert tracker.origins(b) == set()
+    finally:
+        await tracker.close()
+
+
+TINY_RECORDS = """(async () => {
+  const db = await new Promise(ok => { const r = indexedDB.open("tiny", 1);
+    r.onupgradeneeded = () => r.result.createObjectStore("s"); r.onsuccess = () => ok(r.result); });
+  await new Promise(ok => { const tx = db.transaction("s", "readwrite"), s = tx.objectStore("s");
+    for (let i = 0; i < 40000; i++) s.put(0, i);
+    tx.oncomplete = ok; });
+  return true;
+})()"""
+
+
+async def test_many_tiny_records_weigh_what_they_cost_parsed_not_their_few_bytes_of_json(browser, cdp):
+    a = await new_context(cdp)
+    with local_page_server(PAGE) as url:
+        assert await (await Tab.open(cdp, a, url)).run(TINY_RECORDS)
+    origin = origins_of_test_pages()[0]
+
+    refused = await capture(browser.ws_url, context_id=a, origins=[origin], max_origin_bytes=2**21)
+    taken = await capture(browser.ws_url, context_id=a, origins=[origin], max_origin_bytes=2**23)
+
+    assert refused["errors"] == [{"origin": origin, "error": "too large"}] and refused["origins"] == []
+    [entry] = taken["origins"]
+    assert len(entry["indexedDB"][0]["stores"][0]["records"]) == 40000
+    assert len(json.dumps(entry)) < 2**21  # the JSON alone would have passed the smaller cap

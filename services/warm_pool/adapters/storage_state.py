@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 StorageState = dict
 MiB = 1024 * 1024
 DEFAULT_MAX_ORIGIN_BYTES = 8 * MiB
-DEFAULT_MAX_TOTAL_BYTES = 64 * MiB
+DEFAULT_MAX_TOTAL_BYTES = 32 * MiB  # parsed, the state takes ~3x this in Python objects at most
 MAX_COOKIES = 10_000  # Chromium keeps ~3,300 at most
 MAX_ORIGINS = 500
+MAX_TRACKED_CONTEXTS = 256
 IDB_BATCH = 500
 EMPTY_PAGE = "PGh0bWw+PC9odG1sPg=="  # base64 "<html></html>"
 COOKIE_FIELDS = {"name": str, "value": str, "domain": str, "path": str, "expires": (int, float), "httpOnly": bool,
@@ -506,10 +507,13 @@ class OriginTracker:
     """One per browser: its own browser-level DevTools connection, told of every target
     (Target.setDiscoverTargets); remembers the http(s) origins each context's page targets have
     shown, so a capture knows where to look. Origins a page only framed (third-party iframes,
-    whose storage is partitioned anyway) are not tracked; at most `max_origins` per context."""
+    whose storage is partitioned anyway) are not tracked. Bounded: at most `max_origins` per
+    context and `max_contexts` contexts besides the default one (a tenant with the whole CDP of
+    its browser may make contexts without end; the ones past the cap are not tracked)."""
 
-    def __init__(self, *, max_origins: int = MAX_ORIGINS, timeout_s: float = 10):
-        self.max_origins, self.timeout_s = max_origins, timeout_s
+    def __init__(self, *, max_origins: int = MAX_ORIGINS, max_contexts: int = MAX_TRACKED_CONTEXTS,
+                 timeout_s: float = 10):
+        self.max_origins, self.max_contexts, self.timeout_s = max_origins, max_contexts, timeout_s
         self._cdp: _Cdp | None = None
         self._default: str | None = None
         self._seen: dict[str, set[str]] = {}
@@ -533,7 +537,12 @@ class OriginTracker:
         context, origin = info.get("browserContextId"), origin_of(info.get("url"))
         if not isinstance(context, str) or origin is None:
             return
-        seen = self._seen.setdefault(context, set())
+        seen = self._seen.get(context)
+        if seen is None:
+            if context != self._default and len(self._seen.keys() - {self._default}) >= self.max_contexts:
+                log.warning("storage state: over %d contexts tracked; %s is not", self.max_contexts, context[:40])
+                return
+            seen = self._seen[context] = set()
         if origin not in seen:
             if len(seen) >= self.max_origins:
                 log.warning("storage state: context %s showed over %d origins; %s is not tracked",

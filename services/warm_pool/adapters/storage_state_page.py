@@ -12,7 +12,10 @@ wrapped as `{"__bf": "Object", "v": {...}}`, so no stored value is mistaken for 
 Not carried (the record is left out and counted in `skipped` by kind): Blob, File, FileList,
 CryptoKey, ImageData/ImageBitmap, Error objects, Boolean/Number/String wrapper objects, cyclic
 values, values nested deeper than 100 levels. Shared references are carried as copies.
-The capture script stops (returns {"tooLarge": true}) once its output would pass `maxChars`.
+The capture script stops (returns {"tooLarge": true}) once its output would pass `maxChars`. What
+it counts is the output's length with a floor per value (16 characters a value, 32 an object, 64 a
+record), so that a million tiny records weigh what they will cost as Python objects, not their
+few bytes of JSON.
 """
 
 CAPTURE = r"""
@@ -30,27 +33,27 @@ async (maxChars, batch) => {
   };
   const enc = (v, seen, depth) => {
     switch (typeof v) {
-      case "string": spend(v.length + 3); return v;
-      case "boolean": spend(6); return v;
+      case "string": spend(v.length + 16); return v;
+      case "boolean": spend(16); return v;
       case "number":
-        spend(25);
+        spend(32);
         if (Number.isFinite(v) && !Object.is(v, -0)) return v;
         return {[TAG]: "number", v: Object.is(v, -0) ? "-0" : String(v)};
-      case "undefined": spend(20); return {[TAG]: "undefined"};
-      case "bigint": { const s = v.toString(); spend(s.length + 30); return {[TAG]: "bigint", v: s}; }
+      case "undefined": spend(32); return {[TAG]: "undefined"};
+      case "bigint": { const s = v.toString(); spend(s.length + 48); return {[TAG]: "bigint", v: s}; }
       case "object": break;
       default: throw new Unsupported(typeof v);
     }
-    if (v === null) { spend(5); return null; }
+    if (v === null) { spend(16); return null; }
     if (depth > MAX_DEPTH) throw new Unsupported("too deep");
     if (seen.has(v)) throw new Unsupported("cyclic");
     seen.add(v);
     try {
       const kind = kindOf(v);
       if (Array.isArray(v)) {
-        spend(2);
+        spend(32);
         const out = [];
-        for (let i = 0; i < v.length; i++) { spend(1); out.push(enc(v[i], seen, depth + 1)); }
+        for (let i = 0; i < v.length; i++) { spend(8); out.push(enc(v[i], seen, depth + 1)); }
         return out;
       }
       if (kind === "Date") { spend(40); const t = v.getTime(); return {[TAG]: "Date", v: Number.isFinite(t) ? t : null}; }
@@ -63,21 +66,21 @@ async (maxChars, batch) => {
       if (kind === "Map") {
         spend(30);
         const out = [];
-        for (const [k, x] of v) { spend(3); out.push([enc(k, seen, depth + 1), enc(x, seen, depth + 1)]); }
+        for (const [k, x] of v) { spend(40); out.push([enc(k, seen, depth + 1), enc(x, seen, depth + 1)]); }
         return {[TAG]: "Map", v: out};
       }
       if (kind === "Set") {
         spend(30);
         const out = [];
-        for (const x of v) { spend(1); out.push(enc(x, seen, depth + 1)); }
+        for (const x of v) { spend(8); out.push(enc(x, seen, depth + 1)); }
         return {[TAG]: "Set", v: out};
       }
       if (kind === "Object" && Object.getPrototypeOf(v) === Object.prototype) {
-        spend(2);
+        spend(32);
         const out = Object.create(null);  // so an own "__proto__" key stays a key
         let tagged = false;
         for (const k of Object.keys(v)) {
-          spend(k.length + 4);
+          spend(k.length + 16);
           if (k === TAG) tagged = true;
           out[k] = enc(v[k], seen, depth + 1);
         }
@@ -104,7 +107,7 @@ async (maxChars, batch) => {
     for (let i = 0; i < localStorage.length; i++) {
       const name = localStorage.key(i), value = name === null ? null : localStorage.getItem(name);
       if (value === null) continue;
-      spend(name.length + value.length + 30);
+      spend(name.length + value.length + 64);
       out.localStorage.push({name, value});
     }
     for (const info of await indexedDB.databases()) {
@@ -130,6 +133,7 @@ async (maxChars, batch) => {
             const s = db.transaction(storeName, "readonly").objectStore(storeName);
             const [keys, values] = await Promise.all([done(s.getAllKeys(range, batch)), done(s.getAll(range, batch))]);
             for (let i = 0; i < keys.length; i++) {
+              spend(64);
               try {
                 store.records.push({key: enc(keys[i], new Set(), 0), value: enc(values[i], new Set(), 0)});
               } catch (e) {
