@@ -32,14 +32,22 @@ PAGE = b"""<!doctype html><html><head><title>Hello from browserfleet</title></he
 class _Pages(http.server.BaseHTTPRequestHandler):
     """Serves whatever page a test registered under its path."""
     pages: dict[str, bytes] = {}
+    attachments: dict[str, tuple[bytes, str]] = {}  # path -> (body, the file name it suggests)
 
     def do_GET(self):
-        body = self.pages.get(self.path.split("?")[0])
+        path = self.path.split("?")[0]
+        body = self.pages.get(path)
+        if path in self.attachments:
+            body, filename = self.attachments[path]
         if body is None:
             self.send_error(404)
             return
         self.send_response(200)
-        self.send_header("content-type", "text/html; charset=utf-8")
+        if path in self.attachments:
+            self.send_header("content-type", "application/octet-stream")
+            self.send_header("content-disposition", f'attachment; filename="{filename}"')
+        else:
+            self.send_header("content-type", "text/html; charset=utf-8")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -73,6 +81,18 @@ def local_page_server(body: bytes = PAGE):
         yield f"http://127.0.0.1:{page_port()}{path}"
     finally:
         _Pages.pages.pop(path, None)
+
+
+@contextmanager
+def local_download(body: bytes, filename: str):
+    """Serve `body` as a download (`Content-Disposition: attachment; filename=…`) on `page_port()`;
+    yields its URL."""
+    path = f"/{uuid.uuid4().hex}/file"
+    _Pages.attachments[path] = (body, filename)
+    try:
+        yield f"http://127.0.0.1:{page_port()}{path}"
+    finally:
+        _Pages.attachments.pop(path, None)
 
 
 def chromium_pids(marker: str) -> list[int]:

@@ -165,6 +165,7 @@ class ServiceProcess:
         self.env = {**os.environ, **SECRETS, **env, "PYTHONUNBUFFERED": "1"}
         if name == "warm_pool":  # sandboxed browsers reach the test pages on this port only
             self.env.setdefault("BROWSER_HOST_PORTS", str(helpers.page_port()))
+            self.env.setdefault("DOWNLOADS_ROOT", str(log_dir / "downloads"))  # kept files: the test's own
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"

@@ -14,7 +14,8 @@ buffered. The session itself goes on.
 Context sessions (isolation "context") relay through `confine.Confinement`: the client sees
 only its own BrowserContext of a shared browser; `Browser.close` ends its session, and when
 the relay closes, the contexts the client created are disposed. Browser sessions keep the
-plain byte relay.
+plain byte relay, except that a client's download settings are kept pointed at the session's
+own directory (`downloads_guard`, client → browser frames only).
 """
 import asyncio
 import contextlib
@@ -32,7 +33,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from services.sessions import confine, domain, repository as repo
+from services.sessions import confine, domain, downloads_guard, repository as repo
 from services.sessions.adapters import cdp
 from services.sessions.metrics import RELAYED_BYTES, RELAYED_FRAMES, RELAYS_OPEN
 from shared.http import error_response
@@ -190,8 +191,9 @@ async def _relay(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limi
         RELAYS_OPEN.inc()
         try:
             await ws.accept()
-            if confinement is None:
-                tasks = [asyncio.create_task(_client_to_browser(ws, upstream, session_id, relays, limits)),
+            if confinement is None:  # a browser of its own: only its download settings are checked
+                tasks = [asyncio.create_task(_client_to_browser(ws, upstream, session_id, relays, limits,
+                                                                row["downloads_path"])),
                          asyncio.create_task(_browser_to_client(ws, upstream, session_id, relays))]
             else:
                 tasks = [asyncio.create_task(_confined_client_to_browser(ws, upstream, session_id, relays, limits,
@@ -236,7 +238,8 @@ async def _count_in(pool: asyncpg.Pool, session_id: UUID, max_relays: int) -> st
         return await repo.client_connected(conn, session_id=session_id, max_relays=max_relays)
 
 
-async def _client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: Relays, limits: Limits) -> str | None:
+async def _client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: Relays, limits: Limits,
+                             downloads_path: str | None = None) -> str | None:
     try:
         while True:
             message = await ws.receive()
@@ -250,6 +253,12 @@ async def _client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: 
             size = len(data)
             if size > limits.max_message_bytes:  # only if served without the cap (see __main__)
                 return TOO_BIG
+            if downloads_path is not None:
+                data, refusal = downloads_guard.guard(data, downloads_path)
+                if refusal is not None:
+                    await ws.send_text(refusal)
+                if data is None:
+                    continue
             await upstream.send(data)
             _FRAMES_IN.inc()
             _BYTES_IN.inc(size)
