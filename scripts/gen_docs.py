@@ -5,6 +5,7 @@
 The FastAPI apps are built with stub ports (no database, broker or Stripe): only their routes
 and models are read. tests/unit/test_docs_fresh.py fails when the committed files are stale.
 """
+import inspect
 import json
 import re
 import sys
@@ -20,10 +21,6 @@ sys.path.insert(0, str(ROOT))
 from shared import dlq, messages, outbox  # noqa: E402
 
 DOCS = ROOT / "docs"
-# Who publishes each event (through its outbox); consumers are read from each subscribers.py.
-PUBLISHERS = {"billing": ["PaymentVerified", "SubscriptionChanged"],
-              "provisioner": ["TenantProvisioned", "TenantDeprovisioned"],
-              "sessions": ["SessionStarted", "SessionCompleted"], "warm_pool": ["BrowserCrashed"]}
 SERVICES = ("billing", "provisioner", "sessions", "warm_pool")
 
 
@@ -63,103 +60,68 @@ def openapi_json(app) -> str:
     return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
 
 
-def _consumers() -> dict[str, list[str]]:
-    found = {}
-    for service in SERVICES:
-        source = (ROOT / "services" / service / "subscribers.py").read_text()
-        found[service] = re.findall(r"consumers\.on\(\s*(\w+)", source)
-    return found
+EVENTS_EXCHANGE = "browserfleet.events"
+
+
+def _register_stubbed(register, runtime) -> None:
+    """Call a service's `register(runtime, *, ports…)` with a stand-in for every port: registering
+    subscribers captures the ports and calls none of them."""
+    from unittest.mock import Mock
+    ports = {name: Mock(name=name) for name, p in inspect.signature(register).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty}
+    register(runtime, **ports)
+
+
+def service_runtime(service: str) -> SimpleNamespace:
+    """The service's broker (and consumers) with everything its entrypoint subscribes (the same
+    register functions), and a documented publisher for each event type named after the service
+    (the only user RabbitMQ and the consumers accept it from; sent through the outbox relay)."""
+    import importlib
+
+    from shared.broker import Consumers, events_exchange, make_broker
+    settings_class = {"billing": "billing.settings.BillingSettings",
+                      "provisioner": "provisioner.settings.ProvisionerSettings",
+                      "sessions": "sessions.settings.SessionsSettings",
+                      "warm_pool": "warm_pool.settings.WarmPoolSettings"}[service]
+    module, _, name = f"services.{settings_class}".rpartition(".")
+    settings = getattr(importlib.import_module(module), name)(_env_file=None)
+    broker = make_broker("amqp://rabbitmq:5672/")
+    runtime = SimpleNamespace(name=service, settings=settings, pool=None, broker=broker, stopping=None,
+                              consumers=Consumers(broker, service=service, events=EVENTS_EXCHANGE,
+                                                  delivery_limit=settings.delivery_limit),
+                              background=lambda fn: None, on_stop=lambda fn: None, server_options={})
+    _register_stubbed(importlib.import_module(f"services.{service}.subscribers").register, runtime)
+    if service == "sessions":
+        _register_stubbed(importlib.import_module("services.sessions.credentials_rpc").register, runtime)
+    for cls in messages.EVENT_TYPES.values():
+        if cls.TYPE.split(".", 1)[0] == service:
+            broker.publisher(routing_key=cls.TYPE, exchange=events_exchange(EVENTS_EXCHANGE), schema=cls,
+                             title=cls.TYPE, description=f"{service} publishes it through its outbox "
+                             "(persistent, confirmed, mandatory)")
+    return runtime
 
 
 def asyncapi() -> dict:
-    events = {cls.__name__: cls for cls in messages.EVENT_TYPES.values()}
-    rpcs = [messages.LeaseRequest, messages.LeaseReply, messages.CredentialRequest, messages.CredentialReply]
-    models = [*events.values(), *rpcs]
-    top, defs = models_json_schema([(m, "serialization") for m in models], ref_template="#/components/schemas/{model}")
-    schemas = {**defs.get("$defs", {})}
-    consumers = _consumers()
-    publisher_of = {name: s for s, names in PUBLISHERS.items() for name in names}
-    def trace_header() -> dict:
-        return {"type": "object", "properties": {"trace_id": {
-            "type": "string", "description": "Trace id of the request or message that caused this one"}}}
-    doc_messages, channels, operations = {}, {}, {}
-    for name, cls in events.items():
-        doc_messages[name] = {"name": cls.TYPE, "title": name, "contentType": "application/json",
-                              "headers": trace_header(), "payload": {"$ref": f"#/components/schemas/{name}"},
-                              "bindings": {"amqp": {"messageType": cls.TYPE, "deliveryMode": 2}}}
-        channels[cls.TYPE] = {
-            "address": cls.TYPE,
-            "description": f"Routing key `{cls.TYPE}` on the `browserfleet.events` topic exchange.",
-            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
-            "bindings": {"amqp": {"is": "routingKey", "exchange": {
-                "name": "browserfleet.events", "type": "topic", "durable": True, "autoDelete": False}}}}
-        operations[f"publish{name}"] = {
-            "action": "send", "channel": {"$ref": f"#/channels/{cls.TYPE}"},
-            "summary": f"{publisher_of.get(name, '?')} publishes it through its outbox",
-            "messages": [{"$ref": f"#/channels/{cls.TYPE}/messages/{name}"}]}
-        for service in SERVICES:
-            if name in consumers[service]:
-                operations[f"{service}Receives{name}"] = {
-                    "action": "receive", "channel": {"$ref": f"#/channels/{cls.TYPE}"},
-                    "summary": f"{service} consumes it from quorum queue `{service}.{cls.TYPE}` "
-                               f"(dead-lettered to `{service}.{cls.TYPE}.dlq`)",
-                    "messages": [{"$ref": f"#/channels/{cls.TYPE}/messages/{name}"}]}
-    for model in rpcs:
-        doc_messages[model.__name__] = {"name": model.__name__, "contentType": "application/json",
-                                        "payload": {"$ref": f"#/components/schemas/{model.__name__}"}}
-    channels["lease"] = {
-        "address": messages.LEASE_QUEUE,
-        "description": "Lease RPC: sessions asks warm_pool for a browser (default exchange, direct reply-to).",
-        "messages": {"LeaseRequest": {"$ref": "#/components/messages/LeaseRequest"}},
-        "bindings": {"amqp": {"is": "queue", "queue": {"name": messages.LEASE_QUEUE, "durable": True,
-                                                       "exclusive": False, "autoDelete": False}}}}
-    channels["leaseReply"] = {
-        "address": None, "description": "The caller's `amq.rabbitmq.reply-to` pseudo-queue.",
-        "messages": {"LeaseReply": {"$ref": "#/components/messages/LeaseReply"}}}
-    operations["leaseBrowser"] = {
-        "action": "receive", "channel": {"$ref": "#/channels/lease"},
-        "summary": "warm_pool answers a lease request with a browser's CDP URL or an error",
-        "messages": [{"$ref": "#/channels/lease/messages/LeaseRequest"}],
-        "reply": {"address": {"location": "$message.header#/reply_to"}, "channel": {"$ref": "#/channels/leaseReply"},
-                  "messages": [{"$ref": "#/channels/leaseReply/messages/LeaseReply"}]}}
-    channels["credentials"] = {
-        "address": messages.CREDENTIALS_QUEUE,
-        "description": "Credential RPC: billing asks sessions whose API key or dashboard sign-in a plan change "
-                       "carries (default exchange, direct reply-to; transient messages, 10 s TTL).",
-        "messages": {"CredentialRequest": {"$ref": "#/components/messages/CredentialRequest"}},
-        "bindings": {"amqp": {"is": "queue", "queue": {"name": messages.CREDENTIALS_QUEUE, "durable": True,
-                                                       "exclusive": False, "autoDelete": False}}}}
-    channels["credentialsReply"] = {
-        "address": None, "description": "The caller's `amq.rabbitmq.reply-to` pseudo-queue.",
-        "messages": {"CredentialReply": {"$ref": "#/components/messages/CredentialReply"}}}
-    operations["verifyCredential"] = {
-        "action": "receive", "channel": {"$ref": "#/channels/credentials"},
-        "summary": "sessions answers with the credential's tenant_id, or error `unknown`",
-        "messages": [{"$ref": "#/channels/credentials/messages/CredentialRequest"}],
-        "reply": {"address": {"location": "$message.header#/reply_to"},
-                  "channel": {"$ref": "#/channels/credentialsReply"},
-                  "messages": [{"$ref": "#/channels/credentialsReply/messages/CredentialReply"}]}}
-    for model in models:
-        schemas[model.__name__] = top[(model, "serialization")] if "$ref" not in top[(model, "serialization")] \
-            else defs["$defs"][model.__name__]
-    for name, cls in events.items():
-        schemas[name]["properties"]["type"] = {"const": cls.TYPE, "title": "Type", "type": "string"}
-    return {
-        "asyncapi": "3.0.0",
-        "info": {"title": "browserfleet messages", "version": "1",
-                 "description": "Domain events between the four services (routing key = message `type`; "
-                                "published through each service's outbox, consumed idempotently) and the "
-                                "lease and credential request/replies. Generated by scripts/gen_docs.py from shared/messages.py."},
-        "defaultContentType": "application/json",
-        "servers": {"rabbitmq": {"host": "rabbitmq:5672", "protocol": "amqp", "protocolVersion": "0-9-1"}},
-        "channels": channels,
-        "operations": operations,
-        "components": {"messages": doc_messages, "schemas": dict(sorted(schemas.items()))},
-    }
+    """FastStream's AsyncAPI 3.0 document of the four services' brokers."""
+    from faststream.specification import AsyncAPI
+    spec = AsyncAPI(*(service_runtime(s).broker for s in SERVICES), title="browserfleet messages", version="1",
+                    description="Domain events between the four services (routing key = the message `type` on "
+                                f"the `{EVENTS_EXCHANGE}` topic exchange; published through each service's "
+                                "outbox, consumed idempotently from quorum queues) and the request/reply RPCs. "
+                                "Generated by FastStream from the services' subscribers (scripts/gen_docs.py).")
+    doc = json.loads(spec.to_specification().to_json())
+    # FastStream keeps publishers in a set: sort, so the document is the same on every run.
+    for part in (doc["channels"], doc["operations"], doc["components"]["messages"], doc["components"]["schemas"]):
+        items = sorted(part.items())
+        part.clear()
+        part.update(items)
+    return doc
 
 
 def asyncapi_yaml() -> str:
-    return yaml.safe_dump(asyncapi(), sort_keys=False, width=110)
+    text = yaml.safe_dump(asyncapi(), sort_keys=False, width=110)
+    # Each sessions replica names its relay-ends queue at random.
+    return re.sub(r"sessions\.relay-ends\.[0-9a-f]{12}", "sessions.relay-ends.<replica>", text)
 
 
 def generated() -> dict[Path, str]:

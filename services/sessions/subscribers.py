@@ -1,6 +1,6 @@
 """Who takes what: the sessions service's message subscriptions."""
 from functools import partial
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 from faststream.rabbit import RabbitQueue
 
@@ -35,6 +35,8 @@ def register(runtime: Runtime, *, relays: Relays) -> None:
     relay_ends = RabbitQueue(f"sessions.relay-ends.{uuid4().hex[:12]}", durable=False, exclusive=True,
                              auto_delete=True, routing_key=SessionCompleted.TYPE)
 
-    @runtime.broker.subscriber(relay_ends, events_exchange(runtime.settings.events_exchange), no_reply=True)
-    async def session_ended(body: dict) -> None:
-        relays.end(UUID(body["session_id"]), body["end_reason"])
+    @runtime.broker.subscriber(relay_ends, events_exchange(runtime.settings.events_exchange), no_reply=True,
+                               title="sessions.relay-ends.<replica>",
+                               description="every replica: close the ended session's websocket if it holds it")
+    async def session_ended(event: SessionCompleted) -> None:
+        relays.end(event.session_id, event.end_reason)

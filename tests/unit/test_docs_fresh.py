@@ -29,9 +29,17 @@ def test_docs_cover_every_message_and_the_admin_api():
     assert asyncapi["asyncapi"] == "3.0.0"
     addresses = {c["address"] for c in asyncapi["channels"].values()}
     assert set(EVENT_TYPES) | {LEASE_QUEUE} <= addresses
-    # Every consumer queue is documented as a receive operation.
-    assert "billingReceivesSessionStarted" in asyncapi["operations"]
-    assert "warm_poolReceivesSessionCompleted" in asyncapi["operations"]
+    operations = asyncapi["operations"]
+    # Each event is sent by the service it is named after, and received on every consumer queue.
+    for message_type in EVENT_TYPES:
+        assert operations[message_type]["action"] == "send"
+    generator = load_generator()
+    queues = [q for service in generator.SERVICES for q in generator.service_runtime(service).consumers.queue_names]
+    assert len(queues) >= 14
+    for queue in queues:
+        assert operations[queue]["action"] == "receive", queue
+    assert operations["billing.sessions.session_started"]["action"] == "receive"
+    assert operations["warm_pool.sessions.session_completed"]["action"] == "receive"
     sessions = json.loads((ROOT / "docs" / "openapi" / "sessions.json").read_text())
     assert {"/v1/sessions", "/v1/admin/tenants", "/v1/admin/sessions/{session_id}/end",
             "/v1/admin/dlq"} <= set(sessions["paths"])
