@@ -6,6 +6,7 @@ from pathlib import Path
 
 from services.sessions import credentials_rpc, handlers, http, subscribers
 from services.sessions.adapters.lease import LeaseClient
+from services.sessions.adapters.downloads import DownloadsClient
 from services.sessions.adapters.profiles import ProfilesClient
 from services.sessions.dashboard import routes as dashboard
 from services.sessions.gateway import RedactTokens, Relays, ServerProtocol
@@ -46,8 +47,10 @@ async def build(runtime: Runtime):
     profiles = ProfilesClient(settings.rabbitmq_url, timeout_s=settings.lease_timeout_s)
     runtime.on_stop(lease.close)
     runtime.on_stop(profiles.close)
+    downloads = DownloadsClient(settings.rabbitmq_url, timeout_s=settings.lease_timeout_s)
+    runtime.on_stop(downloads.close)
     return http.create_app(runtime=runtime, settings=settings, lease=lease, api_keys=api_keys, relays=relays,
-                           profiles=profiles)
+                           profiles=profiles, downloads=downloads)
 
 
 def main() -> None:

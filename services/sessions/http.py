@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
-from services.sessions import gateway, handlers, profiles_http
+from services.sessions import downloads_http, gateway, handlers, profiles_http
 from services.sessions.adapters import cdp
 from services.sessions.dashboard import routes as dashboard
 from shared import http
@@ -141,7 +141,7 @@ or none, → 404 `not_found`; both refund the credit."""
 
 
 def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: gateway.Relays,
-               profiles=None) -> FastAPI:
+               profiles=None, downloads=None) -> FastAPI:
     app = FastAPI(title="browserfleet sessions", version="1", description=DESCRIPTION)
     http.install(app, ready=runtime.ready, settings=settings)
     pool, bearer = runtime.pool, HTTPBearer(auto_error=False)
@@ -244,6 +244,8 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
         return Response(png, media_type="image/png")
 
     app.include_router(profiles_http.router(app=app, profiles=profiles or profiles_http.unavailable, tenant=tenant))
+    app.include_router(downloads_http.router(pool=pool, downloads=downloads or downloads_http.unavailable,
+                                             tenant=tenant))
 
     @app.get("/v1/usage", response_model=Usage, responses=error_responses(), tags=["usage"])
     async def usage(tenant_id: UUID = Depends(tenant)):

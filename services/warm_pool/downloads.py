@@ -75,7 +75,7 @@ class Downloads:
                 if not rows and await repo.session_tenant(session_id=req.session_id) not in (None, req.tenant_id):
                     return DownloadsReply(ok=False, error="not_found")
                 return DownloadsReply(ok=True, files=[DownloadInfo(**dict(r)) for r in rows])
-            row = None if req.name is None else await repo.get_kept(
+            row = None if req.name is None or not store.plain(req.name) else await repo.get_kept(
                 tenant_id=req.tenant_id, session_id=req.session_id, name=req.name)
         if row is None:
             return DownloadsReply(ok=False, error="not_found")
