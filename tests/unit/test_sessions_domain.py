@@ -1,4 +1,5 @@
 from datetime import datetime, timezone
+from pathlib import Path
 from uuid import uuid4
 
 from services.sessions import domain
@@ -34,10 +35,22 @@ def test_timeout_is_the_lower_of_request_and_plan():
     assert domain.effective_timeout(7200, 3600) == 3600
 
 
-def test_close_codes_name_the_end_reason():
-    codes = {reason: domain.close_code(reason) for reason in domain.END_REASONS}
-    assert codes["client"] == 4001 and len(set(codes.values())) == len(codes)
-    assert all(4000 < code < 4100 for code in codes.values())
+PUBLISHED_CLOSE_CODES = {"client": 4001, "timeout": 4002, "idle": 4003, "disconnected": 4004,
+                         "browser_crashed": 4005, "canceled": 4006}
+
+
+def test_close_codes_name_the_end_reason_and_never_change():
+    """Clients branch on these codes (the API docs publish them): a reordered END_REASONS must
+    not renumber them."""
+    assert {reason: domain.close_code(reason) for reason in domain.END_REASONS} == PUBLISHED_CLOSE_CODES
+    assert domain.close_code("no such reason") == 4000
+
+
+def test_the_documented_close_codes_are_the_ones_sent():
+    from services.sessions import http
+    documented = " ".join((http.__doc__ or "").split()) + " " + " ".join(
+        line.strip() for line in Path(http.__file__).read_text().splitlines())
+    assert ", ".join(f"{code} {reason}" for reason, code in PUBLISHED_CLOSE_CODES.items()) in documented
 
 
 def test_cursor_round_trips():
