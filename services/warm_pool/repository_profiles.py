@@ -91,17 +91,20 @@ class ProfileQueries:
                                      key_id: str, session_id: UUID, origins: list[str], has_directory: bool,
                                      keep: int) -> list[str] | None:
         """Record the written version and make it current; the blob keys of versions beyond the
-        last `keep` (deleted from the store after the commit). None if the profile was deleted."""
-        switched = await self.conn.fetchval(
-            f"""
+        last `keep` and of saves cut short since the previous version (deleted from the store
+        after the commit). None if the profile was deleted."""
+        before = await self.conn.fetchrow(
+            f"SELECT tenant_id, current_version FROM profiles WHERE id = $1 AND {_VISIBLE} FOR UPDATE", profile_id)
+        if before is None:
+            return None
+        await self.conn.execute(
+            """
             UPDATE profiles SET current_version = $2, size_bytes = $3, last_session_id = $4, origins = $5,
                                 has_directory = $6, updated_at = clock_timestamp()
-             WHERE id = $1 AND {_VISIBLE}
-            RETURNING true
+             WHERE id = $1
             """,
             profile_id, version, size_bytes, session_id, origins, has_directory)
-        if not switched:
-            return None
+        cut_short = [f"{before['tenant_id']}/{profile_id}/{v}" for v in range((before["current_version"] or 0) + 1, version)]
         await self.conn.execute(
             "INSERT INTO profile_versions (profile_id, version, blob_key, size_bytes, key_id) VALUES ($1, $2, $3, $4, $5)",
             profile_id, version, blob_key, size_bytes, key_id)
@@ -113,7 +116,7 @@ class ProfileQueries:
             RETURNING blob_key
             """,
             profile_id, keep)
-        return [r["blob_key"] for r in rows]
+        return [r["blob_key"] for r in rows] + cut_short
 
     async def touch_profile(self, *, profile_id: UUID, session_id: UUID) -> None:
         """A read-only use, or a persisting one that saved nothing: the last session still changes."""
@@ -138,8 +141,11 @@ class ProfileQueries:
         return [r["id"] for r in rows]
 
     async def profile_blob_keys(self, *, profile_id: UUID) -> list[str]:
-        rows = await self.conn.fetch("SELECT blob_key FROM profile_versions WHERE profile_id = $1", profile_id)
-        return [r["blob_key"] for r in rows]
+        """Every key a version of the profile was ever given (a save cut short left one unrecorded)."""
+        row = await self.conn.fetchrow("SELECT tenant_id, next_version FROM profiles WHERE id = $1", profile_id)
+        if row is None:
+            return []
+        return [f"{row['tenant_id']}/{profile_id}/{v}" for v in range(1, row["next_version"])]
 
     async def purge_profile(self, *, profile_id: UUID) -> None:
         """The rows of a deleted profile whose blobs are gone (versions cascade)."""
