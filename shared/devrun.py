@@ -6,6 +6,7 @@ one (its own database login it makes itself from DATABASE_URL at start-up).
 `python -m shared.devrun secrets` only writes `.env` (e.g. before `docker compose up`).
 """
 import asyncio
+import base64
 import os
 import secrets
 import signal
@@ -36,6 +37,8 @@ GENERATED = {
     "STRIPE_API_KEY": lambda: _token("sk_test_"), "DATABASE_ROLE_SECRET": _token,
     "POSTGRES_PASSWORD": _token, "RABBITMQ_ADMIN_PASSWORD": _token,  # compose.yaml's
     **{f"{name.upper()}_RABBITMQ_PASSWORD": _token for name in SERVICES},
+    # warm_pool's profile archives: a key kept in .env, so profiles outlive a restart.
+    "PROFILE_ENCRYPTION_KEY": lambda: "dev1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
 }
 
 
