@@ -16,11 +16,11 @@ async def build(runtime: Runtime):
     plans = load_plans(Path(settings.plans_file))
     uow = PostgresUnitOfWork(runtime.pool)
     api = StripeGateway(settings.stripe_api_key.get_secret_value(), settings.stripe_api_base)
-    worker = StripeEventWorker(uow, plans=plans, interval=settings.webhook_retry_interval_seconds,
-                               max_backoff=settings.webhook_retry_max_backoff_seconds)
+    worker = StripeEventWorker(uow, plans=plans, interval=settings.webhook_retry_interval_s,
+                               max_backoff=settings.webhook_retry_max_backoff_s)
     meter = MeterReporter(uow, api, event_name=settings.stripe_meter_event_name,
-                          interval=settings.meter_retry_interval_seconds,
-                          max_backoff=settings.meter_retry_max_backoff_seconds)
+                          interval=settings.meter_retry_interval_s,
+                          max_backoff=settings.meter_retry_max_backoff_s)
     subscribers.register(runtime, uow=uow, on_usage=meter.wake.set)
     runtime.background(worker.run)
     if settings.stripe_meter_enabled:

@@ -92,7 +92,7 @@ def create_app(*, settings: BillingSettings, uow: UnitOfWork, plans: dict[str, P
             stripe.WebhookSignature.verify_header(
                 body.decode("utf-8"), request.headers.get("stripe-signature"),
                 settings.stripe_webhook_secret.get_secret_value(),
-                tolerance=settings.stripe_webhook_tolerance_seconds)
+                tolerance=settings.stripe_webhook_tolerance_s)
         except (stripe.SignatureVerificationError, UnicodeDecodeError):
             metrics.WEBHOOKS.labels("unknown", "bad_signature").inc()
             raise APIError(400, "invalid_signature", "missing, invalid or stale Stripe-Signature")

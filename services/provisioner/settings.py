@@ -16,14 +16,14 @@ class ProvisionerSettings(ServiceSettings):
     kubeconfig: str | None = None
     kube_context: str | None = None
     kube_field_manager: str = "browserfleet-provisioner"
-    kube_request_timeout_seconds: float = 10.0
+    kube_request_timeout_s: float = 10.0
     kube_retry_attempts: int = 6
-    kube_retry_base_seconds: float = 0.2
-    kube_retry_max_seconds: float = 5.0
-    kube_terminating_timeout_seconds: float = 300.0
-    reconcile_interval_seconds: float = 30.0
+    kube_retry_base_s: float = 0.2
+    kube_retry_max_s: float = 5.0
+    kube_terminating_timeout_s: float = 300.0
+    reconcile_interval_s: float = 30.0
     # A tenant still `provisioning` this long after its last change is taken over by the reconciler.
-    reconcile_stale_seconds: float = 300.0
+    reconcile_stale_s: float = 300.0
 
     # What goes into a tenant's namespace.
     gateway_namespace: str = "browserfleet"

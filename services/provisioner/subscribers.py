@@ -26,10 +26,10 @@ def register(runtime: Runtime, *, uow: UnitOfWork, backend: Backend) -> None:
             settings = runtime.settings
             while not runtime.stopping.is_set():
                 try:
-                    await handlers.reconcile(uow=uow, backend=backend, stale_seconds=settings.reconcile_stale_seconds)
+                    await handlers.reconcile(uow=uow, backend=backend, stale_seconds=settings.reconcile_stale_s)
                 except Exception as exc:
                     log.warning("reconcile pass failed", extra={"error": repr(exc)[:500]})
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(runtime.stopping.wait(), settings.reconcile_interval_seconds)
+                    await asyncio.wait_for(runtime.stopping.wait(), settings.reconcile_interval_s)
 
         runtime.background(reconciler)

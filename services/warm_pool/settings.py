@@ -164,10 +164,10 @@ class WarmPoolSettings(ServiceSettings):
     kube_api_url: str | None = None
     kubeconfig: str | None = None
     kube_context: str | None = None
-    kube_request_timeout_seconds: float = 10.0
+    kube_request_timeout_s: float = 10.0
     kube_retry_attempts: int = 6
-    kube_retry_base_seconds: float = 0.2
-    kube_retry_max_seconds: float = 5.0
+    kube_retry_base_s: float = 0.2
+    kube_retry_max_s: float = 5.0
     # How often leased pods are listed to notice one that died (one cluster-wide list per replica).
     kube_monitor_interval_s: float = 2.0
 

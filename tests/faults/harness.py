@@ -23,7 +23,7 @@ PREWARM = 2
 # Short timeouts so the system's own recovery (stuck sessions, unconfirmed leases, poison messages)
 # happens within a test; they are settings every deployment can tune the same way.
 FAST_ENV = {"LEASE_TIMEOUT_S": "5", "LEASE_CONFIRM_TIMEOUT_S": "8",
-            "WEBHOOK_RETRY_INTERVAL_SECONDS": "0.5", "WEBHOOK_RETRY_MAX_BACKOFF_SECONDS": "2"}
+            "WEBHOOK_RETRY_INTERVAL_S": "0.5", "WEBHOOK_RETRY_MAX_BACKOFF_S": "2"}
 
 
 def plans_file(workdir: Path, prewarm: int) -> Path:

@@ -27,8 +27,8 @@ def billing_process(db_url, mq_url, artifacts_dir, stripe_url) -> infra.ServiceP
     return infra.ServiceProcess("billing", {
         "DATABASE_URL": db_url, "RABBITMQ_URL": mq_url, "HTTP_PORT": str(infra.free_port()),
         "STRIPE_WEBHOOK_SECRET": SECRET, "ADMIN_TOKEN": "admin-process", "STRIPE_API_BASE": stripe_url,
-        "WEBHOOK_RETRY_INTERVAL_SECONDS": "0.2", "METER_RETRY_INTERVAL_SECONDS": "0.2",
-        "METER_RETRY_MAX_BACKOFF_SECONDS": "0.5", "LOG_FORMAT": "text",
+        "WEBHOOK_RETRY_INTERVAL_S": "0.2", "METER_RETRY_INTERVAL_S": "0.2",
+        "METER_RETRY_MAX_BACKOFF_S": "0.5", "LOG_FORMAT": "text",
     }, artifacts_dir)
 
 

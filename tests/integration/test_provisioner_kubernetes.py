@@ -34,8 +34,8 @@ def fake():
 
 @pytest.fixture
 def settings(fake):
-    return ProvisionerSettings(kube_api_url=fake.url, kube_retry_attempts=6, kube_retry_base_seconds=0.01,
-                               kube_retry_max_seconds=0.05, reconcile_stale_seconds=0)
+    return ProvisionerSettings(kube_api_url=fake.url, kube_retry_attempts=6, kube_retry_base_s=0.01,
+                               kube_retry_max_s=0.05, reconcile_stale_s=0)
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ async def test_500s_and_429s_mid_provisioning_are_retried_until_it_converges(poo
 
 async def test_slow_answers_time_out_and_are_retried(pool, settings, fake):
     tid = uuid4()
-    impatient = KubernetesBackend.from_settings(settings.model_copy(update={"kube_request_timeout_seconds": 0.2}))
+    impatient = KubernetesBackend.from_settings(settings.model_copy(update={"kube_request_timeout_s": 0.2}))
     fake.fail_next(2, None, method="PATCH", delay=0.5)
     await handlers.provision(payment(tid), uow=PostgresUnitOfWork(pool), backend=impatient)
     assert owned(fake, tid) == expected(tid)

@@ -31,7 +31,7 @@ def fake():
 
 def start_service(fake, fresh_db, fresh_mq, artifacts_dir) -> infra.ServiceProcess:
     env = {"HTTP_PORT": str(infra.free_port()), "DATABASE_URL": fresh_db, "RABBITMQ_URL": fresh_mq,
-           "PROVISIONER_BACKEND": "kubernetes", "KUBE_API_URL": fake.url, "RECONCILE_INTERVAL_SECONDS": "0.5",
+           "PROVISIONER_BACKEND": "kubernetes", "KUBE_API_URL": fake.url, "RECONCILE_INTERVAL_S": "0.5",
            "LOG_LEVEL": "INFO"}
     service = infra.ServiceProcess("provisioner", env, artifacts_dir).start()
     service.wait_ready()

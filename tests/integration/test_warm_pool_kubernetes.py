@@ -73,7 +73,7 @@ async def replicas(pool, fake):
     """Two warm_pool replicas: each its own pool and adapter (its own API client), one database."""
     made = []
     for _ in range(2):
-        settings = WarmPoolSettings(kube_api_url=fake.url, kube_retry_base_seconds=0.01, kube_retry_max_seconds=0.05,
+        settings = WarmPoolSettings(kube_api_url=fake.url, kube_retry_base_s=0.01, kube_retry_max_s=0.05,
                                     lease_wait_s=1.0, warm_pool_backend="kubernetes")
         backend = KubernetesPods.from_settings(settings, poll_s=0.05, devtools_path=devtools_path)
         made.append(Replica(ClusterPool(backend, PostgresUnitOfWork(pool), settings), settings))
@@ -322,7 +322,7 @@ async def test_the_service_on_kubernetes_leases_a_real_browser_pod_over_rpc_and_
     service = infra.ServiceProcess("warm_pool", {
         "DATABASE_URL": fresh_db, "RABBITMQ_URL": fresh_mq, "HTTP_PORT": str(infra.free_port()),
         "LOG_FORMAT": "text", "WARM_POOL_BACKEND": "kubernetes", "KUBE_API_URL": fake.url,
-        "KUBE_MONITOR_INTERVAL_S": "0.2", "KUBE_RETRY_BASE_SECONDS": "0.01"}, artifacts_dir)
+        "KUBE_MONITOR_INTERVAL_S": "0.2", "KUBE_RETRY_BASE_S": "0.01"}, artifacts_dir)
     crash_conn = None
     try:
         service.start().wait_ready()

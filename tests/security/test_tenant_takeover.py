@@ -131,7 +131,7 @@ def platform(module_db, module_mq, tmp_path_factory):
     with fakes.StripeStandIn() as stripe, httpx.Client(timeout=30) as client:
         common = {"DATABASE_URL": module_db, "RABBITMQ_URL": module_mq, "STRIPE_WEBHOOK_SECRET": SECRET,
                   "ADMIN_TOKEN": ADMIN_TOKEN, "STRIPE_API_BASE": stripe.url, "STRIPE_METER_ENABLED": "false",
-                  "WEBHOOK_RETRY_INTERVAL_SECONDS": "0.2", "LOG_FORMAT": "text"}
+                  "WEBHOOK_RETRY_INTERVAL_S": "0.2", "LOG_FORMAT": "text"}
         own = infra.service_broker_urls(module_mq)  # each service its own RabbitMQ user, as deployed
         procs = [infra.ServiceProcess(name, {**common, "RABBITMQ_URL": own[name], "HTTP_PORT": str(infra.free_port())},
                                       logs)

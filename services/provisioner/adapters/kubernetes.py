@@ -50,9 +50,9 @@ class KubernetesBackend:
         self.api = api
         self.settings = settings
         self.field_manager = settings.kube_field_manager
-        self.rest = Rest(api, timeout_seconds=settings.kube_request_timeout_seconds,
-                         retry=Retry(settings.kube_retry_attempts, settings.kube_retry_base_seconds,
-                                     settings.kube_retry_max_seconds))
+        self.rest = Rest(api, timeout_seconds=settings.kube_request_timeout_s,
+                         retry=Retry(settings.kube_retry_attempts, settings.kube_retry_base_s,
+                                     settings.kube_retry_max_s))
 
     @classmethod
     def from_settings(cls, settings) -> "KubernetesBackend":
@@ -104,12 +104,12 @@ class KubernetesBackend:
             self._wait_gone(namespace)
 
     def _wait_gone(self, namespace: str) -> None:
-        deadline = time.monotonic() + self.settings.kube_terminating_timeout_seconds
+        deadline = time.monotonic() + self.settings.kube_terminating_timeout_s
         delay = 0.05
         while self._get("Namespace", None, namespace) is not None:
             if time.monotonic() > deadline:
                 raise KubeError(f"namespace {namespace} still terminating after "
-                                f"{self.settings.kube_terminating_timeout_seconds:.0f}s")
+                                f"{self.settings.kube_terminating_timeout_s:.0f}s")
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 

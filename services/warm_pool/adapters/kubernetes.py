@@ -88,8 +88,8 @@ class KubernetesPods:
     @classmethod
     def from_settings(cls, settings, **kw) -> "KubernetesPods":
         api = api_client(url=settings.kube_api_url, kubeconfig=settings.kubeconfig, context=settings.kube_context)
-        retry = Retry(settings.kube_retry_attempts, settings.kube_retry_base_seconds, settings.kube_retry_max_seconds)
-        return cls(Rest(api, retry=retry, timeout_seconds=settings.kube_request_timeout_seconds), **kw)
+        retry = Retry(settings.kube_retry_attempts, settings.kube_retry_base_s, settings.kube_retry_max_s)
+        return cls(Rest(api, retry=retry, timeout_seconds=settings.kube_request_timeout_s), **kw)
 
     # ---- what the handlers call ------------------------------------------------------------
     async def claim(self, browser_id: UUID, *, namespace: str, session_id: UUID, wait_s: float) -> Claimed | None:
