@@ -169,3 +169,32 @@ async def test_a_crashed_browsers_downloads_are_kept(platform, api):
         return (await api.get(f"/v1/sessions/{session['id']}/downloads")).json()["data"]
     [item] = await eventually(listed, timeout=30, what="the crashed browser's downloads kept")
     assert (await fetch(api, session["id"], item["name"])).content == b"before the crash"
+
+
+async def test_the_dashboard_lists_and_fetches_a_sessions_downloads(platform, api, tmp_path):
+    from tests.e2e.test_dashboard import CHROMIUM_ARGS
+    session = await create(api)
+    with local_download(b"from the dashboard", "dash.txt") as url:
+        await download_over_cdp(platform, session, url)
+    await end_and_list(api, session["id"])
+    base = platform.urls["sessions"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(accept_downloads=True)
+            await page.goto(f"{base}/dashboard/")
+            await page.fill("#api-key", api.headers["authorization"].removeprefix("Bearer "))
+            await page.click("button[type=submit]")
+            await page.wait_for_url(f"{base}/dashboard/usage")
+            await page.goto(f"{base}/dashboard/sessions")
+            await page.click(f'[data-downloads="{session["id"]}"]')
+            link = page.locator(f'[data-downloads-for="{session["id"]}"] [data-download="dash.txt"]')
+            await link.wait_for()
+            async with page.expect_download() as info:
+                await link.click()
+            download = await info.value
+            assert download.suggested_filename == "dash.txt"
+            await download.save_as(tmp_path / "saved")
+            assert (tmp_path / "saved").read_bytes() == b"from the dashboard"
+        finally:
+            await browser.close()

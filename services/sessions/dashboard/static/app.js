@@ -90,6 +90,12 @@
     return h ? `${h}h ${pad(m)}m` : m ? `${m}m ${pad(r)}s` : `${r}s`;
   }
   const cap = (s) => (s ? s[0].toUpperCase() + s.slice(1).replace('_', ' ') : '');
+  function fmtBytes(n) {
+    const units = ['B', 'KiB', 'MiB', 'GiB'];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return (i ? n.toFixed(1) : String(n)) + ' ' + units[i];
+  }
   const badge = (status) => el('span', { class: `badge status-${status}` }, cap(status));
 
   // --- sign in -------------------------------------------------------------------------------
@@ -209,6 +215,34 @@
       } catch (_) { /* no page yet, or it just ended: keep the last picture */ } finally { loading.delete(id); }
     }
     const thumbImg = (id) => el('img', { 'data-thumb': id, src: thumbs.get(id), alt: 'Live view of the session' });
+    const opened = new Map(); // session id → its kept downloads (null while they load)
+
+    // A session's downloads: kept when it ends, fetched with the credential (never a bare link).
+    async function toggleDownloads(id) {
+      if (opened.has(id)) { opened.delete(id); await load(); return; }
+      opened.set(id, null);
+      await load();
+      try { opened.set(id, (await api(`/v1/sessions/${id}/downloads`)).data); } catch (e) { opened.delete(id); throw e; }
+      await load();
+    }
+    async function saveDownload(id, name) {
+      const res = await api(`/v1/sessions/${id}/downloads/${encodeURIComponent(name)}`, { raw: true });
+      const url = URL.createObjectURL(await res.blob());
+      const link = el('a', { href: url, download: name, hidden: '' });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    }
+    function downloadsRow(id) {
+      const files = opened.get(id);
+      const content = files === null ? 'loading…'
+        : !files.length ? el('span', { class: 'muted' }, 'No downloads kept for this session (they are kept for 24 h after it ends).')
+          : el('ul', { class: 'downloads' }, ...files.map((f) => el('li', {},
+            el('button', { type: 'button', class: 'link', 'data-download': f.name, onclick: guarded(() => saveDownload(id, f.name)) }, f.name),
+            ' ', el('span', { class: 'muted small' }, fmtBytes(f.size_bytes)))));
+      return el('tr', { class: 'downloads-row', 'data-downloads-for': id }, el('td', { colspan: '8' }, content));
+    }
 
     function row(s) {
       const running = s.status === 'running';
@@ -218,7 +252,8 @@
         e.target.textContent = 'Ending…';
         await api(`/v1/sessions/${s.id}/end`, { method: 'POST' });
         await load();
-      }) }, 'End') : '';
+      }) }, 'End') : s.status === 'completed' ? el('button', { type: 'button', 'data-downloads': s.id,
+        onclick: guarded(() => toggleDownloads(s.id)) }, opened.has(s.id) ? 'Hide downloads' : 'Downloads') : '';
       const thumb = running ? el('div', { class: 'thumb', 'data-thumb-box': s.id }, thumbs.has(s.id) ? thumbImg(s.id) : 'loading…')
         : el('div', { class: 'thumb' }, s.status === 'completed' ? 'ended' : '—');
       return el('tr', { 'data-session': s.id, 'data-status': s.status },
@@ -241,7 +276,7 @@
       const body = await api('/v1/sessions?' + params);
       state.sessions = body.data;
       state.next = body.next_cursor;
-      $('sessions-body').replaceChildren(...body.data.map(row));
+      $('sessions-body').replaceChildren(...body.data.flatMap((s) => (opened.has(s.id) ? [row(s), downloadsRow(s.id)] : [row(s)])));
       $('sessions-empty').hidden = body.data.length > 0;
       $('prev-page').disabled = state.index === 0;
       $('next-page').disabled = !state.next;
