@@ -18,23 +18,16 @@ import re
 from decimal import Decimal
 
 from services.provisioner.domain import TenantSpec
+from shared.browsers import (BROWSER_COMPONENT, CHROMIUM_FLAGS, COMPONENT_LABEL, DEVTOOLS_PORT, DEVTOOLS_PORT_NAME,
+                             POOL_LABEL, TENANT_LABEL, WARM)
 
-TENANT_LABEL = "browserfleet.io/tenant"
-POOL_LABEL = "browserfleet.io/pool"
 MANAGED_BY = "browserfleet-provisioner"
-DEVTOOLS_PORT = 9222
-BROWSER = "browser"
+BROWSER = BROWSER_COMPONENT
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
-# The pool's Chromium flags (services/warm_pool/adapters/local.py FLAGS) less what the image's
-# entrypoint sets itself: chromedp/headless-shell is the headless shell, and its run.sh passes
-# --no-sandbox and DevTools on 9223 (socat forwards 9222 to it), then appends these.
-BROWSER_ARGS = ["--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--mute-audio", "--no-default-browser-check",
-                "--disable-breakpad", "--disable-extensions", "--disable-default-apps",
-                "--disable-component-extensions-with-background-pages", "--disable-field-trial-config",
-                "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup,"
-                "OmniboxAimPopup,AiModeOmniboxEntryPoint,OmniboxFullPopup"]
+# The pool's flags less what the image's entrypoint sets itself: chromedp/headless-shell is the
+# headless shell, and its run.sh passes --no-sandbox and DevTools on 9223 (socat forwards 9222 to
+# it), then appends these.
+BROWSER_ARGS = list(CHROMIUM_FLAGS)
 
 
 def managed_selector() -> str:
@@ -50,7 +43,7 @@ def labels(spec: TenantSpec, component: str | None = None) -> dict[str, str]:
         TENANT_LABEL: str(spec.tenant_id),
     }
     if component:
-        out.update({"app.kubernetes.io/name": "browserfleet-browser", "app.kubernetes.io/component": component})
+        out.update({"app.kubernetes.io/name": "browserfleet-browser", COMPONENT_LABEL: component})
     return out
 
 
@@ -118,7 +111,7 @@ def limit_range(spec: TenantSpec, settings) -> dict:
 
 
 def network_policies(spec: TenantSpec, settings) -> list[dict]:
-    browsers = {"matchLabels": {"app.kubernetes.io/component": BROWSER, TENANT_LABEL: str(spec.tenant_id)}}
+    browsers = {"matchLabels": {COMPONENT_LABEL: BROWSER, TENANT_LABEL: str(spec.tenant_id)}}
     policy = lambda name, body: {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                                  "metadata": _meta(spec, name), "spec": body}
     return [
@@ -151,13 +144,13 @@ def _devtools_from(namespace: str, pod_labels: dict[str, str]) -> dict:
 
 
 def deployment(spec: TenantSpec, settings) -> dict:
-    pod_labels = {**labels(spec, BROWSER), POOL_LABEL: "warm"}
-    selector = {"app.kubernetes.io/component": BROWSER, TENANT_LABEL: str(spec.tenant_id), POOL_LABEL: "warm"}
+    pod_labels = {**labels(spec, BROWSER), POOL_LABEL: WARM}
+    selector = {COMPONENT_LABEL: BROWSER, TENANT_LABEL: str(spec.tenant_id), POOL_LABEL: WARM}
     container = {
         "name": "chromium",
         "image": settings.browser_image,
         "args": list(BROWSER_ARGS),
-        "ports": [{"name": "devtools", "containerPort": DEVTOOLS_PORT, "protocol": "TCP"}],
+        "ports": [{"name": DEVTOOLS_PORT_NAME, "containerPort": DEVTOOLS_PORT, "protocol": "TCP"}],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": _resources(settings),
         "readinessProbe": {"httpGet": {"path": "/json/version", "port": DEVTOOLS_PORT},

@@ -31,16 +31,14 @@ from uuid import UUID
 import httpx
 from kubernetes.client.exceptions import ApiException
 
+from shared.browsers import (BROWSER_COMPONENT, BROWSER_LABEL, COMPONENT_LABEL, DEVTOOLS_PORT, DEVTOOLS_PORT_NAME,
+                             LEASED, POOL_LABEL, SESSION_LABEL, WARM)
 from shared.kube import Rest, Retry, api_client
 
 log = logging.getLogger(__name__)
 
-POOL_LABEL = "browserfleet.io/pool"
-SESSION_LABEL = "browserfleet.io/session"
-BROWSER_LABEL = "browserfleet.io/browser"
-DEVTOOLS_PORT = 9222
-WARM = f"app.kubernetes.io/component=browser,{POOL_LABEL}=warm"
-LEASED = f"app.kubernetes.io/component=browser,{POOL_LABEL}=leased,{BROWSER_LABEL}"
+WARM_PODS = f"{COMPONENT_LABEL}={BROWSER_COMPONENT},{POOL_LABEL}={WARM}"
+LEASED_PODS = f"{COMPONENT_LABEL}={BROWSER_COMPONENT},{POOL_LABEL}={LEASED},{BROWSER_LABEL}"
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def ready(pod: dict) -> bool:
 def devtools_port(pod: dict) -> int:
     for container in pod["spec"].get("containers") or []:
         for port in container.get("ports") or []:
-            if port.get("name") == "devtools":
+            if port.get("name") == DEVTOOLS_PORT_NAME:
                 return int(port["containerPort"])
     return DEVTOOLS_PORT
 
@@ -106,7 +104,7 @@ class KubernetesPods:
 
     async def leased(self) -> dict[UUID, bool]:
         """Every leased pod in the cluster: browser id → whether it is still a live, Ready browser."""
-        pods = await asyncio.to_thread(self._pods, None, LEASED)
+        pods = await asyncio.to_thread(self._pods, None, LEASED_PODS)
         return {bid: ready(p) for p in pods if (bid := _browser_of(p))}
 
     async def close(self) -> None:
@@ -114,7 +112,7 @@ class KubernetesPods:
 
     # ---- sync work, off the event loop -----------------------------------------------------
     def _claim_one(self, browser_id: UUID, namespace: str, session_id: UUID) -> Claimed | None:
-        candidates = [p for p in self._pods(namespace, WARM) if ready(p)]
+        candidates = [p for p in self._pods(namespace, WARM_PODS) if ready(p)]
         random.shuffle(candidates)  # replicas racing for the same list collide less
         for pod in candidates:
             meta = pod["metadata"]
@@ -122,7 +120,7 @@ class KubernetesPods:
                 self.rest.call("PATCH", f"/api/v1/namespaces/{namespace}/pods/{meta['name']}",
                                content_type="application/merge-patch+json",
                                body={"metadata": {"resourceVersion": meta["resourceVersion"], "labels": {
-                                   POOL_LABEL: "leased", SESSION_LABEL: str(session_id),
+                                   POOL_LABEL: LEASED, SESSION_LABEL: str(session_id),
                                    BROWSER_LABEL: str(browser_id)}}})
             except ApiException as exc:
                 if exc.status in (404, 409):  # taken by another replica, or gone: next one
