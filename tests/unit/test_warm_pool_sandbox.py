@@ -140,3 +140,47 @@ def test_host_ports_are_a_sorted_set(monkeypatch):
     from services.warm_pool.settings import WarmPoolSettings
     monkeypatch.setenv("BROWSER_HOST_PORTS", "8080, 3000,3000")
     assert WarmPoolSettings().host_ports() == [3000, 8080]
+
+
+def _weighed_sandbox(tmp_path):
+    for controller in ("memory", "pids", "cpu"):
+        (tmp_path / controller).mkdir()
+    sandbox = Sandbox(SandboxConfig(host_ports=[]), chromium_path="/bin/true", profile_root=Path("/nonexistent"))
+    sandbox.cgroups = cgroups.detect("bf", root=tmp_path, proc_cgroup="3:memory:/\n2:pids:/\n1:cpu:/\n")
+    sandbox.cgroups.setup()
+    return sandbox
+
+
+def _browser(sandbox, tenant, *, plan_browsers: int, urgent: bool):
+    from uuid import uuid4
+
+    from services.warm_pool.adapters.sandbox import IDLE_CPU_WEIGHT, Prepared
+    _, tenant_limits = sandbox._limits(plan_browsers)
+    prepared = Prepared(slot=0, net=None, uid=0, tenant_id=tenant, browser_id=uuid4(), argv=[], relays=None,
+                        tenant_cap=tenant_limits.cpu_weight, cpu_weight=100 if urgent else IDLE_CPU_WEIGHT)
+    sandbox.cgroups.create(prepared.cgroup[:1], tenant_limits, subtree=True)
+    sandbox.cgroups.create(prepared.cgroup, cgroups.Limits(memory_bytes=1, pids=1, cpu_weight=prepared.cpu_weight),
+                           subtree=False)
+    sandbox._live[prepared.browser_id] = prepared
+    sandbox._reweigh(prepared.cgroup[0])
+    return prepared
+
+
+def test_cpu_pool_browsers_weigh_nothing_until_leased_and_a_tenant_weighs_its_browsers_in_use(tmp_path):
+    from uuid import uuid4
+    sandbox = _weighed_sandbox(tmp_path)
+    cpu = sandbox.cgroups.bases["cpu"]
+
+    def shares(*parts):
+        return int((cpu.joinpath(*parts) / "cpu.shares").read_text())
+    a, b = uuid4(), uuid4()
+    waiting = [_browser(sandbox, a, plan_browsers=3, urgent=False) for _ in range(2)]
+    assert shares(*waiting[0].cgroup) == 10 and shares(f"tenant-{a}") == 20  # nothing against sessions in use
+    used = _browser(sandbox, b, plan_browsers=1, urgent=True)
+    assert shares(*used.cgroup) == 1024 and shares(f"tenant-{b}") == 1024
+    assert shares() == 1024 + 20  # all browsers: what their browsers in use weigh, as unsandboxed ones would
+    sandbox.prioritize(waiting[0])
+    sandbox.prioritize(waiting[1])
+    assert shares(*waiting[0].cgroup) == 1024 and shares(f"tenant-{a}") == 2048 and shares() == 3072
+    extra = _browser(sandbox, b, plan_browsers=1, urgent=True)  # past its plan: the tenant weighs no more
+    assert shares(*extra.cgroup) == 1024 and shares(f"tenant-{b}") == 1024

@@ -31,6 +31,11 @@ class Limits:
     cpu_weight: int  # 1..10000, 100 = an even share (cgroup v2 semantics; v1 shares = weight * 1024 / 100)
 
 
+def shares(weight: int) -> int:
+    """v1 cpu.shares for a v2 cpu.weight (100 = 1024, a nice-0 process's)."""
+    return max(2, weight * 1024 // 100)
+
+
 def _own_paths(proc_cgroup: str) -> dict[str, str]:
     """{controller: path} from /proc/self/cgroup ("" for the v2 unified hierarchy)."""
     paths = {}
@@ -132,6 +137,10 @@ class CgroupsV2:
             _write(group / "memory.oom.group", "1")
         return [group]
 
+    def set_cpu_weight(self, parts: tuple[str, ...], weight: int) -> None:
+        """`parts` () is the group of all browsers."""
+        _write(self._group(*parts) / "cpu.weight", str(weight))
+
     def procs_files(self, parts: tuple[str, ...]) -> list[Path]:
         return [self._group(*parts) / "cgroup.procs"]
 
@@ -203,8 +212,12 @@ class CgroupsV1:
         with contextlib.suppress(OSError):  # memsw exists only with swap accounting
             _write(memory / "memory.memsw.limit_in_bytes", str(limits.memory_bytes))
         _write(self._group("pids", parts) / "pids.max", str(limits.pids))
-        _write(self._group("cpu", parts) / "cpu.shares", str(max(2, limits.cpu_weight * 1024 // 100)))
+        self.set_cpu_weight(parts, limits.cpu_weight)
         return groups
+
+    def set_cpu_weight(self, parts: tuple[str, ...], weight: int) -> None:
+        """`parts` () is the group of all browsers."""
+        _write(self._group("cpu", parts) / "cpu.shares", str(shares(weight)))
 
     def procs_files(self, parts: tuple[str, ...]) -> list[Path]:
         return [self._group(c, parts) / "cgroup.procs" for c in V1_CONTROLLERS]

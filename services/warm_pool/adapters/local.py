@@ -235,8 +235,10 @@ class LocalChromium:
                     f"--user-data-dir={profile}", "about:blank"]
             env, devtools, keep = None, None, ()
         # fork+exec in a thread: forking this process can take tens of ms, which would stall leases.
+        popen = (subprocess.Popen if self.sandbox is None
+                 else lambda argv, **kw: self.sandbox.spawn(self._sandboxed[browser_id], **kw))
         spawn = asyncio.ensure_future(asyncio.to_thread(
-            subprocess.Popen, argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            popen, argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True, pass_fds=keep,
         ))
         try:
@@ -269,6 +271,8 @@ class LocalChromium:
             host = devtools[0] if devtools else "127.0.0.1"
             exposed = await self._forwarder.open(browser_id, port, host=host)
             url = url.replace(f"//{host}:{port}/", f"//{self.advertise_host}:{exposed}/", 1)
+        with contextlib.suppress(Exception):  # the lease's CDP commands then skip the handshake (~30 ms)
+            await self.contexts.preconnect(browser_id, cdp_ws_url=url)
         return Launched(pid=proc.pid, port=port, profile_dir=str(base), cdp_ws_url=url)
 
     async def _wait_ready(self, proc: subprocess.Popen, profile: Path,
@@ -278,7 +282,7 @@ class LocalChromium:
         while True:
             if promote_at and time.monotonic() > promote_at:  # a saturated host must not starve it forever
                 promote_at = 0
-                await asyncio.get_running_loop().run_in_executor(None, _normal_priority, proc.pid)
+                self.prioritize(pid=proc.pid, host=socket.gethostname())
             if proc.poll() is not None:
                 raise LaunchFailed(f"exited with {proc.returncode}")
             # The port file can lag the process start; /json/version answers once it is ready.
@@ -356,6 +360,10 @@ class LocalChromium:
     def prioritize(self, *, pid: int | None, host: str) -> None:
         """Give a leased browser normal CPU priority (needs CAP_SYS_NICE; without it, it stays low)."""
         if pid and host == socket.gethostname():
+            sandboxed = [self._sandboxed[b] for b, proc in self._procs.items() if proc.pid == pid and b in self._sandboxed]
+            if sandboxed:  # its cgroup's weight, not its threads' class
+                self.sandbox.prioritize(sandboxed[0])
+                return
             asyncio.get_running_loop().run_in_executor(None, _normal_priority, pid)
 
     def exited(self) -> list[UUID]:
@@ -444,6 +452,7 @@ class LocalChromium:
         await self.contexts.close()
         await self._http.aclose()
         if self.sandbox is not None:
+            await self.sandbox.close_spares()
             await asyncio.to_thread(self.sandbox.stop)
             await asyncio.to_thread(self._sweep_own_dirs)
 

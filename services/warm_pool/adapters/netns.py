@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,8 @@ BLOCKED_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.25
               "224.0.0.0/4", "240.0.0.0/4"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# One thread enters namespaces, so no other work ever runs on a thread that is inside one.
+NS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns")
 
 
 class NetworkError(Exception):
@@ -182,11 +185,12 @@ class HostNetwork:
                                                     extra_blocked=self.all_blocked,
                                                     max_connections=self.max_connections))
 
-    def ensure(self) -> str | None:
+    def ensure(self, tables: list[str] | None = None) -> str | None:
         """Put the table back if something removed it (a firewall reload flushes the ruleset),
-        and follow networks the host joined since: what changed, or None."""
+        and follow networks the host joined since: what changed, or None. `tables`: this host's
+        tables as just listed (one `nft` less)."""
         networks = host_networks()
-        present = self.table in self.tables()
+        present = self.table in (self.tables() if tables is None else tables)
         if present and networks == self._networks:
             return None
         why = "the filter table was gone" if not present else f"host networks now {networks}"
@@ -220,8 +224,8 @@ class HostNetwork:
                     if "table" in t and t["table"]["name"].startswith(TABLE_PREFIX)]
         return []
 
-    def remove_stale(self, alive) -> list[str]:
-        stale = [t for t in self.tables() if t != self.table and t[len(TABLE_PREFIX):].isdigit()
+    def remove_stale(self, alive, tables: list[str] | None = None) -> list[str]:
+        stale = [t for t in (self.tables() if tables is None else tables) if t != self.table and t[len(TABLE_PREFIX):].isdigit()
                  and not alive(int(t[len(TABLE_PREFIX):]))]
         for table in stale:
             run_sync("nft", "delete", "table", "inet", table, check=False)
@@ -259,21 +263,26 @@ class BrowserNet:
 
 
 async def create(net: BrowserNet, *, blocked: list[str]) -> None:
+    """Two processes: the host side in one `ip -batch`; the namespace's side (its links, the
+    sysctl and both nft tables) from a thread inside the namespace, where `ip` and `nft` start
+    already in it (no nsenter, no shell)."""
     await run("ip", "-batch", "-", stdin="\n".join([
         f"netns add {net.name}",
         f"link add {net.veth} type veth peer name eth0 netns {net.name}",
         f"link set dev {net.veth} addrgenmode none",
         f"addr add {net.host_ip}/30 dev {net.veth}",
         f"link set {net.veth} up", ""]))
-    await run("ip", "-n", net.name, "-batch", "-", stdin="\n".join([
-        "link set lo up",
-        "link set dev eth0 addrgenmode none",
-        f"addr add {net.ip}/30 dev eth0",
-        "link set eth0 up",
-        f"route add default via {net.host_ip}", ""]))
-    await run("nsenter", f"--net={net.path}", "--", "sh", "-c",
-              "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet && nft -f -",
-              stdin=browser_tables(ip=net.ip, extra_blocked=blocked))
+    inside = "\n".join(["link set lo up", "link set dev eth0 addrgenmode none", f"addr add {net.ip}/30 dev eth0",
+                        "link set eth0 up", f"route add default via {net.host_ip}", ""])
+    tables = browser_tables(ip=net.ip, extra_blocked=blocked)
+
+    def configure():
+        run_sync("ip", "-batch", "-", stdin=inside)
+        # /proc/sys/net is the namespace of the thread that opens it: this one's.
+        with open("/proc/sys/net/ipv4/conf/eth0/route_localnet", "w") as f:
+            f.write("1")
+        run_sync("nft", "-f", "-", stdin=tables)
+    await asyncio.get_running_loop().run_in_executor(NS_THREAD, in_netns, net.path, configure)
 
 
 async def destroy(slot: int) -> None:

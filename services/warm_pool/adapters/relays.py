@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.warm_pool.adapters.netns import in_netns
+from services.warm_pool.adapters.netns import NS_THREAD, in_netns
 
 log = logging.getLogger(__name__)
 MAX_DNS_IN_FLIGHT = 64
@@ -24,10 +23,8 @@ DNS_TIMEOUT_S = 5.0
 MAX_HOST_PORT_CONNECTIONS = 64
 MAX_DNS_TCP_CONNECTIONS = 8
 IDLE_TIMEOUT_S = 300.0
+RELAY_CHUNK = 256 * 1024
 DNS_TCP_IDLE_S = 10.0
-
-# One thread enters namespaces, so no other work ever runs on a thread that is inside one.
-_NS_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns")
 
 
 def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[str]:
@@ -68,7 +65,7 @@ async def _sockets_in(netns_path: str, specs: list[tuple[int, int, str, int]]) -
                 sock.close()
             raise
         return made
-    return await asyncio.get_running_loop().run_in_executor(_NS_THREAD, in_netns, netns_path, make)
+    return await asyncio.get_running_loop().run_in_executor(NS_THREAD, in_netns, netns_path, make)
 
 
 class _DnsRelay(asyncio.DatagramProtocol):
@@ -173,15 +170,23 @@ class _Gate:
 
 
 async def _idle_pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One direction, until EOF (passed on as a half-close: the answer may still be coming the
+    other way) or IDLE_TIMEOUT_S without progress (then the connection ends). One timer for the
+    whole pipe, moved on at each chunk (a `wait_for` per read costs a task and a timer each)."""
+    loop = asyncio.get_running_loop()
     try:
-        while data := await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT_S):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.TimeoutError, asyncio.CancelledError):
+        async with asyncio.timeout(IDLE_TIMEOUT_S) as idle:
+            while data := await reader.read(RELAY_CHUNK):
+                writer.write(data)
+                await writer.drain()
+                idle.reschedule(loop.time() + IDLE_TIMEOUT_S)
+        if writer.can_write_eof():
+            writer.write_eof()
+            return
+    except (ConnectionError, TimeoutError, asyncio.CancelledError):
         pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+    with contextlib.suppress(Exception):
+        writer.close()
 
 
 def _forwarder(host: str, port: int):
@@ -190,7 +195,10 @@ def _forwarder(host: str, port: int):
             up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
             return
-        await asyncio.gather(_idle_pipe(reader, up_writer), _idle_pipe(up_reader, writer))
+        try:
+            await asyncio.gather(_idle_pipe(reader, up_writer), _idle_pipe(up_reader, writer))
+        finally:
+            up_writer.close()
     return forward
 
 

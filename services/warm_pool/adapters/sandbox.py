@@ -7,9 +7,17 @@ directory is writable, private /tmp and /dev/shm, its own PID, IPC and UTS names
 environment. Its processes are in cgroups capping memory, processes and CPU weight, beneath a
 tenant cgroup capping what all of that tenant's browsers take together.
 
-The launch command joins the cgroups before anything else runs, then enters the network
-namespace, drops to the browser's uid and execs bubblewrap:
-    sh (join cgroups) → chrt → nsenter --net → setpriv (uid, no groups, no caps) → bwrap → chromium
+The launch command is started from a thread inside the browser's network namespace (so it
+begins there); it joins the cgroups before anything else runs, drops to the browser's uid and
+execs bubblewrap:
+    sh (join cgroups) → setpriv (uid, no groups, no caps) → bwrap → chromium
+
+Off the launch path: a few network namespaces are built ahead (veth, addresses, both nft
+tables), each for one browser only: it never held a process before, and it is destroyed with
+its browser. CPU: a browser waiting in the pool weighs almost nothing (IDLE_CPU_WEIGHT) until it
+is leased; its tenant's group and the group of all browsers weigh what their browsers in use
+do, so N browsers in use get what N unsandboxed ones would, and a tenant at most what its plan's
+browsers would.
 """
 import asyncio
 import contextlib
@@ -33,7 +41,10 @@ from services.warm_pool.adapters import cgroups, netns
 from services.warm_pool.adapters.relays import NamespaceRelays, host_resolvers
 
 log = logging.getLogger(__name__)
-TOOLS = ("bwrap", "nsenter", "setpriv", "chrt", "ip", "nft")
+TOOLS = ("bwrap", "setpriv", "ip", "nft")
+SPARE_REFILL_DELAY_S = 0.25  # after a launch took one: let that launch have the CPU first
+IDLE_CPU_WEIGHT = 1  # a browser waiting in the pool (cgroup v2 units; v1 shares 10 against 1024)
+MAX_CPU_WEIGHT = 10_000
 ETC_FROM_HOST = ("fonts", "ssl", "ca-certificates", "alternatives", "ld.so.cache", "localtime",
                  "mime.types")
 # Joins the browser's cgroups before anything else runs, and offers it first to the kernel's OOM killer.
@@ -59,6 +70,15 @@ class SandboxConfig:
     max_connections: int = 2048
     tenant_memory_fraction: float = 0.5
     total_memory_fraction: float = 0.8
+    spare_networks: int = 2  # network namespaces built ahead, each for one browser only
+
+
+@dataclass(frozen=True)
+class _Spare:
+    """A network namespace built ahead, never used yet, and the slot lock that keeps it ours."""
+    net: netns.BrowserNet
+    lock: int
+    blocked: tuple[str, ...]
 
 
 @dataclass
@@ -74,6 +94,8 @@ class Prepared:
     home_fd: int = -1  # the browser's directory, opened here: bwrap mounts it whatever its parents' modes
     slot_lock: int = -1  # held while the slot is in use: a sweep takes only slots nobody holds
     home: Path | None = None
+    tenant_cap: int = MAX_CPU_WEIGHT  # what all of its tenant's browsers may weigh (its plan's)
+    cpu_weight: int = IDLE_CPU_WEIGHT
 
     def close_fd(self) -> None:
         if self.home_fd >= 0:
@@ -102,6 +124,10 @@ class Sandbox:
         self.cgroups = None
         self._resolvers = host_resolvers()
         self._cgroup_lock = asyncio.Lock()  # a tenant's group is not removed while a browser joins it
+        self._spares: list[_Spare] = []
+        self._filling: asyncio.Task | None = None
+        self._stopping = False
+        self._live: dict[UUID, Prepared] = {}  # by browser: the CPU weights are sums over them
 
     # --- start and stop ------------------------------------------------------------------
 
@@ -196,7 +222,9 @@ class Sandbox:
                               pids=max(1024, pid_max // 2), cpu_weight=100)
 
     def stop(self) -> None:
-        """Everything of this process's, whatever a cut-off launch or release left."""
+        """Everything of this process's, whatever a cut-off launch or release left (spare
+        namespaces too: call `close_spares` first from the event loop, so none is being built)."""
+        self._stopping = True
         for entry in self.slots_dir.iterdir() if self.slots_dir.is_dir() else ():
             with contextlib.suppress(OSError, ValueError, KeyError):
                 if entry.name.isdigit() and json.loads((entry / "owner.json").read_text())["pid"] == os.getpid():
@@ -218,9 +246,10 @@ class Sandbox:
         """What dead warm_pool processes on this host left (cgroup trees, filter tables, slots),
         and this process's own filter table put back if a firewall reload removed it."""
         cgroups.remove_stale(self.cgroups, prefix="browserfleet-", alive=self.owner_alive)
-        self.host.remove_stale(self.owner_alive)
+        tables = self.host.tables()  # listed once for both (this runs every UPKEEP_S)
+        self.host.remove_stale(self.owner_alive, tables)
         self.remove_stale_slots()
-        changed = self.host.ensure()
+        changed = self.host.ensure(tables)
         if changed:
             log.error("browser filter table restored", extra={"reason": changed})
         for lock in (self.config.state_dir / "owners").glob(f"{socket.gethostname()}-*.lock"):
@@ -245,13 +274,13 @@ class Sandbox:
 
     # --- one browser ---------------------------------------------------------------------
 
-    def _claim_slot(self, browser_id: UUID) -> tuple[int, int]:
+    def _claim_slot(self, browser_id: UUID | None) -> tuple[int, int]:
         """A free slot, claimed atomically with its owner file already in it and locked: (slot,
         lock fd). A directory renamed onto an existing slot (never empty) fails."""
         claim = self.slots_dir / f".claim-{uuid.uuid4().hex}"
         claim.mkdir()
         owner = claim / "owner.json"
-        owner.write_text(json.dumps({"pid": os.getpid(), "browser_id": str(browser_id)}))
+        owner.write_text(json.dumps({"pid": os.getpid(), "browser_id": browser_id and str(browser_id)}))
         fd = os.open(owner, os.O_RDWR | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_EX)
         count = self.host.slots
@@ -273,21 +302,112 @@ class Sandbox:
                                  cpu_weight=c.browser_cpu_weight)
         share = int(_host_memory_bytes() * c.total_memory_fraction * c.tenant_memory_fraction)
         tenant = cgroups.Limits(memory_bytes=min(share, browser.memory_bytes * max(1, tenant_browsers)),
-                                pids=c.browser_pids * max(1, tenant_browsers), cpu_weight=100)
+                                pids=c.browser_pids * max(1, tenant_browsers),
+                                cpu_weight=min(MAX_CPU_WEIGHT, c.browser_cpu_weight * max(1, tenant_browsers)))
         return browser, tenant
+
+    # --- network namespaces, built ahead --------------------------------------------------
+
+    async def _build_net(self, browser_id: UUID | None) -> _Spare:
+        slot, lock = self._claim_slot(browser_id)
+        net = netns.BrowserNet(slot, *self.host.addresses(slot))
+        blocked = tuple(self.host.all_blocked)
+        try:
+            await netns.create(net, blocked=list(blocked))
+        except BaseException:
+            await asyncio.shield(self._drop_net(net.slot, lock))
+            raise
+        return _Spare(net, lock, blocked)
+
+    async def _drop_net(self, slot: int, lock: int) -> None:
+        await netns.destroy(slot)
+        shutil.rmtree(self.slots_dir / str(slot), ignore_errors=True)
+        os.close(lock)
+
+    def _take_spare(self, browser_id: UUID) -> _Spare | None:
+        """A spare namespace made with the filter rules of now (a spare from before the host
+        joined a network is dropped), its slot now named for `browser_id`."""
+        blocked = tuple(self.host.all_blocked)
+        while self._spares:
+            spare = self._spares.pop()
+            if spare.blocked != blocked:
+                asyncio.ensure_future(self._drop_net(spare.net.slot, spare.lock))
+                continue
+            owner = self.slots_dir / str(spare.net.slot) / "owner.json"
+            owner.write_text(json.dumps({"pid": os.getpid(), "browser_id": str(browser_id)}))
+            return spare
+        return None
+
+    def _refill(self) -> None:
+        if self.config.spare_networks > 0 and not self._stopping and (self._filling is None or self._filling.done()):
+            self._filling = asyncio.ensure_future(self._fill())
+
+    async def _fill(self) -> None:
+        await asyncio.sleep(SPARE_REFILL_DELAY_S)
+        while not self._stopping and len(self._spares) < self.config.spare_networks:
+            try:
+                spare = await self._build_net(None)
+            except (OSError, netns.NetworkError) as exc:  # launches build their own meanwhile
+                log.warning("building a spare browser network failed", extra={"error": str(exc)[:300]})
+                return
+            if self._stopping:
+                await self._drop_net(spare.net.slot, spare.lock)
+                return
+            self._spares.append(spare)
+
+    async def close_spares(self) -> None:
+        """No more spares: the one being built is finished and dropped, the others too."""
+        self._stopping = True
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._filling
+        spares, self._spares = self._spares, []
+        for spare in spares:
+            await self._drop_net(spare.net.slot, spare.lock)
+
+    # --- CPU weights ------------------------------------------------------------------------
+
+    def _reweigh(self, tenant: str) -> None:
+        """Its tenant's group and the group of all browsers weigh what their browsers do (a
+        tenant at most its plan's browsers)."""
+        browsers = [p for p in self._live.values() if p.cgroup[0] == tenant]
+        with contextlib.suppress(OSError):  # the tenant's group is gone with its last browser
+            if browsers:
+                weight = min(browsers[0].tenant_cap, sum(p.cpu_weight for p in browsers))
+                self.cgroups.set_cpu_weight((tenant,), max(IDLE_CPU_WEIGHT, weight))
+        tenants: dict[str, int] = {}
+        for p in self._live.values():
+            tenants[p.cgroup[0]] = min(p.tenant_cap, tenants.get(p.cgroup[0], 0) + p.cpu_weight)
+        self.cgroups.set_cpu_weight((), min(MAX_CPU_WEIGHT, max(100, sum(tenants.values()))))
+
+    def prioritize(self, prepared: Prepared) -> None:
+        """Leased (or waited for): from the pool's idle weight to a browser's full one."""
+        if prepared.cpu_weight != self.config.browser_cpu_weight and prepared.browser_id in self._live:
+            prepared.cpu_weight = self.config.browser_cpu_weight
+            with contextlib.suppress(OSError):  # it died meanwhile
+                self.cgroups.set_cpu_weight(prepared.cgroup, prepared.cpu_weight)
+            self._reweigh(prepared.cgroup[0])
 
     async def prepare(self, *, browser_id: UUID, tenant_id: UUID, tenant_browsers: int, base: Path,
                       flags: list[str], urgent: bool) -> Prepared:
-        slot, lock = self._claim_slot(browser_id)
-        host_ip, ip = self.host.addresses(slot)
+        spare = self._take_spare(browser_id) or await self._build_net(browser_id)
+        self._refill()
+        slot = spare.net.slot
         uid = self.config.uid_base + slot
-        prepared = Prepared(slot=slot, net=netns.BrowserNet(slot, host_ip, ip), uid=uid, tenant_id=tenant_id,
-                            browser_id=browser_id, argv=[], relays=NamespaceRelays(), slot_lock=lock, home=base)
+        browser_limits, tenant_limits = self._limits(tenant_browsers)
+        prepared = Prepared(slot=slot, net=spare.net, uid=uid, tenant_id=tenant_id, browser_id=browser_id,
+                            argv=[], relays=NamespaceRelays(), slot_lock=spare.lock, home=base,
+                            tenant_cap=tenant_limits.cpu_weight,
+                            cpu_weight=self.config.browser_cpu_weight if urgent else IDLE_CPU_WEIGHT)
         try:
-            browser_limits, tenant_limits = self._limits(tenant_browsers)
             async with self._cgroup_lock:
                 self.cgroups.create(prepared.cgroup[:1], tenant_limits, subtree=True)
-                self.cgroups.create(prepared.cgroup, browser_limits, subtree=False)
+                self.cgroups.create(prepared.cgroup, cgroups.Limits(
+                    memory_bytes=browser_limits.memory_bytes, pids=browser_limits.pids,
+                    cpu_weight=prepared.cpu_weight), subtree=False)
+                self._live[browser_id] = prepared
+                self._reweigh(prepared.cgroup[0])
             base.mkdir(exist_ok=True)
             # Its own filesystem, size-capped: one tenant cannot fill what everyone writes to.
             mount_tmpfs(base, size_mib=self.config.browser_disk_mib, uid=uid)
@@ -296,7 +416,6 @@ class Sandbox:
             for path in (base, base / "profile", base / "downloads"):
                 os.chown(path, uid, uid)
                 os.chmod(path, 0o700)
-            await netns.create(prepared.net, blocked=self.host.all_blocked)
             await prepared.relays.open(prepared.net.path, host_ports=self.config.host_ports,
                                        resolvers=self._resolvers)
         except BaseException:
@@ -304,14 +423,21 @@ class Sandbox:
             raise
         prepared.home_fd = os.open(base, os.O_PATH | os.O_DIRECTORY)
         procs = [str(p) for p in self.cgroups.procs_files(prepared.cgroup)]
+        # No chrt: a pool browser's low priority is its cgroup's weight (a thread's scheduling
+        # class would count only against the threads of its own group).
         prepared.argv = ["/bin/sh", "-c", JOIN_CGROUPS, "sh", str(len(procs)), *procs,
-                         *([] if urgent else ["chrt", "--idle", "0"]),
-                         "nsenter", f"--net={prepared.net.path}", "--",
                          "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
                          "--", *self._bwrap(prepared.home_fd, marker=base), self.chromium, *flags,
                          "--user-data-dir=/browser/profile", f"--remote-debugging-port={netns.DEVTOOLS_PORT}",
                          "about:blank"]
         return prepared
+
+    def spawn(self, prepared: Prepared, **popen) -> subprocess.Popen:
+        """Start its launch command from the thread inside its network namespace: the command
+        is in the namespace from its first instruction, with no nsenter in between. (Blocking:
+        call it from a worker thread; it waits its turn for the namespace thread.)"""
+        return netns.NS_THREAD.submit(netns.in_netns, prepared.net.path,
+                                      lambda: subprocess.Popen(prepared.argv, **popen)).result()
 
     def _bwrap(self, home_fd: int, *, marker: Path) -> list[str]:
         # The host directory is named on bwrap's command line only (ps, audits, `pgrep -f`): set and
@@ -352,12 +478,15 @@ class Sandbox:
         prepared.close_fd()
         if prepared.home is not None:  # first, before any await: a cancelled release still does it
             unmount(prepared.home)
+        self._live.pop(prepared.browser_id, None)
         await prepared.relays.close()
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.kill, prepared.cgroup)
             async with self._cgroup_lock:
                 self.cgroups.remove(prepared.cgroup)
                 self.cgroups.remove_empty(prepared.cgroup[:1])
+                with contextlib.suppress(OSError):
+                    self._reweigh(prepared.cgroup[0])
         await netns.destroy(prepared.slot)
         shutil.rmtree(self.slots_dir / str(prepared.slot), ignore_errors=True)
         if prepared.slot_lock >= 0:
