@@ -77,12 +77,11 @@ class Tab:
 
     @classmethod
     async def open(cls, cdp: _Cdp, context_id: str | None, url: str) -> "Tab":
-        params = {"url": "about:blank", **({"browserContextId": context_id} if context_id else {})}
+        params = {"url": url, **({"browserContextId": context_id} if context_id else {})}
         target = (await cdp.call("Target.createTarget", params, timeout_s=10))["targetId"]
         session = (await cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True},
                                   timeout_s=10))["sessionId"]
         tab = cls(cdp, session)
-        await cdp.call("Page.navigate", {"url": url}, session_id=session, timeout_s=10)
         await eventually(lambda: tab.loaded(url), what=f"{url} loaded")
         return tab
 

@@ -17,6 +17,7 @@ are capped (per origin, in total, and per websocket message) and shapes validate
 fails (a hung page, a cap) is reported in "errors" and the others go on.
 """
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -44,6 +45,7 @@ EMPTY_PAGE = "PGh0bWw+PC9odG1sPg=="  # base64 "<html></html>"
 COOKIE_FIELDS = {"name": str, "value": str, "domain": str, "path": str, "expires": (int, float), "httpOnly": bool,
                  "secure": bool, "session": bool, "sameSite": str, "priority": str, "sourceScheme": str,
                  "sourcePort": int, "partitionKey": dict}
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # what JSON text of JS strings may hold; UTF-8 cannot
 HOST = re.compile(r"[a-z0-9_\-]+(\.[a-z0-9_\-]+)*\.?|\[[0-9a-f:.]+\]")
 
 
@@ -285,6 +287,10 @@ async def _each_origin(cdp: _Cdp, context_id: str | None, work: list, visit, *, 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(work))))))
 
 
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))  # JS strings may hold lone surrogates
+
+
 def _message_cap(max_origin_bytes: int) -> int:
     # A state travels as a JSON string inside CDP's JSON: escaping may double it, and the cookies
     # reply (~3,300 cookies of ≤4 KiB) must fit too.
@@ -324,7 +330,7 @@ async def capture(cdp_ws_url: str, *, context_id: str | None, origins: Iterable[
         text = await page.evaluate(f"({CAPTURE})({int(max_origin_bytes)}, {IDB_BATCH})")
         if not isinstance(text, str):
             raise CdpError("the page script returned no state")
-        size = len(text.encode())
+        size = _utf8_size(text)
         if size > max_origin_bytes:
             raise _TooLarge()
         raw = json.loads(text)
@@ -374,14 +380,16 @@ async def restore(cdp_ws_url: str, *, context_id: str | None, state: StorageStat
     work: list[tuple[str, str]] = []
     for raw in entries:
         entry = _origin_entry(raw)
-        text = json.dumps(entry)
-        if len(text.encode()) > max_origin_bytes:
+        # As JSON.stringify writes it (a lone surrogate escaped), so measured as capture measures it.
+        text = LONE_SURROGATE.sub(lambda m: f"\\u{ord(m[0]):04x}", json.dumps(entry, ensure_ascii=False))
+        if _utf8_size(text) > max_origin_bytes:
             errors.append({"origin": entry["origin"], "error": "too large"})
         elif entry["origin"] not in {o for o, _ in work}:
             work.append((entry["origin"], text))
 
     async def visit(page: _Page, origin: str, text: str) -> None:
-        failed = await page.evaluate(f"({RESTORE})({json.dumps(text)})")
+        payload = base64.b64encode(text.encode()).decode()
+        failed = await page.evaluate(f"({RESTORE})({payload!r})")
         problems = json.loads(failed) if isinstance(failed, str) else ["the page script returned nothing"]
         for problem in problems[:20] if isinstance(problems, list) else []:
             errors.append({"origin": origin, "error": str(problem)[:300]})

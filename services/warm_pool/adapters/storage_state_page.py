@@ -160,10 +160,12 @@ async (maxChars, batch) => {
 }
 """
 
+# Its argument is the origin's entry as base64 of UTF-8 JSON: V8 takes a long string literal full
+# of escapes in time that grows faster than its length (measured: 2.2 MB 0.75 s, 8.8 MB 8.6 s),
+# base64 in linear time (1.1 s, 1.9 s).
 RESTORE = r"""
-async (text) => {
+async (payload) => {
   const TAG = "__bf";
-  const entry = JSON.parse(text);
   const VIEWS = new Map();
   for (const name of ["Int8Array", "Uint8Array", "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array",
                       "Uint32Array", "Float16Array", "Float32Array", "Float64Array", "BigInt64Array",
@@ -175,6 +177,7 @@ async (text) => {
     for (let i = 0; i < bin.length; i++) u8[i] = bin.charCodeAt(i);
     return u8;
   };
+  const entry = JSON.parse(new TextDecoder().decode(bytes(payload)));
   const object = (v) => {
     const out = Object.create(null);
     for (const k of Object.keys(v)) out[k] = dec(v[k]);
