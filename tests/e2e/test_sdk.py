@@ -1,9 +1,8 @@
 """The Python SDK as a user gets it: `pip install ./clients/python[playwright]` into a fresh virtualenv,
 then a program in that virtualenv drives the running platform through it (issue 19).
 
-The program (USER_PROGRAM below) only prints what it saw, as JSON; the assertions are here.
-Not covered here because the server does not have them yet: profiles, downloads, the `isolation`
-and `profile` create options (DESIGN.md; issues 17 and 18)."""
+The programs (USER_PROGRAM, PROFILE_PROGRAM below) only print what they saw, as JSON; the
+assertions are here."""
 import json
 import os
 import shutil
@@ -271,3 +270,102 @@ def test_a_user_drives_the_platform_through_the_installed_sdk(platform, sdk_pyth
 
     assert seen["async"] == {"listed": True, "ended": "completed", "bad_key": "unauthorized", "page": "async sdk",
                              "after": "completed", "credits_used": 4 + 2 + 2}
+
+
+STATE_SCRIPT = """<!doctype html><title>sdk state</title><script>
+window.putState = (v) => { document.cookie = "kept=" + v + "; path=/; max-age=3600";
+                           localStorage.setItem("local", v); return true; };
+window.readState = () => ({cookie: document.cookie, local: localStorage.getItem("local")});
+</script><a id="get" href="DOWNLOAD_URL">get</a>"""
+
+PROFILE_PROGRAM = r'''
+import json, os, sys
+from playwright.sync_api import sync_playwright
+import browserfleet
+from browserfleet import Browserfleet
+
+bf, page_url, marker = Browserfleet(), os.environ["PAGE_URL"], os.environ["MARKER"]
+seen = {}
+profile = bf.profiles.create(name="sdk-shop")
+seen["profile"] = {"type": type(profile).__name__, "name": profile.name, "size_bytes": profile.size_bytes}
+seen["listed"] = profile.id in [p.id for p in bf.profiles.list(limit=1)]
+
+
+def settled(session_id):
+    import time
+    for _ in range(300):
+        s = bf.sessions.retrieve(session_id)
+        if s.profile is None or s.profile.save != "pending":
+            return s
+        time.sleep(0.2)
+    raise TimeoutError("the profile's save never settled")
+
+
+with sync_playwright() as p:
+    for isolation in ("context", "browser"):
+        connection = bf.sessions.connect(p, isolation=isolation, profile={"id": profile.id, "persist": True})
+        with connection as browser:
+            try:
+                bf.sessions.create(isolation=isolation, profile={"id": profile.id, "persist": True})
+                seen[f"{isolation}_second_writer"] = None
+            except browserfleet.ConflictError as exc:
+                seen[f"{isolation}_second_writer"] = exc.code
+            page = browser.contexts[0].new_page()
+            page.goto(page_url)
+            page.evaluate("v => window.putState(v)", f"{marker}-{isolation}")
+            with page.expect_download() as info:
+                page.click("#get")
+            download = info.value
+            seen[f"{isolation}_download_failure"] = download.failure()  # waits for it to finish
+        ended = settled(connection.session.id)
+        seen[f"{isolation}_save"] = ended.profile.save
+        files = bf.sessions.downloads.list(ended.id)
+        seen[f"{isolation}_downloads"] = [(f.name, f.size_bytes) for f in files]
+        seen[f"{isolation}_bytes"] = bf.sessions.downloads.get(ended.id, files[0].name).decode() if files else None
+
+        reader = bf.sessions.connect(p, isolation=isolation, profile={"id": profile.id})
+        with reader as browser:
+            page = browser.contexts[0].new_page()
+            page.goto(page_url)
+            seen[f"{isolation}_restored"] = page.evaluate("() => window.readState()")
+        seen[f"{isolation}_reader_save"] = settled(reader.session.id).profile.save
+
+seen["size_after"] = bf.profiles.retrieve(profile.id).size_bytes
+bf.profiles.delete(profile.id)
+try:
+    bf.profiles.retrieve(profile.id)
+    seen["after_delete"] = None
+except browserfleet.NotFoundError as exc:
+    seen["after_delete"] = exc.code
+print(json.dumps(seen))
+'''
+
+
+def test_profiles_and_downloads_through_the_installed_sdk(platform, sdk_python, tmp_path):
+    """Log in once, come back with the state: a profile saved by a context session and then by a
+    browser session, read back by the next session of each; the files their pages downloaded."""
+    from tests.helpers import local_download, local_page_server
+    key = paying_tenant(platform, "professional", 2)
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    with local_download(b"the sdk's download", "invoice.txt") as download_url, \
+            local_page_server(STATE_SCRIPT.replace("DOWNLOAD_URL", download_url).encode()) as page_url:
+        program = tmp_path / "profile_program.py"
+        program.write_text(PROFILE_PROGRAM)
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(tmp_path)),
+               "BROWSERFLEET_API_KEY": key, "BROWSERFLEET_BASE_URL": platform.urls["sessions"],
+               "PAGE_URL": page_url, "MARKER": marker}
+        run = subprocess.run([str(sdk_python), str(program)], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["profile"] == {"type": "Profile", "name": "sdk-shop", "size_bytes": 0} and seen["listed"]
+    for isolation in ("context", "browser"):
+        assert seen[f"{isolation}_second_writer"] == "profile_in_use"
+        assert seen[f"{isolation}_download_failure"] is None
+        assert seen[f"{isolation}_save"] == "saved"
+        assert seen[f"{isolation}_downloads"] == [["invoice.txt", len(b"the sdk's download")]]
+        assert seen[f"{isolation}_bytes"] == "the sdk's download"
+        restored = seen[f"{isolation}_restored"]
+        assert f"kept={marker}-{isolation}" in restored["cookie"] and restored["local"] == f"{marker}-{isolation}"
+        assert seen[f"{isolation}_reader_save"] == "not_saved"
+    assert seen["size_after"] > 0 and seen["after_delete"] == "not_found"
