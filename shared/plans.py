@@ -55,3 +55,11 @@ def get_plan(path: Path, name: str) -> Plan:
     if name not in plans:
         raise UnknownPlan(name)
     return plans[name]
+
+
+def plan_limits(path: Path, name: str) -> Limits | None:
+    """The plan's limits, or None for a plan this deployment does not know."""
+    try:
+        return get_plan(path, name).limits
+    except UnknownPlan:
+        return None

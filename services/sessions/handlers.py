@@ -22,7 +22,7 @@ from shared.http import APIError
 from shared.inbox import first_delivery
 from shared.messages import (BrowserCrashed, LeaseReply, PaymentVerified, ProfileSaved, SessionCompleted,
                              SessionStarted, SubscriptionChanged, TenantDeprovisioned, TenantProvisioned)
-from shared.plans import UnknownPlan, get_plan
+from shared.plans import UnknownPlan, get_plan, plan_limits
 
 log = logging.getLogger(__name__)
 CONSUMER = "sessions"
@@ -68,11 +68,6 @@ def session_cost(plans_file: Path, plan: str, duration_ms: int) -> Decimal:
         log.warning("unknown plan %s, pricing with the default plans", plan)
         return get_plan(Path(__file__).parents[2] / "shared" / "plans.json", "starter").session_cost(duration_ms)
 
-def _plan_limits(plans_file: Path, plan: str):
-    try:
-        return get_plan(plans_file, plan).limits
-    except UnknownPlan:
-        return None
 
 # --- tenants projection ---------------------------------------------------------------------
 
@@ -109,7 +104,7 @@ async def subscription_changed(event: SubscriptionChanged, *, pool: asyncpg.Pool
     async with transaction(pool) as conn:
         if not await first_delivery(conn, message_id=event.message_id, consumer=CONSUMER):
             return
-        limits = event.limits or _plan_limits(plans_file, event.plan)
+        limits = event.limits or plan_limits(plans_file, event.plan)
         if limits is not None:
             await repo.upsert_tenant(conn, tenant_id=event.tenant_id, plan=event.plan,
                                      max_concurrent=limits.max_concurrent_sessions,

@@ -15,7 +15,7 @@ from services.warm_pool.ports import Pool, Row, UnitOfWork
 from services.warm_pool.pools import context_reply, report_gone
 from shared.messages import (LeaseReply, LeaseRequest, SessionCompleted, SessionStarted, SubscriptionChanged,
                              TenantProvisioned)
-from shared.plans import UnknownPlan, get_plan
+from shared.plans import plan_limits
 
 log = logging.getLogger(__name__)
 VIEW_RATE_WINDOW_S = 60
@@ -174,7 +174,7 @@ async def subscription_changed(event: SubscriptionChanged, *, pool: Pool, uow: U
             await tx.repo.set_tenant_status(tenant_id=event.tenant_id, status="draining")
             rows = await tx.repo.retire_tenant(tenant_id=event.tenant_id, with_leased=pool.retires_leased_on_cancel)
         else:
-            limits = event.limits or _plan_limits(event.plan, plans_file=plans_file)
+            limits = event.limits or plan_limits(plans_file, event.plan)
             await tx.repo.upsert_tenant(
                 tenant_id=event.tenant_id, plan=event.plan,
                 prewarm=limits.prewarm_browsers if limits else tenant["prewarm"],
@@ -183,10 +183,3 @@ async def subscription_changed(event: SubscriptionChanged, *, pool: Pool, uow: U
     await asyncio.gather(*(pool.kill(r["id"]) for r in rows if pool.may_destroy(r)))
     if event.status != "canceled":
         pool.request_refill(event.tenant_id)
-
-
-def _plan_limits(plan: str, *, plans_file: Path):
-    try:
-        return get_plan(plans_file, plan).limits
-    except UnknownPlan:
-        return None
