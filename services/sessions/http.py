@@ -97,11 +97,6 @@ class AdminSessionList(BaseModel):
     data: list[AdminSessionOut]
 
 
-class ApiKeyCreated(BaseModel):
-    id: UUID
-    api_key: str
-
-
 DESCRIPTION = """Create remote headless browser sessions and drive them over CDP.
 
 Auth: `Authorization: Bearer <api key>` (admin routes: the admin token). Errors are
@@ -154,7 +149,7 @@ def create_app(*, runtime, settings, lease, api_keys: handlers.ApiKeys, relays: 
     def admin(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         http.require_admin(request, settings.admin_token.get_secret_value())
 
-    @app.post("/v1/admin/tenants/{tenant_id}/api-keys", status_code=201, response_model=ApiKeyCreated,
+    @app.post("/v1/admin/tenants/{tenant_id}/api-keys", status_code=201, response_model=dashboard.ApiKeyCreated,
               responses=error_responses(404, 409), dependencies=[Depends(admin)], tags=["admin"])
     async def create_api_key(tenant_id: UUID):
         return await handlers.create_api_key(pool=pool, tenant_id=tenant_id, max_live=settings.max_api_keys_per_tenant)
