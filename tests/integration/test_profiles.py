@@ -158,6 +158,19 @@ async def test_a_profile_saved_by_a_context_session_starts_a_browser_session(api
     await api.post(f"/v1/sessions/{reader['id']}/end")
 
 
+async def test_a_profile_saved_by_a_browser_session_starts_a_context_session(api, page_url):
+    """A browser-mode version holds the captured storage state beside the directory: a context takes it."""
+    marker = f"y{uuid.uuid4().hex[:12]}"
+    profile = (await api.post("/v1/profiles", json={})).json()
+    writer = await create_session(api, isolation="browser", profile={"id": profile["id"], "persist": True})
+    await on_page(writer, page_url, "v => window.putState(v)", marker)
+    assert (await end_and_settle(api, writer["id"]))["profile"]["save"] == "saved"
+    reader = await create_session(api, isolation="context", profile={"id": profile["id"]})
+    state = await on_page(reader, page_url, "() => window.readState()")
+    assert f"kept={marker}" in state["cookie"] and state["local"] == marker and state["idb"] == marker, state
+    await api.post(f"/v1/sessions/{reader['id']}/end")
+
+
 async def test_profiles_are_listed_newest_first_page_by_page(api):
     ids = [(await api.post("/v1/profiles", json={"name": f"p{i}"})).json()["id"] for i in range(5)]
     seen, cursor = [], None
