@@ -198,3 +198,24 @@ async def test_the_dashboard_lists_and_fetches_a_sessions_downloads(platform, ap
             assert (tmp_path / "saved").read_bytes() == b"from the dashboard"
         finally:
             await browser.close()
+
+
+async def test_the_sdk_lists_and_gets_downloads(platform, api):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "clients" / "python" / "src"))
+    from browserfleet import AsyncBrowserfleet, NotFoundError
+
+    session = await create(api)
+    with local_download(PAYLOAD, "sdk file.bin") as url:
+        await download_over_cdp(platform, session, url)
+    await end_and_list(api, session["id"])
+    bf = AsyncBrowserfleet(api_key=api.headers["authorization"].removeprefix("Bearer "),
+                           base_url=platform.urls["sessions"], max_retries=0)
+    try:
+        [item] = await bf.sessions.downloads.list(session["id"])
+        assert item.name == "sdk file.bin" and item.size_bytes == len(PAYLOAD)
+        assert await bf.sessions.downloads.get(session["id"], item.name) == PAYLOAD
+        with pytest.raises(NotFoundError):
+            await bf.sessions.downloads.get(session["id"], "other.bin")
+    finally:
+        await bf.close()

@@ -36,14 +36,20 @@ class _Connection:
         self.cdp: CdpCommands | None = None
         self.lock = asyncio.Lock()  # CdpCommands reads replies in line: one command at a time
 
+    async def _open(self) -> None:
+        if self.ws is None:
+            async with asyncio.timeout(self.timeout_s):
+                self.ws = await websockets.connect(self.url, max_size=None, open_timeout=None, ping_interval=None)
+            self.cdp = CdpCommands(self.ws, timeout_s=self.timeout_s)
+
+    async def open(self) -> None:
+        async with self.lock:
+            await self._open()
+
     async def call(self, method: str, params: dict) -> dict:
         async with self.lock:
             for attempt in (1, 2):  # a dropped connection is reopened once
-                if self.ws is None:
-                    async with asyncio.timeout(self.timeout_s):
-                        self.ws = await websockets.connect(self.url, max_size=None, open_timeout=None,
-                                                           ping_interval=None)
-                    self.cdp = CdpCommands(self.ws, timeout_s=self.timeout_s)
+                await self._open()
                 try:
                     return await self.cdp.call(method, params)
                 except websockets.ConnectionClosed:
@@ -101,6 +107,10 @@ class ContextHosts:
             if self.keeper is not None:
                 await self.keeper.keep(browser_id, home, session_id=session_id)
             await asyncio.to_thread(remove_downloads_dir, home, str(session_id))
+
+    async def preconnect(self, browser_id: UUID, *, cdp_ws_url: str) -> None:
+        """Open the kept connection now (at launch), so a lease pays one command, not a handshake."""
+        await self._conn(browser_id, cdp_ws_url).open()
 
     async def browser_downloads(self, browser_id: UUID, *, cdp_ws_url: str, browser_home: str,
                                 session_id: UUID) -> str:
