@@ -273,8 +273,6 @@ class LocalChromium:
             url = url.replace(f"//{host}:{port}/", f"//{self.advertise_host}:{exposed}/", 1)
         with contextlib.suppress(Exception):  # the lease's CDP commands then skip the handshake (~30 ms)
             await self.contexts.preconnect(browser_id, cdp_ws_url=url)
-        with contextlib.suppress(Exception):  # the lease's CDP commands then skip the handshake (~30 ms)
-            await self.contexts.preconnect(browser_id, cdp_ws_url=url)
         return Launched(pid=proc.pid, port=port, profile_dir=str(base), cdp_ws_url=url)
 
     async def _wait_ready(self, proc: subprocess.Popen, profile: Path,
