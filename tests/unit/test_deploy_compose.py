@@ -54,7 +54,7 @@ def raw() -> dict:
 
 # What `python -m shared.devrun secrets` writes into .env: the file ships no secret of its own.
 SECRETS = ("ADMIN_TOKEN", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "DATABASE_ROLE_SECRET", "POSTGRES_PASSWORD",
-           "RABBITMQ_ADMIN_PASSWORD", *(f"{s.upper()}_RABBITMQ_PASSWORD" for s in APP_SERVICES))
+           "RABBITMQ_ADMIN_PASSWORD", "PROFILE_ENCRYPTION_KEY", *(f"{s.upper()}_RABBITMQ_PASSWORD" for s in APP_SERVICES))
 
 
 @pytest.fixture(scope="module")
