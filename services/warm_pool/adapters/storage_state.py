@@ -4,7 +4,8 @@ in a hidden page of the context whose every request is answered with an empty pa
 leaves the browser, no script of the site runs there, service workers are bypassed), and running
 our own script in it (storage_state_page.py; which IndexedDB values are carried is listed there).
 
-State (JSON-serializable):
+State (JSON-serializable with json.dumps' default ensure_ascii: a JS string may hold a lone
+surrogate, which is carried as it is and which UTF-8 cannot encode):
     {"cookies": [CDP Network.Cookie dicts, session cookies included],
      "origins": [{"origin": "https://x:port", "localStorage": [{"name", "value"}],
                   "indexedDB": [{"name", "version", "stores": [{"name", "keyPath", "autoIncrement",
@@ -292,9 +293,10 @@ def _utf8_size(text: str) -> int:
 
 
 def _message_cap(max_origin_bytes: int) -> int:
-    # A state travels as a JSON string inside CDP's JSON: escaping may double it, and the cookies
-    # reply (~3,300 cookies of ≤4 KiB) must fit too.
-    return max(32 * MiB, 2 * max_origin_bytes + MiB)
+    # A captured origin (≤ max_origin_bytes characters) comes back as a string inside CDP's JSON,
+    # where one character may take up to 6 bytes (\uXXXX); the cookies reply (~3,300 cookies of
+    # ≤ 4 KiB) must fit too. What restore sends is not capped by this.
+    return max(32 * MiB, 6 * max_origin_bytes + MiB)
 
 
 def _context_params(context_id: str | None) -> dict:
@@ -307,18 +309,17 @@ async def capture(cdp_ws_url: str, *, context_id: str | None, origins: Iterable[
                   max_origin_bytes: int = DEFAULT_MAX_ORIGIN_BYTES, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
                   concurrency: int = 4) -> StorageState:
     """The context's cookies and the storage of each of `origins` (at most MAX_ORIGINS).
-    Raises CdpError/TimeoutError/OSError only if the browser cannot be reached or its cookies not
+    `timeout_s` bounds each origin's visit (and each browser-level call); `concurrency` pages visit
+    at once. Raises CdpError/TimeoutError/OSError only if the browser cannot be reached or its cookies not
     read; an origin that fails is listed in "errors" and left out."""
     errors: list[dict] = []
-    wanted: list[str] = []
+    unique: dict[str, None] = {}  # in order, once each
     for value in origins:
         try:
-            origin = _as_origin(value)
+            unique[_as_origin(value)] = None
         except InvalidState as exc:
             errors.append({"origin": str(value)[:100], "error": str(exc)})
-            continue
-        if origin not in wanted:
-            wanted.append(origin)
+    wanted = list(unique)
     for origin in wanted[MAX_ORIGINS:]:
         errors.append({"origin": origin, "error": f"over {MAX_ORIGINS} origins"})
     wanted = sorted(wanted[:MAX_ORIGINS])

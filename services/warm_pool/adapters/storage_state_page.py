@@ -173,6 +173,7 @@ async (payload) => {
     if (typeof globalThis[name] === "function") VIEWS.set(name, globalThis[name]);
   }
   const bytes = (s) => {
+    if (typeof Uint8Array.fromBase64 === "function") return Uint8Array.fromBase64(s);
     const bin = atob(s), u8 = new Uint8Array(bin.length);
     for (let i = 0; i < bin.length; i++) u8[i] = bin.charCodeAt(i);
     return u8;
