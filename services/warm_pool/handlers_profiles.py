@@ -105,7 +105,13 @@ async def lease(req: LeaseRequest, *, pool: Pool, uow: UnitOfWork, profiles: Pro
                                          tenant_id=req.tenant_id, persist=req.persist, isolation=req.isolation,
                                          version=profile["current_version"])
     try:
-        archive = await profiles.store.load(uow, profile)
+        try:
+            archive = await profiles.store.load(uow, profile)
+        except ArchiveError as exc:  # a key dropped from the ring, a blob missing or tampered with
+            log.error("a profile's current version does not open", extra={"profile_id": str(req.profile_id),
+                                                                           "error": str(exc)[:200]})
+            await _drop_use(uow, req)
+            return _refused("error", "the profile's saved state cannot be opened; contact the operator")
         reply = await _lease_with_state(req, archive, pool=pool, uow=uow, tenant=tenant, profiles=profiles,
                                         plain=plain)
     except BaseException:

@@ -147,3 +147,24 @@ async def test_the_sweep_frees_stale_locks_and_deletes_canceled_tenants_profiles
     assert left == {kept, back}
     assert not any(k.startswith(f"{canceled}/") for k in await stored_keys(uow))
     assert holder is None and '"not_saved"' in event and str(stale) in event
+
+
+async def test_a_version_the_key_ring_cannot_open_refuses_the_lease_and_releases_the_lock(uow):
+    from services.warm_pool import handlers_profiles
+    from shared.messages import LeaseRequest
+    store = store_on(uow)
+    t = await tenant(uow)
+    p = await new_profile(uow, store, t)
+    assert (await save(uow, store, t, p, "v")).outcome == "saved"
+    rotated = ProfileStore(blobs=store.blobs, ring=KeyRing.parse("t2:" + base64.b64encode(os.urandom(32)).decode()),
+                           max_bytes=store.max_bytes, keep=store.keep)  # the old key dropped from the ring
+    req = LeaseRequest(tenant_id=t, session_id=uuid.uuid4(), profile_id=p, persist=True)
+    reply = await handlers_profiles.lease(req, pool=None, uow=uow, profiles=ProfileSessions(rotated, state=object()),
+                                          plain=None)
+    assert not reply.ok and reply.error == "error" and "cannot be opened" in reply.message
+    async with uow.connect() as tx:
+        assert await tx.conn.fetchval("SELECT persist_session_id FROM profiles WHERE id = $1", p) is None
+        assert await tx.conn.fetchval("SELECT count(*) FROM profile_uses") == 0
+    other = LeaseRequest(tenant_id=uuid.uuid4(), session_id=uuid.uuid4(), profile_id=p)
+    assert (await handlers_profiles.lease(other, pool=None, uow=uow, profiles=ProfileSessions(store, state=object()),
+                                          plain=None)).error == "unknown_tenant"
