@@ -3,7 +3,8 @@ collects at the session's end), whatever download settings its client sends.
 
 Only client → browser frames are looked at, and only those that could name a download setting:
 the method's name in plain text, or any backslash (JSON escapes could spell it otherwise). Those
-are parsed; a `Browser.setDownloadBehavior` or `Page.setDownloadBehavior` is rewritten to the
+are parsed; a `Browser.setDownloadBehavior` or `Page.setDownloadBehavior` (also inside a
+`Target.sendMessageToTarget`) is rewritten to the
 session's directory (`deny` stays deny; `allow`, `allowAndName` and `default` become `allow` there,
 so files keep the names pages gave them) and forwarded as re-serialized, so the browser reads
 exactly what was checked. A checked frame that is not valid JSON, or has a key twice, is refused.
@@ -35,6 +36,18 @@ def guard(data: str | bytes, downloads_path: str) -> tuple[str | bytes | None, s
     except ValueError:
         return None, json.dumps({"id": None, "error": {"code": INVALID, "message": "not a CDP command "
                                                        "(invalid JSON, or a key given twice)"}})
+    if isinstance(msg, dict) and msg.get("method") == "Target.sendMessageToTarget":  # a command inside a command
+        params = msg.get("params")
+        inner = params.get("message") if isinstance(params, dict) else None
+        if not isinstance(inner, str):
+            return data, None
+        checked, refusal = guard(inner, downloads_path)
+        if checked is None:
+            return None, _error(msg, "the inner message is not a CDP command")
+        if checked is inner:
+            return data, None
+        out = json.dumps({**msg, "params": {**params, "message": checked}})
+        return (out if isinstance(data, str) else out.encode()), None
     if not isinstance(msg, dict) or msg.get("method") not in METHODS:
         return data, None
     params = msg.get("params")

@@ -86,6 +86,12 @@ def test_the_browser_relay_keeps_download_settings_in_the_sessions_directory():
     assert json.loads(downloads_guard.guard(escaped, own)[0])["params"]["downloadPath"] == own
     twice = '{"id":7,"method":"Runtime.evaluate","method":"Browser.setDownloadBehavior","params":{}}'
     assert downloads_guard.guard(twice, own)[0] is None and "twice" in downloads_guard.guard(twice, own)[1]
+    # Inside a non-flattened session's message too.
+    inner = json.dumps({"id": 1, "method": "Page.setDownloadBehavior", "params": {"behavior": "allow",
+                                                                                "downloadPath": "/elsewhere"}})
+    wrapped = json.loads(downloads_guard.guard(json.dumps({"id": 9, "method": "Target.sendMessageToTarget", "params": {
+        "sessionId": "S", "message": inner}}), own)[0])
+    assert json.loads(wrapped["params"]["message"])["params"]["downloadPath"] == own
     # Everything else passes as it came, unparsed.
     plain = '{"id":8,"method":"Runtime.evaluate","params":{"expression":"1+1"}}'
     assert downloads_guard.guard(plain, own) == (plain, None)
