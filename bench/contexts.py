@@ -16,6 +16,7 @@ Writes bench/contexts_results.json and prints the report's tables (BENCHMARKS.md
 """
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -68,12 +69,16 @@ async def drive(pw, ws_url: str, page_url: str, timer: Timer, *, fresh_context: 
             break
         except Exception as exc:
             # The baselines' browsers share the host's network: a sandbox another process sets up
-            # (a veth, a route) aborts their navigation, and Chromium's error page follows it.
-            # Counted, and loaded again.
-            if attempt == 3 or not ("ERR_NETWORK_CHANGED" in str(exc) or "chrome-error://" in str(exc)):
+            # (a veth, a route) aborts their navigation, and Chromium shows its error page or
+            # reloads by itself. Counted, and loaded again once that settled.
+            if attempt == 3 or not any(m in str(exc) for m in ("ERR_NETWORK_CHANGED", "interrupted by another")):
                 raise
             NETWORK_CHANGED[0] += 1
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(Exception):
+                await page.wait_for_load_state()
+            if page.url == page_url and await page.title() == "bench":
+                break
     timer.lap("goto")
     assert await page.title() == "bench"
     timer.lap("title")
