@@ -90,7 +90,8 @@ def service_runtime(service: str) -> SimpleNamespace:
     runtime = SimpleNamespace(name=service, settings=settings, pool=None, broker=broker, stopping=None,
                               consumers=Consumers(broker, service=service, events=EVENTS_EXCHANGE,
                                                   delivery_limit=settings.delivery_limit),
-                              background=lambda fn: None, on_stop=lambda fn: None, server_options={})
+                              background=lambda fn: None, every=lambda *a, **kw: None, on_stop=lambda fn: None,
+                              server_options={})
     _register_stubbed(importlib.import_module(f"services.{service}.subscribers").register, runtime)
     if service == "sessions":
         _register_stubbed(importlib.import_module("services.sessions.credentials_rpc").register, runtime)

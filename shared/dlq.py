@@ -65,13 +65,6 @@ class DeadLetters:
             with contextlib.suppress(Exception):
                 await self._connection.close()
 
-    async def watch(self, interval: float = 15.0) -> None:
-        """Keep the dlq_depth gauge fresh for alerting."""
-        while True:
-            with contextlib.suppress(Exception):
-                await self.depths()
-            await asyncio.sleep(interval)
-
 
 def router(dead_letters: DeadLetters, admin_token: str) -> APIRouter:
     routes = APIRouter(prefix="/v1/admin/dlq", tags=["admin"])

@@ -10,6 +10,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -44,6 +45,10 @@ class Runtime:
     def background(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._tasks.append(fn)
 
+    def every(self, interval_s: float, fn: Callable[[], Awaitable[object]], *, wake: asyncio.Event | None = None) -> None:
+        """Run `fn` in the background now and then every `interval_s` (or as soon as `wake` is set)."""
+        self.background(every(interval_s, fn, wake=wake))
+
     def on_stop(self, fn: Callable[[], Awaitable[None]]) -> None:
         self._cleanups.append(fn)
 
@@ -56,6 +61,28 @@ class Runtime:
         with contextlib.suppress(Exception):
             broker_ok = bool(await self.broker.ping(timeout=2))
         return {"database": await db.check(self.pool), "broker": broker_ok}
+
+
+def every(interval_s: float, fn: Callable[[], Awaitable[object]], *, wake: asyncio.Event | None = None):
+    """The one background loop: run `fn`, then wait `interval_s` (or until `wake` is set), forever.
+    A pass that fails is logged and the next one runs on schedule."""
+    name = (fn.func if isinstance(fn, partial) else fn).__name__
+
+    async def loop() -> None:
+        while True:
+            try:
+                await fn()
+            except Exception:
+                log.exception("background pass failed", extra={"task": name})
+            if wake is None:
+                await asyncio.sleep(interval_s)
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval_s)
+            wake.clear()
+
+    loop.__name__ = name
+    return loop
 
 
 def run(main: Awaitable[None]) -> None:
@@ -85,13 +112,15 @@ async def retention(pool: asyncpg.Pool, *, outbox_s: float, inbox_s: float, inte
     and then every `interval_s` (each replica does; they skip each other's locked rows)."""
     for table in ("outbox", "inbox"):
         metrics.RETENTION_DELETED.labels(table).inc(0)
-    while True:
-        for table, rows in (("outbox", await outbox.delete_sent(pool, older_than_s=outbox_s)),
-                            ("inbox", await inbox.delete_handled(pool, older_than_s=inbox_s))):
-            metrics.RETENTION_DELETED.labels(table).inc(rows)
-            if rows:
-                log.info("rows past retention deleted", extra={"table": table, "rows": rows})
-        await asyncio.sleep(interval_s)
+    await every(interval_s, partial(retention_pass, pool, outbox_s=outbox_s, inbox_s=inbox_s))()
+
+
+async def retention_pass(pool: asyncpg.Pool, *, outbox_s: float, inbox_s: float) -> None:
+    for table, rows in (("outbox", await outbox.delete_sent(pool, older_than_s=outbox_s)),
+                        ("inbox", await inbox.delete_handled(pool, older_than_s=inbox_s))):
+        metrics.RETENTION_DELETED.labels(table).inc(rows)
+        if rows:
+            log.info("rows past retention deleted", extra={"table": table, "rows": rows})
 
 
 async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations_dir: Path,
@@ -116,7 +145,7 @@ async def serve(*, name: str, schema: str, settings: ServiceSettings, migrations
     dead_letters = dlq.DeadLetters(settings.rabbitmq_url, consumers.queue_names)
     app.include_router(dlq.router(dead_letters, settings.admin_token.get_secret_value()))
     app.include_router(outbox.router(pool, settings.admin_token.get_secret_value()))
-    runtime.background(dead_letters.watch)
+    runtime.every(15, dead_letters.depths)  # the dlq_depth gauges, for alerting
     runtime.background(runtime.retention)
     runtime.on_stop(dead_letters.close)
 

@@ -22,9 +22,9 @@ async def build(runtime: Runtime):
                           interval=settings.meter_retry_interval_s,
                           max_backoff=settings.meter_retry_max_backoff_s)
     subscribers.register(runtime, uow=uow, on_usage=meter.wake.set)
-    runtime.background(worker.run)
+    runtime.every(worker.interval, worker.run_once, wake=worker.wake)
     if settings.stripe_meter_enabled:
-        runtime.background(meter.run)
+        runtime.every(meter.interval, meter.run_once, wake=meter.wake)
     runtime.on_stop(worker.drain)
     credentials = CredentialsClient(settings.rabbitmq_url, timeout_s=settings.credential_check_timeout_s)
     runtime.on_stop(credentials.close)

@@ -12,14 +12,6 @@ from shared.plans import Plan
 log = logging.getLogger(__name__)
 
 
-async def _sleep_or_wake(wake: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(wake.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
-    wake.clear()
-
-
 class StripeEventWorker:
     def __init__(self, uow: UnitOfWork, *, plans: dict[str, Plan], interval: float, max_backoff: float):
         self.uow, self.plans, self.interval, self.max_backoff = uow, plans, interval, max_backoff
@@ -48,14 +40,6 @@ class StripeEventWorker:
             await self.process(event_id)
         return len(ids)
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("stripe event retry loop error")
-            await _sleep_or_wake(self.wake, self.interval)
-
     async def drain(self) -> None:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -70,11 +54,3 @@ class MeterReporter:
     async def run_once(self) -> int:
         return await metering.send_meter_reports(uow=self.uow, api=self.api, event_name=self.event_name,
                                                  max_backoff=self.max_backoff, batch=self.batch)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("meter reporter error")
-            await _sleep_or_wake(self.wake, self.interval)

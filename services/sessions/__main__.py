@@ -1,5 +1,4 @@
 """python -m services.sessions — settings → migrations → broker + HTTP → run until signalled."""
-import asyncio
 import logging
 from functools import partial
 from pathlib import Path
@@ -28,18 +27,11 @@ async def build(runtime: Runtime):
                    stuck_after_s=settings.lease_timeout_s + 10)
 
     async def reaper() -> None:
-        while True:
-            await reap()
-            await handlers.refresh_running_gauge(pool=runtime.pool)
-            await asyncio.sleep(settings.reaper_interval_s)
+        await reap()
+        await handlers.refresh_running_gauge(pool=runtime.pool)
 
-    async def activity() -> None:
-        while True:
-            await relays.flush(runtime.pool)
-            await asyncio.sleep(1)
-
-    runtime.background(reaper)
-    runtime.background(activity)
+    runtime.every(settings.reaper_interval_s, reaper)
+    runtime.every(1, partial(relays.flush, runtime.pool))  # sessions' last activity, for idle timeouts
     # The cap is checked on frame headers. No permessage-deflate: a few KiB on the wire would
     # inflate to the cap in memory before being refused (and compressing costs the relay CPU).
     runtime.server_options.update(ws=ServerProtocol, ws_max_size=settings.max_cdp_message_bytes,

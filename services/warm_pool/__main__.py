@@ -1,5 +1,4 @@
 """python -m services.warm_pool — settings → migrations → broker + HTTP → run until signalled."""
-import asyncio
 import logging
 import socket
 from functools import partial
@@ -82,15 +81,6 @@ def advertised_host(setting: str | None) -> str | None:
     return setting
 
 
-def every(seconds: float, fn):
-    async def loop():
-        while True:
-            await fn()
-            await asyncio.sleep(seconds)
-    loop.__name__ = fn.func.__name__ if isinstance(fn, partial) else fn.__name__
-    return loop
-
-
 async def build(runtime: Runtime):
     settings: WarmPoolSettings = runtime.settings
     uow = PostgresUnitOfWork(runtime.pool)
@@ -102,15 +92,15 @@ async def build(runtime: Runtime):
     subscribers.register(runtime, pool=pool, uow=uow, profiles=profiles, downloads=downloads)
     cluster = settings.warm_pool_backend == "kubernetes"
     monitor_s = settings.kube_monitor_interval_s if cluster else settings.monitor_interval_s
-    runtime.background(every(monitor_s, partial(handlers.check_crashes, pool=pool, uow=uow)))
-    runtime.background(every(settings.reconcile_interval_s, partial(
-        handlers.reconcile, pool=pool, uow=uow, confirm_timeout_s=settings.lease_confirm_timeout_s)))
-    runtime.background(every(settings.prune_interval_s, partial(
-        handlers.prune, uow=uow, retention_s=settings.dead_browser_retention_s)))
-    runtime.background(every(settings.profile_sweep_interval_s, partial(
+    runtime.every(monitor_s, partial(handlers.check_crashes, pool=pool, uow=uow))
+    runtime.every(settings.reconcile_interval_s, partial(
+        handlers.reconcile, pool=pool, uow=uow, confirm_timeout_s=settings.lease_confirm_timeout_s))
+    runtime.every(settings.prune_interval_s, partial(
+        handlers.prune, uow=uow, retention_s=settings.dead_browser_retention_s))
+    runtime.every(settings.profile_sweep_interval_s, partial(
         handlers_profiles.sweep, uow=uow, profiles=profiles, retention_s=settings.profile_retention_s,
-        stale_after_s=settings.lease_confirm_timeout_s + 30)))
-    runtime.background(every(settings.downloads_sweep_interval_s, downloads.sweep))
+        stale_after_s=settings.lease_confirm_timeout_s + 30))
+    runtime.every(settings.downloads_sweep_interval_s, downloads.sweep)
     runtime.on_stop(partial(handlers.shut_down, pool=pool))
     runtime.on_stop(profiles.close)
     return http.create_app(runtime, uow=uow)
