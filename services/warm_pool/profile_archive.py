@@ -13,7 +13,7 @@ import os
 import stat
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -87,32 +87,100 @@ def _skipped(relative: Path) -> bool:
                                               for d in SKIP_DIRS)
 
 
-def pack(directory: Path, *, max_bytes: int) -> bytes:
+# Every step below the profile's folder is opened relative to its parent's fd without following a
+# link (the folder is the tenant's, and root resolves a link against the host); O_NONBLOCK: a FIFO
+# swapped in after the check must not block the open.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+MAX_DEPTH = 64
+DEFAULT_MAX_UNPACKED = 2**30
+
+
+def pack(directory: Path, *, max_bytes: int, max_unpacked: int = DEFAULT_MAX_UNPACKED) -> bytes:
     """The directory's regular files and folders (no links, sockets or caches), gzip'd tar.
-    `TooLarge` past `max_bytes` compressed."""
+    `TooLarge` past `max_bytes` compressed or `max_unpacked` of files (decided from their sizes
+    before reading them: a sparse terabyte costs the tenant no space); `ArchiveError` if the
+    directory itself is not a folder (a link) or nests deeper than MAX_DEPTH."""
+    try:
+        root = os.open(directory, DIR_FLAGS)
+    except OSError as exc:
+        raise ArchiveError("the profile's directory is not a folder of its own") from exc
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
-        for path in sorted(directory.rglob("*")):
-            relative = path.relative_to(directory)
-            if _skipped(relative):
-                continue
-            mode = path.lstat().st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-                continue  # a symlink or socket the browser (or a tenant) left: never followed
-            info = tar.gettarinfo(str(path), arcname=relative.as_posix())
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if info.isfile():  # O_NOFOLLOW: a file swapped for a link meanwhile is not read
-                with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-            if out.tell() > max_bytes:
-                raise TooLarge(f"the profile is over {max_bytes} bytes compressed")
+    walk = _Walk(out, max_bytes=max_bytes, room=max_unpacked)
+    try:
+        with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
+            walk.folder(tar, root, PurePosixPath(), depth=0)
+    finally:
+        os.close(root)
     data = out.getvalue()
     if len(data) > max_bytes:
         raise TooLarge(f"the profile is over {max_bytes} bytes compressed")
     return data
+
+
+class _Walk:
+    def __init__(self, out: io.BytesIO, *, max_bytes: int, room: int):
+        self.out, self.max_bytes, self.room = out, max_bytes, room
+
+    def folder(self, tar: tarfile.TarFile, fd: int, relative: PurePosixPath, *, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise ArchiveError(f"the profile nests deeper than {MAX_DEPTH} folders")
+        for name in sorted(os.listdir(fd)):
+            path = relative / name
+            if _skipped(Path(path)):
+                continue
+            try:
+                seen = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(seen.st_mode):
+                self._entry(tar, fd, name, path, seen, DIR_FLAGS, depth=depth)
+            elif stat.S_ISREG(seen.st_mode):
+                self._entry(tar, fd, name, path, seen, FILE_FLAGS, depth=depth)
+            # else: a symlink, socket or FIFO the browser (or a tenant) left: never opened
+
+    def _entry(self, tar: tarfile.TarFile, parent: int, name: str, path: PurePosixPath, seen: os.stat_result,
+               flags: int, *, depth: int) -> None:
+        try:
+            fd = os.open(name, flags, dir_fd=parent)
+        except OSError:
+            return  # swapped for a link (ELOOP) or removed meanwhile
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino) or stat.S_IFMT(st.st_mode) != stat.S_IFMT(seen.st_mode):
+                return  # swapped meanwhile
+            info = tarfile.TarInfo(path.as_posix())
+            info.mode, info.mtime, info.uid, info.gid = stat.S_IMODE(st.st_mode), int(st.st_mtime), 0, 0
+            if stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                self.folder(tar, fd, path, depth=depth + 1)
+                return
+            if st.st_size > self.room:
+                raise TooLarge(f"the profile's files are over {self.room} bytes")
+            self.room -= st.st_size
+            info.size = st.st_size
+            try:
+                tar.addfile(info, _Capped(fd, self))
+            except OSError as exc:  # it shrank while being read
+                raise ArchiveError(f"a profile file changed while it was packed: {path.as_posix()!r}") from exc
+        finally:
+            os.close(fd)
+
+    def check(self) -> None:
+        if self.out.tell() > self.max_bytes:
+            raise TooLarge(f"the profile is over {self.max_bytes} bytes compressed")
+
+
+class _Capped:
+    """A file's bytes for tarfile, the compressed size checked as they go."""
+
+    def __init__(self, fd: int, walk: _Walk):
+        self.fd, self.walk = fd, walk
+
+    def read(self, n: int = 1 << 20) -> bytes:
+        self.walk.check()
+        return os.read(self.fd, min(n, 1 << 20) if n and n > 0 else 1 << 20)
 
 
 def unpack(data: bytes, directory: Path, *, max_bytes: int) -> None:

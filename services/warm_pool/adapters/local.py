@@ -325,7 +325,9 @@ class LocalChromium:
         deadline = time.monotonic() + 10
         while proc is not None and proc.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return await asyncio.to_thread(pack, self._profile_path(browser_id), max_bytes=max_bytes)
+        cap = (self.sandbox.config.browser_disk_mib if self.sandbox is not None else 1024) * 2**20
+        return await asyncio.to_thread(pack, self._profile_path(browser_id), max_bytes=max_bytes,
+                                       max_unpacked=cap)  # no more than unpack would take back
 
     # --- context hosts -----------------------------------------------------------------------
 
