@@ -286,9 +286,11 @@ async def test_downloads_aimed_at_host_paths_land_nowhere_on_the_host(attack, tm
             a.href = URL.createObjectURL(new Blob(['import os; os.system("touch /tmp/pwned")']));
             a.download = 'evil.pth'; document.body.appendChild(a); a.click(); }""")
         results[target] = await asyncio.wait_for(done, 15)
-    # Control: inside the sandbox a download lands in the browser's own directory.
+    # Control: inside the sandbox a download lands in the browser's own directory (the relay keeps
+    # every downloadPath a client sets pointed at its session's: /browser/downloads/<session>).
     assert results["/browser/downloads"] == "completed"
-    assert (home / "downloads" / "evil.pth").read_bytes().startswith(b"import os")
+    landed = list((home / "downloads").glob("*/evil*.pth"))
+    assert landed and all(p.read_bytes().startswith(b"import os") for p in landed)
     assert list(landing.iterdir()) == []
     assert not (site_packages / "evil.pth").exists()
     assert not Path("/root/evil.pth").exists()
