@@ -1,6 +1,6 @@
 """Typed answers of the API. Field for field the OpenAPI document's schemas (docs/openapi/sessions.json;
-tests/unit/test_sdk_openapi.py fails on any drift); profiles and downloads follow DESIGN.md
-until the document has them. Unknown fields the server adds later are kept, not refused."""
+tests/unit/test_sdk_openapi.py fails on any drift). Unknown fields the server adds later are kept,
+not refused."""
 from __future__ import annotations
 
 from datetime import datetime
