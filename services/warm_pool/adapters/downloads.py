@@ -25,6 +25,9 @@ WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 MAX_NAME_BYTES = 200
 COPY_CHUNK = 1024 * 1024
 PARTIAL_SUFFIX = ".crdownload"  # Chromium's name for a download still under way
+# Per session, kept or dropped: an empty file costs no byte budget but an inode in the store
+# every tenant shares and a row (a CDP client makes hundreds a minute, one tab each).
+MAX_FILES = 1000
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ def collect(home: Path, session: str, *, store: Path, tenant: str, taken: set[st
             names = sorted(e.name for e in entries)
         out = []
         for name in names:
+            if len(taken) >= MAX_FILES:  # `taken`: this session's names so far, kept or dropped
+                log.warning("downloads: a session left over %d files; the rest are not kept", MAX_FILES)
+                break
             item = _take(fds[-1], name, owner=owner, budget=budget, taken=taken, dest=dest)
             if item is not None:
                 out.append(item)
