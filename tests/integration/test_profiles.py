@@ -4,11 +4,12 @@ In both isolation modes: a persisting session sets a cookie (and a session cooki
 and an IndexedDB record on a test page; the next session with the profile sees all three; a
 session without it sees none. A second persisting use is refused (409) while read-only ones run
 beside it; the save's outcome shows on the session; deletion and pagination."""
+import asyncio
 import uuid
 
 import httpx
 import pytest
-from playwright.async_api import async_playwright
+from playwright.async_api import async_playwright, expect
 
 from tests.e2e.platform import running_platform
 from tests.e2e.test_dashboard import bearer, paying_tenant
@@ -193,3 +194,75 @@ async def test_profiles_are_listed_newest_first_page_by_page(api):
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
     for i in ids:
         assert (await api.delete(f"/v1/profiles/{i}")).status_code == 204
+
+
+async def test_the_dashboard_lists_pages_and_deletes_a_tenants_profiles(platform, api, artifacts_dir):
+    from tests.e2e.test_dashboard import CHROMIUM_ARGS
+    hostile = "<img src=x onerror=alert(1)>"  # a name is tenant input: it must show as text
+    odd = (await api.post("/v1/profiles", json={"name": hostile})).json()
+    busy = (await api.post("/v1/profiles", json={"name": "checkout login"})).json()
+    _, other_key = await paying_tenant(platform)
+    async with httpx.AsyncClient(base_url=platform.urls["sessions"], headers=bearer(other_key), timeout=60) as other:
+        theirs = (await other.post("/v1/profiles", json={"name": "another tenant's profile"})).json()
+    session = await create_session(api, isolation="context", profile={"id": busy["id"], "persist": True})
+    base = platform.urls["sessions"]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 860})
+            dialogs = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), asyncio.ensure_future(d.dismiss())))
+            await page.goto(f"{base}/dashboard/")
+            await page.fill("#api-key", api.headers["authorization"].removeprefix("Bearer "))
+            await page.click("button[type=submit]")
+            await page.wait_for_url(f"{base}/dashboard/usage")
+            await page.click("a[data-nav=profiles]")
+            rows = page.locator("#profiles-body tr")
+            await expect(rows).to_have_count(2)
+            await expect(rows.nth(0)).to_have_attribute("data-profile", busy["id"])  # newest first
+            await expect(page.locator(f'[data-profile="{odd["id"]}"] td.name')).to_have_text(hostile)
+            await expect(page.locator(f'[data-profile="{odd["id"]}"] td.size')).to_have_text("0 B")
+            await expect(page.locator(f'[data-profile="{odd["id"]}"] td.used')).to_have_text("never")
+            assert await page.locator("#profiles-table img").count() == 0
+            assert await page.locator(f'[data-profile="{theirs["id"]}"]').count() == 0
+            assert "another tenant" not in await page.locator("main").inner_text()
+
+            # One a page: the pager walks to the older one and back.
+            await page.goto(f"{base}/dashboard/profiles?page_size=1")
+            await expect(page.locator(f'#profiles-body [data-profile="{busy["id"]}"]')).to_be_visible()
+            await expect(page.locator("#profiles-prev")).to_be_disabled()
+            await page.click("#profiles-next")
+            await expect(page.locator(f'#profiles-body [data-profile="{odd["id"]}"]')).to_be_visible()
+            await expect(page.locator("#profiles-next")).to_be_disabled()
+            await page.click("#profiles-prev")
+            await expect(page.locator(f'#profiles-body [data-profile="{busy["id"]}"]')).to_be_visible()
+
+            # Deleting asks first; a profile a persisting session holds is refused with a message.
+            delete = page.locator(f'[data-delete="{busy["id"]}"]')
+            await delete.click()
+            await expect(delete).to_have_text("Confirm delete")
+            await delete.click()
+            await expect(page.locator("#flash")).to_contain_text("in use by a running session")
+            await expect(page.locator("#flash")).to_contain_text("end that session")
+            assert (await api.get(f"/v1/profiles/{busy['id']}")).status_code == 200
+            await page.screenshot(path=str(artifacts_dir / "dashboard-profiles.png"), full_page=True)
+
+            await end_and_settle(api, session["id"])
+            await page.goto(f"{base}/dashboard/profiles")
+            await expect(page.locator(f'[data-profile="{busy["id"]}"] td.used')).to_contain_text(
+                "session " + session["id"][:8])
+            delete = page.locator(f'[data-delete="{busy["id"]}"]')
+            await delete.click()
+            await delete.click()
+            await expect(page.locator(f'[data-profile="{busy["id"]}"]')).to_have_count(0)
+            await expect(rows).to_have_count(1)
+            assert (await api.get(f"/v1/profiles/{busy['id']}")).status_code == 404
+            await page.click(f'[data-delete="{odd["id"]}"]')
+            await page.click(f'[data-delete="{odd["id"]}"]')
+            await expect(page.locator("#profiles-empty")).to_be_visible()
+            await expect(rows).to_have_count(0)
+            assert dialogs == []  # nothing the names carried ran
+        finally:
+            await browser.close()
+    async with httpx.AsyncClient(base_url=platform.urls["sessions"], headers=bearer(other_key), timeout=60) as other:
+        assert (await other.get(f"/v1/profiles/{theirs['id']}")).status_code == 200

@@ -17,7 +17,8 @@ from shared.http import error_responses
 from shared.money import Money
 
 HERE = Path(__file__).parent
-PAGES = {"usage": "Usage", "sessions": "Sessions", "keys": "API keys", "quickstart": "Quick start"}
+PAGES = {"usage": "Usage", "sessions": "Sessions", "profiles": "Profiles", "keys": "API keys",
+         "quickstart": "Quick start"}
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 SNIPPETS = ("curl.txt", "playwright-python.txt", "playwright-node.txt", "puppeteer.txt")
 SECURITY_HEADERS = {

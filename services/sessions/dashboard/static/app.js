@@ -298,6 +298,69 @@
     setInterval(() => state.sessions.filter((s) => s.status === 'running').forEach((s) => refreshThumb(s.id)), 3000);
   }
 
+  // --- profiles ------------------------------------------------------------------------------------
+  function initProfiles() {
+    const pageSize = Number(new URLSearchParams(location.search).get('page_size')) || 20;
+    const state = { cursors: [null], index: 0, next: null };
+
+    async function remove(p, button) {
+      if (!button.classList.contains('confirm')) {  // the first click only asks
+        button.classList.add('confirm');
+        button.textContent = 'Confirm delete';
+        setTimeout(() => { button.classList.remove('confirm'); button.textContent = 'Delete'; }, 5000);
+        return;
+      }
+      button.disabled = true;
+      flash('');
+      try {
+        await api(`/v1/profiles/${p.id}`, { method: 'DELETE' });
+      } catch (e) {
+        button.disabled = false;
+        if (e.code !== 'profile_in_use') throw e;
+        throw new Error(`"${p.name || p.id}" is in use by a running session that saves to it: `
+          + 'end that session, then delete the profile.');
+      }
+      await load();
+    }
+
+    function row(p) {
+      const used = p.last_session_id
+        ? el('span', {}, fmtTime(p.updated_at), ' ', el('span', { class: 'muted small mono', title: p.last_session_id },
+          'session ' + p.last_session_id.slice(0, 8)))
+        : el('span', { class: 'muted' }, 'never');
+      return el('tr', { 'data-profile': p.id },
+        el('td', { class: 'name' }, p.name === null ? el('span', { class: 'muted' }, 'unnamed') : p.name),
+        el('td', { class: 'mono', title: p.id }, p.id.slice(0, 8)),
+        el('td', { class: 'size' }, fmtBytes(p.size_bytes)),
+        el('td', {}, fmtTime(p.created_at)),
+        el('td', { class: 'used' }, used),
+        el('td', {}, el('button', { type: 'button', class: 'danger', 'data-delete': p.id,
+          onclick: guarded((e) => remove(p, e.target)) }, 'Delete')));
+    }
+
+    async function load() {
+      const params = new URLSearchParams({ limit: pageSize });
+      const cursor = state.cursors[state.index];
+      if (cursor) params.set('cursor', cursor);
+      const body = await api('/v1/profiles?' + params);
+      if (!body.data.length && state.index > 0) { state.index -= 1; await load(); return; } // its last one deleted
+      state.next = body.next_cursor;
+      $('profiles-body').replaceChildren(...body.data.map(row));
+      $('profiles-empty').hidden = body.data.length > 0;
+      $('profiles-prev').disabled = state.index === 0;
+      $('profiles-next').disabled = !state.next;
+      $('profiles-refreshed').textContent = 'updated ' + new Date().toLocaleTimeString();
+    }
+
+    $('profiles-next').addEventListener('click', guarded(async () => {
+      state.cursors = state.cursors.slice(0, state.index + 1).concat([state.next]);
+      state.index += 1;
+      await load();
+    }));
+    $('profiles-prev').addEventListener('click', guarded(async () => { state.index = Math.max(0, state.index - 1); await load(); }));
+    guarded(load)();
+  }
+
   // --- API keys ------------------------------------------------------------------------------------
   function initKeys() {
     async function load() {
@@ -381,6 +444,7 @@
   api('/v1/usage').then((u) => { $('plan-badge').textContent = cap(u.plan); }).catch(() => {});
   if (page === 'usage') { guarded(loadUsage)(); setInterval(guarded(loadUsage), 5000); }
   if (page === 'sessions') initSessions();
+  if (page === 'profiles') initProfiles();
   if (page === 'keys') initKeys();
   if (page === 'quickstart') initQuickstart();
 })();
