@@ -54,3 +54,22 @@ def test_files_past_the_byte_cap_are_recorded_within_the_file_cap(tree):
         (src / f"big{i:05}").write_bytes(b"yy")
     got = store.collect(home, session, store=root, tenant="t", taken=set(), budget=1)
     assert len(got) <= CAP and all(c.dropped == "over_cap" for c in got)
+
+
+def test_a_download_setting_wrapped_twice_or_escaped_inside_a_wrapped_message_is_still_rewritten():
+    """Held: the browser relay's guard looks inside Target.sendMessageToTarget however deep, and an
+    inner message with a key given twice is refused rather than guessed at."""
+    import json
+
+    from services.sessions import downloads_guard
+    own = "/browser/downloads/s1"
+    inner = '{"id":1,"method":"Page.setDownloadBehavio\\u0072","params":{"behavior":"allow","downloadPath":"/browser/profile"}}'
+    once = json.dumps({"id": 2, "method": "Target.sendMessageToTarget", "params": {"sessionId": "A", "message": inner}})
+    twice = json.dumps({"id": 3, "method": "Target.sendMessageToTarget", "params": {"sessionId": "B", "message": once}})
+    out, refusal = downloads_guard.guard(twice, own)
+    sent = json.loads(json.loads(json.loads(out)["params"]["message"])["params"]["message"])
+    assert refusal is None and sent["params"] == {"behavior": "allow", "downloadPath": own}
+    dup = '{"id":1,"method":"Runtime.evaluate","method":"Page.setDownloadBehavior","params":{"behavior":"allow"}}'
+    wrapped = json.dumps({"id": 4, "method": "Target.sendMessageToTarget", "params": {"sessionId": "A", "message": dup}})
+    out, refusal = downloads_guard.guard(wrapped, own)
+    assert out is None and refusal is not None
