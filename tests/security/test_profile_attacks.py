@@ -171,3 +171,22 @@ def test_a_tenant_cannot_flood_warm_pools_log_through_the_origin_tracker(caplog)
         tracker._target({"targetInfo": {"type": "page", "browserContextId": f"X{i}", "url": "http://a.invalid/"}})
     assert len(tracker.origins("C1")) == 5  # the caps themselves hold
     assert len(caplog.records) <= 10, f"{len(caplog.records)} warnings from one tenant's navigations"
+
+
+def test_unpacked_files_carry_no_mode_bits_of_the_archive_and_belong_to_the_browser(tmp_path):
+    """Held: unpack (root) takes only names and bytes from an archive: a setuid, world-writable
+    member comes out a plain file, and every entry is handed to the browser's uid."""
+    from services.warm_pool.adapters.local import _unpack_owned
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        d = tarfile.TarInfo("Default")
+        d.type, d.mode = tarfile.DIRTYPE, 0o7777
+        tar.addfile(d)
+        f = tarfile.TarInfo("Default/run-me")
+        f.mode, f.size, f.uid = 0o6777, 4, 0
+        tar.addfile(f, io.BytesIO(b"\x7fELF"))
+    target = tmp_path / "profile"
+    _unpack_owned(buf.getvalue(), target, max_bytes=10**6, uid=54321)
+    for path in (target, target / "Default", target / "Default" / "run-me"):
+        st = path.lstat()
+        assert st.st_uid == 54321 and not st.st_mode & 0o7002, (path, oct(st.st_mode))
