@@ -260,7 +260,7 @@ class LocalChromium:
             raise LaunchFailed("backend closed")
         owner.write_text(json.dumps({"owner_pid": os.getpid(), "pid": proc.pid}))
         try:
-            port, url = await asyncio.wait_for(self._wait_ready(proc, base / "profile", devtools),
+            port, url = await asyncio.wait_for(self._wait_ready(proc, base / ("home/profile" if devtools else "profile"), devtools),
                                                self.launch_timeout_s)
         except BaseException as exc:
             await self.kill(browser_id)
@@ -288,6 +288,8 @@ class LocalChromium:
             # The port file can lag the process start; /json/version answers once it is ready.
             with contextlib.suppress(OSError, ValueError, IndexError, KeyError, httpx.HTTPError):
                 if devtools is not None:  # sandboxed: a fixed port in the browser's own namespace
+                    if not port_file.exists():  # a stat, not a request to a browser still starting
+                        raise OSError("not listening yet")
                     host, port = devtools
                 else:
                     host, port = "127.0.0.1", int(port_file.read_text().splitlines()[0])
