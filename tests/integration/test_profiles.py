@@ -238,12 +238,14 @@ async def test_the_dashboard_lists_pages_and_deletes_a_tenants_profiles(platform
             await expect(page.locator(f'#profiles-body [data-profile="{busy["id"]}"]')).to_be_visible()
 
             # Deleting asks first; a profile a persisting session holds is refused with a message.
+            await page.goto(f"{base}/dashboard/profiles")
             delete = page.locator(f'[data-delete="{busy["id"]}"]')
             await delete.click()
             await expect(delete).to_have_text("Confirm delete")
             await delete.click()
             await expect(page.locator("#flash")).to_contain_text("in use by a running session")
             await expect(page.locator("#flash")).to_contain_text("end that session")
+            await expect(delete).to_have_text("Delete")
             assert (await api.get(f"/v1/profiles/{busy['id']}")).status_code == 200
             await page.screenshot(path=str(artifacts_dir / "dashboard-profiles.png"), full_page=True)
 

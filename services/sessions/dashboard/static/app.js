@@ -316,6 +316,8 @@
         await api(`/v1/profiles/${p.id}`, { method: 'DELETE' });
       } catch (e) {
         button.disabled = false;
+        button.classList.remove('confirm');
+        button.textContent = 'Delete';
         if (e.code !== 'profile_in_use') throw e;
         throw new Error(`"${p.name || p.id}" is in use by a running session that saves to it: `
           + 'end that session, then delete the profile.');
