@@ -23,13 +23,12 @@ from shared.messages import (LEASE_QUEUE, Event, LeaseReply, LeaseRequest, Payme
                              TenantProvisioned)
 from services.warm_pool.settings import default_chromium
 from shared.cdp import CdpCommands
+from shared.browsers import CHROMIUM_FLAGS as BROWSER_FLAGS
 from shared.plans import Limits
 from tests import infra
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--remote-debugging-port=0"]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", *BROWSER_FLAGS, "--remote-debugging-port=0"]  # as the pool's
 
 
 class Chromium:

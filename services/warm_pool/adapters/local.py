@@ -27,20 +27,11 @@ from services.warm_pool.adapters.contexts import ContextHosts, Keeper, OpenedCon
 from services.warm_pool.adapters.expose import PortForwarder
 from services.warm_pool.adapters.sandbox import Prepared, Sandbox, mounts_under, unmount
 from services.warm_pool.profile_archive import pack, unpack
+from shared.browsers import CHROMIUM_FLAGS
 
 log = logging.getLogger(__name__)
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--mute-audio", "--no-default-browser-check",
-         "--disable-breakpad", "--disable-extensions", "--disable-default-apps",
-         "--disable-component-extensions-with-background-pages", "--disable-field-trial-config",
-         # Headless Chromium 15x still preloads the omnibox popup's WebUI in a renderer of its own:
-         # ~0.8 of the ~1.2 CPU-seconds a launch costs, for a UI nobody sees (measured: launch →
-         # +2 s, 1.2 → 0.4 CPU-s). Unknown feature names are ignored by older versions.
-         "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup,"
-         "OmniboxAimPopup,AiModeOmniboxEntryPoint,OmniboxFullPopup",
-         "--remote-debugging-port=0"]
+FLAGS = ["--headless", "--no-sandbox", *CHROMIUM_FLAGS, "--remote-debugging-port=0"]
 # In the sandbox Chromium's own sandbox stays on (it runs as an unprivileged user there), and
 # DevTools has a fixed port in the browser's own network namespace (the sandbox adds it).
 SANDBOXED_FLAGS = [f for f in FLAGS if f not in ("--no-sandbox", "--remote-debugging-port=0")]
