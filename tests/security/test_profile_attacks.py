@@ -159,9 +159,6 @@ def test_a_hard_link_cannot_reach_a_host_file_from_the_browsers_own_filesystem(t
         unmount(home)
 
 
-@pytest.mark.xfail(strict=True, reason="OriginTracker logs a warning for every target event past its caps: a "
-                   "client navigating a page through fresh origins writes ~one log line per navigation into "
-                   "warm_pool's log (fix: warn once per context, and once for the context cap)")
 def test_a_tenant_cannot_flood_warm_pools_log_through_the_origin_tracker(caplog):
     from services.warm_pool.adapters.storage_state import OriginTracker
     tracker = OriginTracker(max_origins=5, max_contexts=2)

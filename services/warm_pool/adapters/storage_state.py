@@ -526,6 +526,7 @@ class OriginTracker:
         self._cdp: _Cdp | None = None
         self._default: str | None = None
         self._seen: dict[str, set[str]] = {}
+        self._warned_contexts, self._warned_origins = False, set()  # each cap logged once
 
     async def start(self, cdp_ws_url: str) -> None:
         self._cdp = await _Cdp.connect(cdp_ws_url, timeout_s=self.timeout_s, max_message_bytes=4 * MiB)
@@ -549,13 +550,17 @@ class OriginTracker:
         seen = self._seen.get(context)
         if seen is None:
             if context != self._default and len(self._seen.keys() - {self._default}) >= self.max_contexts:
-                log.warning("storage state: over %d contexts tracked; %s is not", self.max_contexts, context[:40])
+                if not self._warned_contexts:  # once: a tenant's navigations must not flood the log
+                    self._warned_contexts = True
+                    log.warning("storage state: over %d contexts tracked; the rest are not", self.max_contexts)
                 return
             seen = self._seen[context] = set()
         if origin not in seen:
             if len(seen) >= self.max_origins:
-                log.warning("storage state: context %s showed over %d origins; %s is not tracked",
-                            context[:40], self.max_origins, origin[:100])
+                if context not in self._warned_origins:
+                    self._warned_origins.add(context)
+                    log.warning("storage state: context %s showed over %d origins; the rest are not tracked",
+                                context[:40], self.max_origins)
                 return
             seen.add(origin)
 
@@ -567,6 +572,7 @@ class OriginTracker:
 
     def forget(self, context_id: str | None) -> None:
         self._seen.pop(self._key(context_id), None)
+        self._warned_origins.discard(self._key(context_id))
 
     async def close(self) -> None:
         cdp, self._cdp = self._cdp, None
