@@ -71,7 +71,8 @@ def make_profiles(settings: WarmPoolSettings, db) -> ProfileSessions:
         blobs = PostgresBlobs(db)
     store = ProfileStore(blobs=blobs, ring=ring, max_bytes=settings.profile_max_mib * 2**20,
                          keep=settings.profile_versions_kept)
-    return ProfileSessions(store, cdp_timeout_s=settings.context_cdp_timeout_s)
+    return ProfileSessions(store, cdp_timeout_s=settings.context_cdp_timeout_s,
+                           save_concurrency=settings.profile_save_concurrency)
 
 
 def advertised_host(setting: str | None) -> str | None:

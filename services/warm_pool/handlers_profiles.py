@@ -32,8 +32,10 @@ class ProfileSessions:
     """The store, the storage-state adapter (capture/restore over CDP) and the origin trackers,
     one per browser whose sessions persist a profile."""
 
-    def __init__(self, store: ProfileStore, *, state: Any = None, cdp_timeout_s: float = 10):
+    def __init__(self, store: ProfileStore, *, state: Any = None, cdp_timeout_s: float = 10,
+                 save_concurrency: int = 2):
         self.store, self._state, self.timeout_s = store, state, cdp_timeout_s
+        self.saving = asyncio.Semaphore(save_concurrency)  # each save holds its archive in memory
         self.trackers: dict[str, Any] = {}  # cdp_ws_url → OriginTracker
 
     @property
@@ -195,7 +197,8 @@ async def session_ended(event: SessionCompleted, *, pool: Pool, uow: UnitOfWork,
     elif not pool.may_destroy(target):
         saved = Saved("failed", message="the session's browser is on another warm_pool replica")
     else:
-        saved = await _save(event, use, target, pool=pool, uow=uow, profiles=profiles)
+        async with profiles.saving:
+            saved = await _save(event, use, target, pool=pool, uow=uow, profiles=profiles)
     if profiles is not None and target is not None and target["cdp_ws_url"]:
         await profiles.untrack(target["cdp_ws_url"], target["context_id"] if context else None,
                                browser_gone=context is None)

@@ -148,6 +148,9 @@ class WarmPoolSettings(ServiceSettings):
     profile_versions_kept: int = Field(3, ge=1)
     # A sealed archive larger than this is not saved (the previous version stays; the session says so).
     profile_max_mib: int = Field(100, ge=1)
+    # Saves at once on this replica: each holds its archive in memory (up to ~4x PROFILE_MAX_MIB),
+    # and a tenant may end many persisting sessions together.
+    profile_save_concurrency: int = Field(2, ge=1)
     # After a tenant's cancel, its profiles (every version) are deleted this much later.
     profile_retention_s: float = Field(30 * 24 * 3600, ge=0)
     profile_sweep_interval_s: float = Field(300, gt=0)
