@@ -6,10 +6,14 @@ consumer (`amq.rabbitmq.reply-to`), so any number of requests are in flight at o
 """
 import asyncio
 import uuid
+from typing import TypeVar
 
 import aio_pika
 import aio_pika.exceptions
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic import BaseModel
+
+Reply = TypeVar("Reply", bound=BaseModel)
 
 
 class RpcTimeout(Exception):
@@ -29,6 +33,7 @@ class RpcClient:
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._pending: dict[str, asyncio.Future] = {}
         self._ready = asyncio.Lock()
+        self._connecting = asyncio.Lock()
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self.url)
@@ -41,6 +46,14 @@ class RpcClient:
         # Direct reply-to: consume in no-ack mode on the pseudo-queue before publishing.
         queue = await self._channel.get_queue(self.REPLY_TO, ensure=False)
         await queue.consume(self._on_reply, no_ack=True)
+
+    async def ask(self, queue: str, request: BaseModel, reply: type[Reply], *, timeout: float) -> Reply:
+        """`request` as JSON to `queue`, its answer parsed as `reply`; connects on first use."""
+        if self._connection is None:
+            async with self._connecting:
+                if self._connection is None:
+                    await self.connect()
+        return reply.model_validate_json(await self.call(queue, request.model_dump_json().encode(), timeout=timeout))
 
     def _reconnected(self, *_) -> None:
         # The restored channel's direct reply-to consumer does not survive a broker restart
@@ -88,5 +101,6 @@ class RpcClient:
 
     async def close(self) -> None:
         self._fail_pending("closing")
-        if self._connection is not None:
-            await self._connection.close()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()

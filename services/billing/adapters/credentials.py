@@ -2,7 +2,6 @@
 
 billing holds no API keys or sign-ins: sessions verifies them (see services/sessions/credentials_rpc.py).
 """
-import asyncio
 from typing import Protocol
 from uuid import UUID
 
@@ -22,20 +21,12 @@ class CredentialsClient:
     def __init__(self, url: str, *, timeout_s: float):
         self.rpc = RpcClient(url)
         self.timeout_s = timeout_s
-        self._connected = False
-        self._lock = asyncio.Lock()
 
     async def tenant_for(self, credential: str) -> UUID | None:
         """The tenant this API key or dashboard sign-in belongs to; None if it is no live credential."""
         try:
-            if not self._connected:
-                async with self._lock:
-                    if not self._connected:
-                        await self.rpc.connect()
-                        self._connected = True
-            body = CredentialRequest(credential=credential).model_dump_json().encode()
-            reply = CredentialReply.model_validate_json(
-                await self.rpc.call(CREDENTIALS_QUEUE, body, timeout=self.timeout_s))
+            reply = await self.rpc.ask(CREDENTIALS_QUEUE, CredentialRequest(credential=credential), CredentialReply,
+                                       timeout=self.timeout_s)
         except Exception as exc:
             raise CredentialsUnavailable(type(exc).__name__) from None
         if reply.error == "unknown":
@@ -45,5 +36,4 @@ class CredentialsClient:
         return reply.tenant_id
 
     async def close(self) -> None:
-        if self._connected:
-            await self.rpc.close()
+        await self.rpc.close()

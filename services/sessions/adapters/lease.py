@@ -1,11 +1,9 @@
 """Lease a browser from warm_pool over the lease RPC queue."""
-import asyncio
 import time
 from uuid import UUID
 
-
-from shared.messages import LEASE_QUEUE, LeaseReply, LeaseRequest
 from services.sessions.metrics import LEASE_SECONDS
+from shared.messages import LEASE_QUEUE, LeaseReply, LeaseRequest
 from shared.rpc import RpcClient
 
 
@@ -13,25 +11,14 @@ class LeaseClient:
     def __init__(self, url: str, *, timeout_s: float):
         self.rpc = RpcClient(url)
         self.timeout_s = timeout_s
-        self._connected = False
-        self._lock = asyncio.Lock()
-
-    async def _ensure(self) -> None:
-        if not self._connected:
-            async with self._lock:
-                if not self._connected:
-                    await self.rpc.connect()
-                    self._connected = True
 
     async def __call__(self, tenant_id: UUID, session_id: UUID, *, isolation: str = "browser",
                        profile_id: UUID | None = None, persist: bool = False) -> LeaseReply:
         started, outcome = time.perf_counter(), "error"
         try:
-            await self._ensure()
-            body = LeaseRequest(tenant_id=tenant_id, session_id=session_id,
-                                isolation=isolation, profile_id=profile_id,
-                                persist=persist).model_dump_json().encode()
-            reply = LeaseReply.model_validate_json(await self.rpc.call(LEASE_QUEUE, body, timeout=self.timeout_s))
+            request = LeaseRequest(tenant_id=tenant_id, session_id=session_id, isolation=isolation,
+                                   profile_id=profile_id, persist=persist)
+            reply = await self.rpc.ask(LEASE_QUEUE, request, LeaseReply, timeout=self.timeout_s)
             outcome = "ok" if reply.ok else (reply.error or "error")
             return reply
         except Exception as exc:
@@ -41,5 +28,4 @@ class LeaseClient:
             LEASE_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
     async def close(self) -> None:
-        if self._connected:
-            await self.rpc.close()
+        await self.rpc.close()

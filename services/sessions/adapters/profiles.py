@@ -1,5 +1,4 @@
 """The public profile API's operations, asked of warm_pool (which owns profiles) over request/reply."""
-import asyncio
 from uuid import UUID
 
 from shared.http import APIError
@@ -16,22 +15,12 @@ class ProfilesClient:
     def __init__(self, url: str, *, timeout_s: float):
         self.rpc = RpcClient(url)
         self.timeout_s = timeout_s
-        self._connected = False
-        self._lock = asyncio.Lock()
-
-    async def _ensure(self) -> None:
-        if not self._connected:
-            async with self._lock:
-                if not self._connected:
-                    await self.rpc.connect()
-                    self._connected = True
 
     async def __call__(self, op: str, tenant_id: UUID, **fields) -> ProfileReply:
         """The reply of a successful operation; an APIError in the error shape otherwise."""
-        body = ProfileRequest(op=op, tenant_id=tenant_id, **fields).model_dump_json().encode()
+        request = ProfileRequest(op=op, tenant_id=tenant_id, **fields)
         try:
-            await self._ensure()
-            reply = ProfileReply.model_validate_json(await self.rpc.call(PROFILES_QUEUE, body, timeout=self.timeout_s))
+            reply = await self.rpc.ask(PROFILES_QUEUE, request, ProfileReply, timeout=self.timeout_s)
         except (RpcTimeout, RpcUnroutable, OSError, ConnectionError):
             raise APIError(503, "unavailable", "the profile store did not answer, retry later") from None
         if not reply.ok:
@@ -40,5 +29,4 @@ class ProfilesClient:
         return reply
 
     async def close(self) -> None:
-        if self._connected:
-            await self.rpc.close()
+        await self.rpc.close()
