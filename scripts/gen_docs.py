@@ -37,14 +37,14 @@ def _with_dlq(app):
 
 
 def sessions_app():
-    from services.sessions import handlers, http
+    from services.sessions import http
+    from services.sessions.api_keys import ApiKeys
     from services.sessions.gateway import Relays
     from services.sessions.settings import SessionsSettings
 
     settings = SessionsSettings(_env_file=None)
-    runtime = SimpleNamespace(ready=_ready, pool=None)
-    return _with_dlq(http.create_app(runtime=runtime, settings=settings, lease=None,
-                                     api_keys=handlers.ApiKeys(None, ttl_s=1), relays=Relays()))
+    return _with_dlq(http.create_app(ready=_ready, uow=None, settings=settings, lease=None,
+                                     api_keys=ApiKeys(None, ttl_s=1), relays=Relays()))
 
 
 def billing_app():

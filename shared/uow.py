@@ -33,8 +33,9 @@ class PostgresUnitOfWork:
         self.db = db
 
     @asynccontextmanager
-    async def begin(self):
-        async with transaction(self.db) as conn:
+    async def begin(self, *, flush: bool = True):
+        """`flush=False`: see shared.db.transaction (only when a later flushed commit covers it)."""
+        async with transaction(self.db, flush=flush) as conn:
             yield self.tx(conn)
 
     @asynccontextmanager

@@ -3,35 +3,37 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from services.sessions import credentials_rpc, handlers, http, subscribers
+from services.sessions import credentials_rpc, ending, http, subscribers
+from services.sessions.api_keys import ApiKeys
 from services.sessions.adapters.lease import LeaseClient
 from services.sessions.adapters.downloads import DownloadsClient
 from services.sessions.adapters.profiles import ProfilesClient
 from services.sessions.dashboard import routes as dashboard
 from services.sessions.gateway import RedactTokens, Relays, ServerProtocol
 from services.sessions.settings import SessionsSettings
+from services.sessions.uow import PostgresUnitOfWork
 from shared.service import Runtime, run, serve
 
 
 async def build(runtime: Runtime):
     settings: SessionsSettings = runtime.settings
-    relays = Relays()
+    relays, uow = Relays(), PostgresUnitOfWork(runtime.pool)
     for name in ("uvicorn.error", "uvicorn.access", "websockets"):
         logging.getLogger(name).addFilter(RedactTokens())
     lease = LeaseClient(settings.rabbitmq_url, timeout_s=settings.lease_timeout_s)
-    api_keys = handlers.ApiKeys(runtime.pool, ttl_s=settings.api_key_cache_s)
-    subscribers.register(runtime, relays=relays)
+    api_keys = ApiKeys(uow, ttl_s=settings.api_key_cache_s)
+    subscribers.register(runtime, uow=uow, relays=relays)
     credentials_rpc.register(runtime, auth=dashboard.auth(api_keys, settings))  # billing asks whose key
-    reap = partial(handlers.reap, pool=runtime.pool, plans_file=settings.plans_file, ended=relays.end,
+    reap = partial(ending.reap, uow=uow, plans_file=settings.plans_file, ended=relays.end,
                    disconnect_grace_s=settings.disconnect_grace_s,
                    stuck_after_s=settings.lease_timeout_s + 10)
 
     async def reaper() -> None:
         await reap()
-        await handlers.refresh_running_gauge(pool=runtime.pool)
+        await ending.refresh_running_gauge(uow=uow)
 
     runtime.every(settings.reaper_interval_s, reaper)
-    runtime.every(1, partial(relays.flush, runtime.pool))  # sessions' last activity, for idle timeouts
+    runtime.every(1, partial(relays.flush, uow))  # sessions' last activity, for idle timeouts
     # The cap is checked on frame headers. No permessage-deflate: a few KiB on the wire would
     # inflate to the cap in memory before being refused (and compressing costs the relay CPU).
     runtime.server_options.update(ws=ServerProtocol, ws_max_size=settings.max_cdp_message_bytes,
@@ -41,7 +43,7 @@ async def build(runtime: Runtime):
     runtime.on_stop(profiles.close)
     downloads = DownloadsClient(settings.rabbitmq_url, timeout_s=settings.lease_timeout_s)
     runtime.on_stop(downloads.close)
-    return http.create_app(runtime=runtime, settings=settings, lease=lease, api_keys=api_keys, relays=relays,
+    return http.create_app(ready=runtime.ready, uow=uow, settings=settings, lease=lease, api_keys=api_keys, relays=relays,
                            profiles=profiles, downloads=downloads)
 
 

@@ -11,6 +11,7 @@ from uuid import UUID
 from faststream import AckPolicy
 from faststream.rabbit import RabbitQueue
 
+from services.sessions.domain import NotFound, Refused
 from shared.http import APIError
 from shared.messages import CREDENTIALS_QUEUE, CredentialReply, CredentialRequest
 from shared.service import Runtime
@@ -31,10 +32,13 @@ def credentials_queue() -> RabbitQueue:
 async def verify(request: CredentialRequest, *, auth: Credentials) -> CredentialReply:
     try:
         return CredentialReply(tenant_id=await auth.tenant_for(request.credential))
-    except APIError as exc:
-        if exc.status == 401:
+    except Refused as exc:
+        if exc.code == "unauthorized":
             return CredentialReply(error="unknown")
-        log.warning("credential check refused", extra={"status": exc.status, "code": exc.code})
+        log.warning("credential check refused", extra={"code": exc.code})
+        return CredentialReply(error="error")
+    except (APIError, NotFound) as exc:  # throttled (shared.http's 429)
+        log.warning("credential check refused", extra={"error": type(exc).__name__})
         return CredentialReply(error="error")
     except Exception:  # never log the request: it is a credential
         log.exception("credential check failed")

@@ -59,24 +59,40 @@ def request_fingerprint(body: dict) -> bytes:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).digest()
 
 
-@dataclass(frozen=True)
-class Refusal:
-    status: int
-    code: str
-    message: str
-    retry_after_s: int | None = None
+class NotFound(Exception):
+    """Not there, or not the caller's: the two look the same to the caller."""
+
+
+class Refused(Exception):
+    """Not done, for a reason the caller is told: `code` as in the error shape (http.py maps each
+    code to its status), `retry_after` seconds when a retry may succeed."""
+
+    def __init__(self, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.retry_after = code, message, retry_after
 
 
 def refuse_admission(*, status: str | None, provisioned: bool, live_sessions: int,
-                     max_concurrent: int) -> Refusal | None:
+                     max_concurrent: int) -> Refused | None:
     """Why a tenant may not start a session now (credits are checked by the atomic debit)."""
     if status != "active":
-        return Refusal(403, "subscription_inactive", "the subscription is not active")
+        return Refused("subscription_inactive", "the subscription is not active")
     if not provisioned:
-        return Refusal(403, "subscription_inactive", "the tenant is still being provisioned, retry shortly")
+        return Refused("subscription_inactive", "the tenant is still being provisioned, retry shortly")
     if live_sessions >= max_concurrent:
-        return Refusal(429, "concurrency_limit", f"at most {max_concurrent} concurrent sessions on this plan",
-                       retry_after_s=5)
+        return Refused("concurrency_limit", f"at most {max_concurrent} concurrent sessions on this plan",
+                       retry_after=5)
+    return None
+
+
+def profile_refusal(lease_error: str) -> Exception | None:
+    """What the caller is told when the lease refused the profile named (the credit is refunded)."""
+    if lease_error == "profile_not_found":
+        return NotFound("profile not found")
+    if lease_error == "profile_in_use":
+        return Refused("profile_in_use", "another persisting session of this profile is running")
+    if lease_error == "profiles_unavailable":
+        return Refused("profiles_unavailable", "profiles are not available on this deployment")
     return None
 
 

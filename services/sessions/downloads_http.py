@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from services.sessions import handlers
+from services.sessions import views
 from shared.http import APIError, error_responses
 from shared.messages import DOWNLOAD_CHUNK_BYTES
 
@@ -42,14 +42,14 @@ async def unavailable(*_, **__):
     raise APIError(503, "unavailable", "downloads are not available on this deployment")
 
 
-def router(*, pool, downloads, tenant: Callable[..., Awaitable[UUID]]) -> APIRouter:
+def router(*, uow, downloads, tenant: Callable[..., Awaitable[UUID]]) -> APIRouter:
     r = APIRouter(tags=["sessions"])
 
     @r.get("/v1/sessions/{session_id}/downloads", response_model=DownloadList, responses=error_responses(404, 503))
     async def list_downloads(session_id: UUID, tenant_id: UUID = Depends(tenant)):
         """The files the session's browser downloaded. They are collected when the session ends
         (until then the list is empty) and kept `DOWNLOADS_RETENTION_S` (24 h) after that."""
-        await handlers.get_session(pool=pool, tenant_id=tenant_id, session_id=session_id)  # 404: not the tenant's
+        await views.get_session(uow=uow, tenant_id=tenant_id, session_id=session_id)  # 404: not the tenant's
         reply = await downloads("list", tenant_id, session_id)
         return {"data": [f.model_dump(mode="json") for f in reply.files or []]}
 
@@ -59,7 +59,7 @@ def router(*, pool, downloads, tenant: Callable[..., Awaitable[UUID]]) -> APIRou
         """One of them, by its exact listed name (anything else is a 404)."""
         if not plain_name(name):
             raise APIError(404, "not_found", "download not found")
-        await handlers.get_session(pool=pool, tenant_id=tenant_id, session_id=session_id)
+        await views.get_session(uow=uow, tenant_id=tenant_id, session_id=session_id)
         first = await downloads("read", tenant_id, session_id, name=name, offset=0, length=DOWNLOAD_CHUNK_BYTES)
         size = first.size_bytes or 0
 

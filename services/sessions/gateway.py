@@ -26,16 +26,16 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 from uuid import UUID
 
-import asyncpg
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from services.sessions import confine, domain, downloads_guard, repository as repo
+from services.sessions import confine, domain, downloads_guard
 from services.sessions.adapters import cdp
 from services.sessions.metrics import RELAYED_BYTES, RELAYED_FRAMES, RELAYS_OPEN
+from services.sessions.ports import UnitOfWork
 from shared.http import error_response
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,11 @@ class Relays:
     def touch(self, session_id: UUID) -> None:
         self._active.add(session_id)
 
-    async def flush(self, pool: asyncpg.Pool) -> None:
+    async def flush(self, uow: UnitOfWork) -> None:
         if self._active:
             ids, self._active = list(self._active), set()
-            async with pool.acquire() as conn:
-                await repo.touch_sessions(conn, session_ids=ids)
+            async with uow.connect() as tx:
+                await tx.repo.touch_sessions(session_ids=ids)
 
 
 @dataclass(frozen=True)
@@ -126,39 +126,39 @@ class Limits:
     max_relays: int
 
 
-async def serve(ws: WebSocket, *, session_id: UUID, token: str | None, pool: asyncpg.Pool,
+async def serve(ws: WebSocket, *, session_id: UUID, token: str | None, uow: UnitOfWork,
                 relays: Relays, limits: Limits, end_session: EndSession) -> None:
-    async with pool.acquire() as conn:
-        row = await repo.get_session(conn, session_id=session_id)
+    async with uow.connect() as tx:
+        row = await tx.repo.get_session(session_id=session_id)
     if (row is None or not token or not domain.secret_matches(token, row["token_hash"])
             or row["status"] != "running"):
         await ws.close(code=1008)  # before accept: the handshake is refused with 403
         return
-    await _registered(ws, row, pool=pool, relays=relays, limits=limits, end_session=end_session)
+    await _registered(ws, row, uow=uow, relays=relays, limits=limits, end_session=end_session)
 
 
-async def serve_created(ws: WebSocket, *, session_id: UUID, pool: asyncpg.Pool, relays: Relays, limits: Limits,
+async def serve_created(ws: WebSocket, *, session_id: UUID, uow: UnitOfWork, relays: Relays, limits: Limits,
                         end_session: EndSession) -> None:
     """The relay of a session /v1/connect has just created (or replayed, by its Idempotency-Key)."""
-    async with pool.acquire() as conn:
-        row = await repo.get_session(conn, session_id=session_id)
+    async with uow.connect() as tx:
+        row = await tx.repo.get_session(session_id=session_id)
     if row is None or row["status"] != "running":
         await ws.send_denial_response(error_response(409, "session_ended", "the session of this "
                                                      "Idempotency-Key is not running any more"))
         return
-    await _registered(ws, row, pool=pool, relays=relays, limits=limits, end_session=end_session)
+    await _registered(ws, row, uow=uow, relays=relays, limits=limits, end_session=end_session)
 
 
-async def _registered(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limits: Limits,
+async def _registered(ws: WebSocket, row, *, uow: UnitOfWork, relays: Relays, limits: Limits,
                       end_session: EndSession) -> None:
     ended = relays.add(row["id"])  # before counting in: an end from now on is heard
     try:
-        await _relay(ws, row, pool=pool, relays=relays, limits=limits, ended=ended, end_session=end_session)
+        await _relay(ws, row, uow=uow, relays=relays, limits=limits, ended=ended, end_session=end_session)
     finally:
         relays.remove(row["id"], ended)
 
 
-async def _relay(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limits: Limits,
+async def _relay(ws: WebSocket, row, *, uow: UnitOfWork, relays: Relays, limits: Limits,
                  ended: asyncio.Future, end_session: EndSession) -> None:
     session_id = row["id"]
     confinement = None
@@ -170,7 +170,7 @@ async def _relay(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limi
     # Counting in is a write (it enforces the relay cap across replicas), connecting is a round
     # trip to the browser: side by side, the handshake waits for the slower one only.
     counted, upstream = await asyncio.gather(
-        _count_in(pool, session_id, limits.max_relays),
+        _count_in(uow, session_id, limits.max_relays),
         cdp.connect(row["browser_ws_url"], max_size=limits.max_message_bytes), return_exceptions=True)
     tasks = []
     try:
@@ -229,13 +229,13 @@ async def _relay(ws: WebSocket, row, *, pool: asyncpg.Pool, relays: Relays, limi
                     await upstream.send(frame)  # the contexts the client created go with its relay
                 await upstream.close()
         if counted == "ok":
-            async with pool.acquire() as conn:
-                await repo.client_disconnected(conn, session_id=session_id)
+            async with uow.connect() as tx:
+                await tx.repo.client_disconnected(session_id=session_id)
 
 
-async def _count_in(pool: asyncpg.Pool, session_id: UUID, max_relays: int) -> str:
-    async with pool.acquire() as conn:
-        return await repo.client_connected(conn, session_id=session_id, max_relays=max_relays)
+async def _count_in(uow: UnitOfWork, session_id: UUID, max_relays: int) -> str:
+    async with uow.connect() as tx:
+        return await tx.repo.client_connected(session_id=session_id, max_relays=max_relays)
 
 
 async def _client_to_browser(ws: WebSocket, upstream, session_id: UUID, relays: Relays, limits: Limits,

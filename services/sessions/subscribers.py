@@ -5,30 +5,24 @@ from uuid import uuid4
 from faststream.rabbit import RabbitQueue
 
 from services.sessions import handlers
-from services.sessions.dashboard import sign_ins
 from services.sessions.gateway import Relays
+from services.sessions.ports import UnitOfWork
 from shared.broker import events_exchange
 from shared.messages import (BrowserCrashed, PaymentVerified, ProfileSaved, SessionCompleted, SubscriptionChanged,
                              TenantDeprovisioned, TenantProvisioned)
 from shared.service import Runtime
 
 
-async def _subscription_changed(event: SubscriptionChanged, **ports) -> None:
-    await handlers.subscription_changed(event, **ports)
-    if event.status == "canceled":  # after the inbox has it; ending sign-ins again is harmless
-        await sign_ins.subscription_canceled(pool=ports["pool"], tenant_id=event.tenant_id)
-
-
-def register(runtime: Runtime, *, relays: Relays) -> None:
-    pool, plans_file = runtime.pool, runtime.settings.plans_file
-    runtime.consumers.on(PaymentVerified, partial(handlers.payment_verified, pool=pool))
-    runtime.consumers.on(TenantProvisioned, partial(handlers.tenant_provisioned, pool=pool))
-    runtime.consumers.on(TenantDeprovisioned, partial(handlers.tenant_deprovisioned, pool=pool))
-    runtime.consumers.on(SubscriptionChanged, partial(_subscription_changed, pool=pool, plans_file=plans_file,
+def register(runtime: Runtime, *, uow: UnitOfWork, relays: Relays) -> None:
+    plans_file = runtime.settings.plans_file
+    runtime.consumers.on(PaymentVerified, partial(handlers.payment_verified, uow=uow))
+    runtime.consumers.on(TenantProvisioned, partial(handlers.tenant_provisioned, uow=uow))
+    runtime.consumers.on(TenantDeprovisioned, partial(handlers.tenant_deprovisioned, uow=uow))
+    runtime.consumers.on(SubscriptionChanged, partial(handlers.subscription_changed, uow=uow, plans_file=plans_file,
                                                       ended=relays.end))
-    runtime.consumers.on(BrowserCrashed, partial(handlers.browser_crashed, pool=pool, plans_file=plans_file,
+    runtime.consumers.on(BrowserCrashed, partial(handlers.browser_crashed, uow=uow, plans_file=plans_file,
                                                  ended=relays.end))
-    runtime.consumers.on(ProfileSaved, partial(handlers.profile_saved, pool=pool))
+    runtime.consumers.on(ProfileSaved, partial(handlers.profile_saved, uow=uow))
 
     # Every replica hears every session end on a queue of its own, so the one holding a
     # session's websocket closes it, whichever replica ended the session.

@@ -83,6 +83,13 @@ def test_admission_needs_an_active_provisioned_tenant_under_its_limit():
     assert domain.refuse_admission(**ok) is None
     for status in ("past_due", "canceled", None):
         assert domain.refuse_admission(**{**ok, "status": status}).code == "subscription_inactive"
-    assert domain.refuse_admission(**{**ok, "provisioned": False}).status == 403
+    assert domain.refuse_admission(**{**ok, "provisioned": False}).code == "subscription_inactive"
     busy = domain.refuse_admission(**{**ok, "live_sessions": 2})
-    assert (busy.status, busy.code, busy.retry_after_s) == (429, "concurrency_limit", 5)
+    assert (busy.code, busy.retry_after) == ("concurrency_limit", 5)
+
+
+def test_a_lease_refusing_the_profile_is_told_as_a_missing_profile_or_a_refusal():
+    assert isinstance(domain.profile_refusal("profile_not_found"), domain.NotFound)
+    assert domain.profile_refusal("profile_in_use").code == "profile_in_use"
+    assert domain.profile_refusal("profiles_unavailable").code == "profiles_unavailable"
+    assert domain.profile_refusal("no_capacity") is None

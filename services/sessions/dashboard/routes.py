@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.sessions import handlers as sessions_handlers
+from services.sessions import api_keys
 from services.sessions.dashboard import domain, handlers, sign_ins
 from shared import http
 from shared.http import error_responses
@@ -91,9 +91,9 @@ class SignInList(BaseModel):
     data: list[SignInOut]
 
 
-def auth(api_keys: sessions_handlers.ApiKeys, settings=None) -> sign_ins.DashboardAuth:
+def auth(keys: api_keys.ApiKeys, settings=None) -> sign_ins.DashboardAuth:
     """API-key auth that also accepts dashboard sign-ins; use it for every customer route."""
-    return sign_ins.DashboardAuth(api_keys)
+    return sign_ins.DashboardAuth(keys)
 
 
 @lru_cache(maxsize=32)
@@ -114,7 +114,7 @@ def render(page: str, public_url: str) -> str:
     return text
 
 
-def router(*, pool, settings, auth: sign_ins.DashboardAuth) -> APIRouter:
+def router(*, uow, settings, auth: sign_ins.DashboardAuth) -> APIRouter:
     api = APIRouter()
     bearer = HTTPBearer(auto_error=False)
 
@@ -156,69 +156,69 @@ def router(*, pool, settings, auth: sign_ins.DashboardAuth) -> APIRouter:
     @api.get("/v1/usage/daily", response_model=DailyUsage, responses=error_responses(), tags=["usage"])
     async def usage_daily(tenant_id: UUID = Depends(tenant)):
         """Sessions and minutes per UTC day this period, and the bill so far."""
-        return await handlers.usage_daily(pool=pool, tenant_id=tenant_id)
+        return await handlers.usage_daily(uow=uow, tenant_id=tenant_id)
 
     @api.get("/v1/api-keys", response_model=ApiKeyList, responses=error_responses(), tags=["api-keys"])
     async def list_api_keys(tenant_id: UUID = Depends(tenant), token: str | None = Depends(credential)):
         """This tenant's API keys, without their secrets."""
-        return await handlers.list_api_keys(pool=pool, tenant_id=tenant_id, credential=token)
+        return await handlers.list_api_keys(uow=uow, tenant_id=tenant_id, credential=token)
 
     @api.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated, responses=error_responses(409),
               tags=["api-keys"])
     async def create_api_key(tenant_id: UUID = Depends(tenant)):
         """A new key; its secret is in this answer only. At most `MAX_API_KEYS_PER_TENANT` (25) live
         keys per tenant: past that, 409 `api_key_limit`."""
-        return await sessions_handlers.create_api_key(pool=pool, tenant_id=tenant_id,
-                                                      max_live=settings.max_api_keys_per_tenant)
+        return await api_keys.create_api_key(uow=uow, tenant_id=tenant_id,
+                                              max_live=settings.max_api_keys_per_tenant)
 
     @api.delete("/v1/api-keys/{key_id}", status_code=204, responses=error_responses(404), tags=["api-keys"])
     async def revoke_api_key(key_id: UUID, tenant_id: UUID = Depends(tenant)):
-        await handlers.revoke_api_key(pool=pool, auth=auth, tenant_id=tenant_id, key_id=key_id)
+        await handlers.revoke_api_key(uow=uow, auth=auth, tenant_id=tenant_id, key_id=key_id)
         return Response(status_code=204)
 
     @api.post("/v1/admin/tenants/{tenant_id}/dashboard-links", status_code=201, response_model=Link,
               responses=error_responses(404), dependencies=[Depends(admin)], tags=["admin"])
     async def mint_dashboard_link(tenant_id: UUID, body: LinkRequest | None = None):
         """A dashboard sign-in link for this tenant: it works once, within `ttl_s` seconds (default 15 minutes)."""
-        return await sign_ins.mint_link(pool=pool, tenant_id=tenant_id, public_url=settings.public_url,
+        return await sign_ins.mint_link(uow=uow, tenant_id=tenant_id, public_url=settings.public_url,
                                         ttl_s=(body or LinkRequest()).ttl_s)
 
     @api.get("/v1/admin/tenants/{tenant_id}/sign-ins", response_model=SignInList, responses=error_responses(404),
              dependencies=[Depends(admin)], tags=["admin"])
     async def admin_list_sign_ins(tenant_id: UUID):
         """This tenant's live dashboard sign-ins."""
-        return await sign_ins.admin_list(pool=pool, tenant_id=tenant_id)
+        return await sign_ins.admin_list(uow=uow, tenant_id=tenant_id)
 
     @api.delete("/v1/admin/tenants/{tenant_id}/sign-ins", status_code=204, responses=error_responses(),
                 dependencies=[Depends(admin)], tags=["admin"])
     async def admin_end_sign_ins(tenant_id: UUID):
         """End every dashboard sign-in of this tenant, and void its unused links."""
-        await sign_ins.end_all(pool=pool, tenant_id=tenant_id, reason="revoked")
+        await sign_ins.end_all(uow=uow, tenant_id=tenant_id, reason="revoked")
         return Response(status_code=204)
 
     @api.post("/v1/dashboard/sign-ins", response_model=SignedIn, responses=error_responses(), tags=["dashboard"])
     async def sign_in(body: SignIn):
         """Exchange a dashboard link's token, once, for a sign-in credential (8 hours) used as a Bearer
         token. A used, expired or unknown link is a 401."""
-        return await sign_ins.exchange_link(pool=pool, link=body.link)
+        return await sign_ins.exchange_link(uow=uow, link=body.link)
 
     @api.get("/v1/dashboard/sign-ins", response_model=SignInList, responses=error_responses(), tags=["dashboard"])
     async def list_sign_ins(tenant_id: UUID = Depends(tenant), token: str | None = Depends(credential)):
         """This tenant's live dashboard sign-ins."""
-        return await sign_ins.list_sign_ins(pool=pool, tenant_id=tenant_id, credential=token)
+        return await sign_ins.list_sign_ins(uow=uow, tenant_id=tenant_id, credential=token)
 
     @api.delete("/v1/dashboard/sign-ins/current", status_code=204, responses=error_responses(404),
                 tags=["dashboard"])
     async def sign_out(tenant_id: UUID = Depends(tenant), token: str | None = Depends(credential)):
         """Sign out: end the sign-in this request is made with; it is a 401 from now on."""
-        await sign_ins.sign_out(pool=pool, tenant_id=tenant_id, credential=token)
+        await sign_ins.sign_out(uow=uow, tenant_id=tenant_id, credential=token)
         return Response(status_code=204)
 
     @api.delete("/v1/dashboard/sign-ins/{sign_in_id}", status_code=204, responses=error_responses(404),
                 tags=["dashboard"])
     async def revoke_sign_in(sign_in_id: UUID, tenant_id: UUID = Depends(tenant)):
         """End one of this tenant's sign-ins (another tenant's is a 404)."""
-        await sign_ins.revoke_sign_in(pool=pool, tenant_id=tenant_id, sign_in_id=sign_in_id)
+        await sign_ins.revoke_sign_in(uow=uow, tenant_id=tenant_id, sign_in_id=sign_in_id)
         return Response(status_code=204)
 
     return api
