@@ -39,7 +39,7 @@ def _with_dlq(app):
 def sessions_app():
     from services.sessions import http
     from services.sessions.api_keys import ApiKeys
-    from services.sessions.gateway import Relays
+    from services.sessions.relays import Relays
     from services.sessions.settings import SessionsSettings
 
     settings = SessionsSettings(_env_file=None)

@@ -9,7 +9,8 @@ from services.sessions.adapters.lease import LeaseClient
 from services.sessions.adapters.downloads import DownloadsClient
 from services.sessions.adapters.profiles import ProfilesClient
 from services.sessions.dashboard import routes as dashboard
-from services.sessions.gateway import RedactTokens, Relays, ServerProtocol
+from services.sessions.relays import Relays
+from services.sessions.ws_server import RedactTokens, ServerProtocol
 from services.sessions.settings import SessionsSettings
 from services.sessions.uow import PostgresUnitOfWork
 from shared.service import Runtime, run, serve

@@ -1,9 +1,8 @@
 """The CDP gateway: relays a client's websocket to its session's browser.
 
-Every relay registers here; when a session ends (on this replica, or on another one, learnt
-from `sessions.session_completed`), `end` closes each of its relays with a close code that
-says why. Relay traffic marks the session active; `flush` writes that to the database about
-once a second rather than per frame.
+Every relay registers in `relays.Relays`; when a session ends (on this replica, or on another
+one, learnt from `sessions.session_completed`), each of its relays closes with a close code that
+says why. Relay traffic marks the session active.
 
 Limits: a session has at most `max_relays` relays at once (counted in its row, so across
 replicas; the next handshake gets 429), and a message over `max_message_bytes` either way
@@ -20,22 +19,19 @@ own directory (`downloads_guard`, client → browser frames only).
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from urllib.parse import unquote
 from uuid import UUID
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 from uvicorn.protocols.utils import ClientDisconnected
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from services.sessions import confine, domain, downloads_guard
 from services.sessions.adapters import cdp
 from services.sessions.metrics import RELAYED_BYTES, RELAYED_FRAMES, RELAYS_OPEN
 from services.sessions.ports import UnitOfWork
+from services.sessions.relays import Limits, Relays
 from shared.http import error_response
 
 log = logging.getLogger(__name__)
@@ -44,86 +40,6 @@ _FRAMES_IN, _BYTES_IN = RELAYED_FRAMES.labels("to_browser"), RELAYED_BYTES.label
 _FRAMES_OUT, _BYTES_OUT = RELAYED_FRAMES.labels("to_client"), RELAYED_BYTES.labels("to_client")
 TOO_BIG, BROWSER_CLOSE = "too_big", "browser_close"
 EndSession = Callable[[UUID], Awaitable[None]]  # ends a session as its client asked (end_reason client)
-
-
-class RedactTokens(logging.Filter):
-    """Keeps secrets of URLs (the CDP `token`, /v1/connect's `api_key`) out of the server's
-    access and websocket logs. A name is compared percent-decoded, as the query is parsed:
-    `api%5Fkey=` authenticates too, so it must not be logged either."""
-    PARAM = re.compile(r"([?&;])([^=&;\s\"'?]+)=([^\s&;\"']*)")
-    SECRET = frozenset({"token", "api_key"})
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "=" in message:
-            redacted = self.PARAM.sub(self._redact, message)
-            if redacted != message:
-                record.msg, record.args = redacted, None
-        return True
-
-    def _redact(self, match: re.Match) -> str:
-        if unquote(match.group(2)).strip().lower() in self.SECRET:
-            return f"{match.group(1)}{match.group(2)}=[redacted]"
-        return match.group(0)
-
-
-class ServerProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O websocket protocol, except after refusing a message (1009, or any
-    protocol error): uvicorn closes the socket at once with the rest of that message unread,
-    so the kernel resets the connection and the client may never read the close frame. Here
-    the close frame is followed by a half-close, and what still arrives is read and discarded
-    (by the websockets parser) until the client closes, or the close timeout."""
-
-    def handle_parser_exception(self) -> None:
-        if self.close_sent:  # refused already: this is the rest of the message
-            return
-        close = self.conn.close_sent
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        if self.read_paused:
-            self.read_paused = False
-            self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
-
-
-class Relays:
-    def __init__(self):
-        self._ends: dict[UUID, set[asyncio.Future]] = {}
-        self._active: set[UUID] = set()
-
-    def add(self, session_id: UUID) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
-        self._ends.setdefault(session_id, set()).add(future)
-        return future
-
-    def remove(self, session_id: UUID, future: asyncio.Future) -> None:
-        futures = self._ends.get(session_id, set())
-        futures.discard(future)
-        if not futures:
-            self._ends.pop(session_id, None)
-
-    def end(self, session_id: UUID, reason: str) -> None:
-        for future in list(self._ends.get(session_id, ())):
-            if not future.done():
-                future.set_result(reason)
-
-    def touch(self, session_id: UUID) -> None:
-        self._active.add(session_id)
-
-    async def flush(self, uow: UnitOfWork) -> None:
-        if self._active:
-            ids, self._active = list(self._active), set()
-            async with uow.connect() as tx:
-                await tx.repo.touch_sessions(session_ids=ids)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_message_bytes: int
-    max_relays: int
 
 
 async def serve(ws: WebSocket, *, session_id: UUID, token: str | None, uow: UnitOfWork,

@@ -1,24 +1,25 @@
 """Public API, admin API keys, the CDP websocket and /v1/connect: parse, call a handler, shape the
 answer. The handlers' domain errors become HTTP answers here, and only here (`STATUS`)."""
 import logging
-from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
 from fastapi import Depends, FastAPI, Header, Query, Request, WebSocket
 from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from services.sessions import api_keys as keys, downloads_http, ending, gateway, profiles_http, views
 from services.sessions.create import CreateSession, create_session as create_handler
 from services.sessions.domain import NotFound, Refused
 from services.sessions.ports import UnitOfWork
+from services.sessions.relays import Limits, Relays
+from services.sessions.schemas import (AdminSessionList, AdminSessionOut, SessionCreated, SessionOut, SessionPage,
+                                       TenantList, TenantOut, Usage)
 from services.sessions.adapters import cdp
 from services.sessions.dashboard import routes as dashboard
 from shared import http
 from shared.http import APIError, error_response, error_responses
-from shared.money import Money
 
 log = logging.getLogger(__name__)
 CONNECT_OPTIONS = {"browser", "isolation", "timeout_s", "idle_timeout_s", "profile", "persist"}
@@ -38,83 +39,6 @@ def domain_error_response(exc: Exception):
     if isinstance(exc, APIError):
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     return None
-
-
-class SessionProfile(BaseModel):
-    id: UUID
-    persist: bool
-    # pending until the persisting session's end is saved; not_saved: read-only use, a crashed
-    # browser, or a deleted profile; failed: see message (the previous version is kept).
-    save: Literal["pending", "saved", "failed", "not_saved"]
-    message: str | None = None
-
-
-class SessionOut(BaseModel):
-    id: UUID
-    status: Literal["starting", "running", "completed", "failed"]
-    browser: str
-    isolation: Literal["browser", "context"]
-    warm: bool | None
-    keep_alive: bool
-    timeout_s: int
-    idle_timeout_s: int
-    created_at: datetime
-    started_at: datetime | None
-    expires_at: datetime | None
-    ended_at: datetime | None
-    duration_ms: int | None
-    cost: Money | None
-    end_reason: str | None
-    profile: SessionProfile | None = None
-
-
-class SessionCreated(SessionOut):
-    cdp_url: str
-    remaining_credits: int
-
-
-class SessionPage(BaseModel):
-    data: list[SessionOut]
-    next_cursor: str | None
-
-
-class Usage(BaseModel):
-    plan: str
-    status: str
-    period_start: datetime | None
-    period_end: datetime | None
-    credits_granted: int
-    credits_used: int
-    credits_remaining: int
-    sessions_running: int
-
-
-class TenantOut(BaseModel):
-    tenant_id: UUID
-    plan: str
-    status: str
-    provisioned: bool
-    max_concurrent_sessions: int
-    max_session_seconds: int
-    period_start: datetime | None
-    period_end: datetime | None
-    credits_granted: int
-    credits_used: int
-    credits_remaining: int
-    sessions_running: int
-    api_keys: int
-
-
-class TenantList(BaseModel):
-    data: list[TenantOut]
-
-
-class AdminSessionOut(SessionOut):
-    tenant_id: UUID
-
-
-class AdminSessionList(BaseModel):
-    data: list[AdminSessionOut]
 
 
 DESCRIPTION = """Create remote headless browser sessions and drive them over CDP.
@@ -155,7 +79,7 @@ while one runs → 409 `profile_in_use` (read-only uses run beside it); a profil
 or none, → 404 `not_found`; both refund the credit."""
 
 
-def create_app(*, ready, uow: UnitOfWork, settings, lease, api_keys: keys.ApiKeys, relays: gateway.Relays,
+def create_app(*, ready, uow: UnitOfWork, settings, lease, api_keys: keys.ApiKeys, relays: Relays,
                profiles=None, downloads=None) -> FastAPI:
     app = FastAPI(title="browserfleet sessions", version="1", description=DESCRIPTION)
     http.install(app, ready=ready, settings=settings)
@@ -272,7 +196,7 @@ def create_app(*, ready, uow: UnitOfWork, settings, lease, api_keys: keys.ApiKey
     async def usage(tenant_id: UUID = Depends(tenant)):
         return await views.usage(uow=uow, tenant_id=tenant_id)
 
-    relay_limits = gateway.Limits(max_message_bytes=settings.max_cdp_message_bytes,
+    relay_limits = Limits(max_message_bytes=settings.max_cdp_message_bytes,
                                   max_relays=settings.max_relays_per_session)
 
     @app.websocket("/v1/sessions/{session_id}/cdp")

@@ -1,6 +1,6 @@
 """The ports of sessions' handlers: the unit of work (Postgres in uow.py, a fake in
 tests/fakes/sessions.py), `Lease` (ask warm_pool for a browser: adapters/lease.LeaseClient) and
-`Ended` (close this replica's relays of a session that just ended: gateway.Relays.end)."""
+`Ended` (close this replica's relays of a session that just ended: relays.Relays.end)."""
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 from uuid import UUID

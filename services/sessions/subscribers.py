@@ -5,7 +5,7 @@ from uuid import uuid4
 from faststream.rabbit import RabbitQueue
 
 from services.sessions import handlers
-from services.sessions.gateway import Relays
+from services.sessions.relays import Relays
 from services.sessions.ports import UnitOfWork
 from shared.broker import events_exchange
 from shared.messages import (BrowserCrashed, PaymentVerified, ProfileSaved, SessionCompleted, SubscriptionChanged,

@@ -3,7 +3,7 @@ from pathlib import Path
 from uuid import uuid4
 
 from services.sessions import domain
-from services.sessions.gateway import RedactTokens
+from services.sessions.ws_server import RedactTokens
 
 
 def test_secrets_are_stored_as_hashes_and_checked():
