@@ -6,10 +6,8 @@ from uuid import UUID, uuid4
 
 import stripe
 
-from services.billing.adapters.credentials import Credentials, CredentialsUnavailable
-from services.billing.adapters.stripe import StripeAPI
 from services.billing.domain import Refused
-from services.billing.ports import UnitOfWork
+from services.billing.ports import Credentials, CredentialsUnavailable, StripeAPI, UnitOfWork
 from shared.plans import Plan
 
 

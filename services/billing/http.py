@@ -10,10 +10,8 @@ from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
 from services.billing import checkout, handlers, metrics, views
-from services.billing.adapters.credentials import Credentials
-from services.billing.adapters.stripe import StripeAPI
 from services.billing.domain import NotFound, Refused
-from services.billing.ports import UnitOfWork
+from services.billing.ports import Credentials, StripeAPI, UnitOfWork
 from services.billing.settings import BillingSettings
 from services.billing.workers import StripeEventWorker
 from shared import http

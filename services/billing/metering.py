@@ -2,8 +2,7 @@
 import logging
 
 from services.billing import domain, metrics
-from services.billing.adapters.stripe import StripeAPI
-from services.billing.ports import UnitOfWork
+from services.billing.ports import StripeAPI, UnitOfWork
 
 log = logging.getLogger(__name__)
 

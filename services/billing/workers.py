@@ -5,8 +5,7 @@ import asyncio
 import logging
 
 from services.billing import handlers, metering
-from services.billing.adapters.stripe import StripeAPI
-from services.billing.ports import UnitOfWork
+from services.billing.ports import StripeAPI, UnitOfWork
 from shared.plans import Plan
 
 log = logging.getLogger(__name__)

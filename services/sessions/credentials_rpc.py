@@ -5,13 +5,12 @@ sends the caller's bearer credential here and is told the tenant (or that it is 
 answer comes from the same verification (and cache) as the sessions API itself.
 """
 import logging
-from typing import Protocol
-from uuid import UUID
 
 from faststream import AckPolicy
 from faststream.rabbit import RabbitQueue
 
 from services.sessions.domain import NotFound, Refused
+from services.sessions.ports import Credentials
 from shared.http import APIError
 from shared.messages import CREDENTIALS_QUEUE, CredentialReply, CredentialRequest
 from shared.service import Runtime
@@ -19,10 +18,6 @@ from shared.service import Runtime
 log = logging.getLogger(__name__)
 # A request nobody answered within this long is stale: its caller has given up.
 REQUEST_TTL_MS = 10_000
-
-
-class Credentials(Protocol):
-    async def tenant_for(self, credential: str | None) -> UUID: ...
 
 
 def credentials_queue() -> RabbitQueue:

@@ -10,7 +10,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from services.sessions import views
-from shared.http import APIError, error_responses
+from services.sessions.domain import NotFound, Refused
+from shared.http import error_responses
 from shared.messages import DOWNLOAD_CHUNK_BYTES
 
 MAX_NAME_BYTES = 255
@@ -39,7 +40,7 @@ def content_disposition(name: str) -> str:
 
 
 async def unavailable(*_, **__):
-    raise APIError(503, "unavailable", "downloads are not available on this deployment")
+    raise Refused("unavailable", "downloads are not available on this deployment")
 
 
 def router(*, uow, downloads, tenant: Callable[..., Awaitable[UUID]]) -> APIRouter:
@@ -58,7 +59,7 @@ def router(*, uow, downloads, tenant: Callable[..., Awaitable[UUID]]) -> APIRout
     async def get_download(session_id: UUID, name: str, tenant_id: UUID = Depends(tenant)):
         """One of them, by its exact listed name (anything else is a 404)."""
         if not plain_name(name):
-            raise APIError(404, "not_found", "download not found")
+            raise NotFound("download not found")
         await views.get_session(uow=uow, tenant_id=tenant_id, session_id=session_id)
         first = await downloads("read", tenant_id, session_id, name=name, offset=0, length=DOWNLOAD_CHUNK_BYTES)
         size = first.size_bytes or 0

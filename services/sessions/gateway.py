@@ -19,7 +19,6 @@ own directory (`downloads_guard`, client → browser frames only).
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from fastapi import WebSocket
@@ -30,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from services.sessions import confine, domain, downloads_guard
 from services.sessions.adapters import cdp
 from services.sessions.metrics import RELAYED_BYTES, RELAYED_FRAMES, RELAYS_OPEN
-from services.sessions.ports import UnitOfWork
+from services.sessions.ports import EndSession, UnitOfWork
 from services.sessions.relays import Limits, Relays
 from shared.http import error_response
 
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 _FRAMES_IN, _BYTES_IN = RELAYED_FRAMES.labels("to_browser"), RELAYED_BYTES.labels("to_browser")
 _FRAMES_OUT, _BYTES_OUT = RELAYED_FRAMES.labels("to_client"), RELAYED_BYTES.labels("to_client")
 TOO_BIG, BROWSER_CLOSE = "too_big", "browser_close"
-EndSession = Callable[[UUID], Awaitable[None]]  # ends a session as its client asked (end_reason client)
 
 
 async def serve(ws: WebSocket, *, session_id: UUID, token: str | None, uow: UnitOfWork,

@@ -26,7 +26,7 @@ CONNECT_OPTIONS = {"browser", "isolation", "timeout_s", "idle_timeout_s", "profi
 # The HTTP status of each refusal the handlers raise (domain.Refused's code).
 STATUS = {"unauthorized": 401, "insufficient_credits": 402, "subscription_inactive": 403, "conflict": 409,
           "idempotency_conflict": 409, "api_key_limit": 409, "profile_in_use": 409, "invalid_request": 422,
-          "concurrency_limit": 429, "no_capacity": 503, "profiles_unavailable": 503}
+          "concurrency_limit": 429, "no_capacity": 503, "profiles_unavailable": 503, "unavailable": 503}
 
 
 def domain_error_response(exc: Exception):

@@ -1,6 +1,8 @@
 """The ports of sessions' handlers: the unit of work (Postgres in uow.py, a fake in
-tests/fakes/sessions.py), `Lease` (ask warm_pool for a browser: adapters/lease.LeaseClient) and
-`Ended` (close this replica's relays of a session that just ended: relays.Relays.end)."""
+tests/fakes/sessions.py), `Lease` (ask warm_pool for a browser: adapters/lease.LeaseClient),
+`Ended` (close this replica's relays of a session that just ended: relays.Relays.end),
+`EndSession` (the relay ends its session as its client asked) and `Credentials` (whose API key
+or dashboard sign-in this is: dashboard/sign_ins.DashboardAuth)."""
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 from uuid import UUID
@@ -35,3 +37,11 @@ class Lease(Protocol):
 
 class Ended(Protocol):
     def __call__(self, session_id: UUID, reason: str) -> None: ...
+
+
+class EndSession(Protocol):
+    async def __call__(self, session_id: UUID) -> None: ...
+
+
+class Credentials(Protocol):
+    async def tenant_for(self, credential: str | None) -> UUID: ...

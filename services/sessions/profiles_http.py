@@ -9,7 +9,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared import http
-from shared.http import APIError, error_responses
+from services.sessions.domain import Refused
+from shared.http import error_responses
 from shared.messages import ProfileInfo
 
 
@@ -33,7 +34,7 @@ class ProfilePage(BaseModel):
 
 
 async def unavailable(*_, **__):
-    raise APIError(503, "profiles_unavailable", "profiles are not available on this deployment")
+    raise Refused("profiles_unavailable", "profiles are not available on this deployment")
 
 
 def view(profile: ProfileInfo) -> dict:

@@ -2,19 +2,11 @@
 
 billing holds no API keys or sign-ins: sessions verifies them (see services/sessions/credentials_rpc.py).
 """
-from typing import Protocol
 from uuid import UUID
 
+from services.billing.ports import CredentialsUnavailable
 from shared.messages import CREDENTIALS_QUEUE, CredentialReply, CredentialRequest
 from shared.rpc import RpcClient
-
-
-class CredentialsUnavailable(Exception):
-    """sessions did not answer (down, or the broker is): neither yes nor no."""
-
-
-class Credentials(Protocol):
-    async def tenant_for(self, credential: str) -> UUID | None: ...
 
 
 class CredentialsClient:

@@ -1,18 +1,10 @@
 """The Stripe API behind a small interface: Checkout Sessions and Billing Meter events."""
-from datetime import datetime
-from typing import Protocol
-
 import stripe
 
 
-class StripeAPI(Protocol):
-    async def create_checkout_session(self, *, price_id: str, tenant_id: str, plan: str, email: str | None,
-                                      customer: str | None, success_url: str, cancel_url: str) -> str: ...
-    async def send_meter_event(self, *, event_name: str, identifier: str, customer: str, value: int,
-                               timestamp: datetime) -> None: ...
-
-
 class StripeGateway:
+    """ports.StripeAPI over the real stripe library."""
+
     def __init__(self, api_key: str, api_base: str | None = None, *, timeout: float = 15.0):
         self.client = stripe.StripeClient(
             api_key, base_addresses={"api": api_base} if api_base else None,
