@@ -74,9 +74,13 @@ async def launches(samples: int) -> dict:
     finally:
         for backend in backends.values():
             await backend.close()
-    return {name: {"ready_p50_ms": statistics.median(v) * 1000, "ready_p90_ms": p(v, 0.9) * 1000,
-                   "kill_p50_ms": statistics.median(kills[name]) * 1000, "n": len(v)}
-            for name, v in times.items()}
+    out = {name: {"ready_p50_ms": statistics.median(v) * 1000, "ready_p90_ms": p(v, 0.9) * 1000,
+                  "kill_p50_ms": statistics.median(kills[name]) * 1000, "n": len(v)}
+           for name, v in times.items()}
+    # Each round launches both, one after the other: the median of the rounds' differences is
+    # the sandbox's cost with the host's drift between rounds taken out.
+    out["paired_delta_p50_ms"] = statistics.median(s - q for s, q in zip(times["sandboxed"], times["plain"])) * 1000
+    return out
 
 
 @contextlib.contextmanager
@@ -164,8 +168,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-lifecycle", action="store_true")
+    parser.add_argument("--launches", type=int, default=None, help="launch rounds (default 12, 6 with --quick)")
     args = parser.parse_args()
-    results = {"launch": asyncio.run(launches(6 if args.quick else 12))}
+    results = {"launch": asyncio.run(launches(args.launches or (6 if args.quick else 12)))}
     if not args.no_lifecycle:
         results["lifecycle_p50_ms"] = lifecycles(args.quick)
     (ROOT / "bench" / "sandbox_results.json").write_text(json.dumps(results, indent=2))
@@ -173,7 +178,8 @@ def main() -> None:
     print(f"launch to DevTools ready, p50: plain {launch['plain']['ready_p50_ms']:.0f} ms, sandboxed "
           f"{launch['sandboxed']['ready_p50_ms']:.0f} ms (+{launch['sandboxed']['ready_p50_ms'] - launch['plain']['ready_p50_ms']:.0f} ms); "
           f"p90 {launch['plain']['ready_p90_ms']:.0f} / {launch['sandboxed']['ready_p90_ms']:.0f} ms; "
-          f"kill p50 {launch['plain']['kill_p50_ms']:.0f} / {launch['sandboxed']['kill_p50_ms']:.0f} ms")
+          f"kill p50 {launch['plain']['kill_p50_ms']:.0f} / {launch['sandboxed']['kill_p50_ms']:.0f} ms; "
+          f"paired difference p50 +{launch['paired_delta_p50_ms']:.0f} ms over {launch['plain']['n']} rounds")
     if "lifecycle_p50_ms" in results:
         life = results["lifecycle_p50_ms"]
         for key in KEYS:
