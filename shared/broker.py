@@ -3,17 +3,16 @@
 - One durable topic exchange for domain events; routing key = message type.
 - One durable quorum queue per consumer and subscription (`<service>.<type>`), dead-lettered
   to `<queue>.dlq` through the `<exchange>.dlx` exchange after `delivery_limit` attempts.
-- Failures are returned with basic.reject (requeue) after a backoff: on RabbitMQ 3.x and 4.x
-  alike a reject counts toward the quorum queue's delivery limit (a nack does not on 4.x), and
-  on the last attempt the consumer rejects without requeue itself, so the message dead-letters
-  whichever server version enforces the limit.
+- Failures are returned with basic.reject (requeue) after a backoff (`shared.delivery_policy`):
+  on RabbitMQ 3.x and 4.x alike a reject counts toward the quorum queue's delivery limit (a nack
+  does not on 4.x), and on the last attempt the consumer rejects without requeue itself, so the
+  message dead-letters whichever server version enforces the limit.
 - A handler that fails because a dependency is down (Postgres restarting, a socket refused) is
   retried in place, holding the unacked message, for up to `outage_retry_s`: an outage is not
   the message's fault and must not use up its delivery attempts and dead-letter good work.
 - Publishing always goes through the outbox relay (`shared.outbox`): persistent, confirmed,
   mandatory, with unroutable returns raised as errors.
 """
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -23,23 +22,20 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from faststream import AckPolicy, BaseMiddleware
+from faststream import AckPolicy
 from faststream.rabbit import (Channel, ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue,
                               RabbitRouter)
-from faststream.rabbit.annotations import RabbitMessage
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_before_delay, wait_exponential
 
 from shared import metrics
 from shared.db import is_outage
-from shared.logs import log_context
+from shared.delivery_policy import DeliveryPolicy, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -81,83 +77,6 @@ async def declare_dead_letters(broker: RabbitBroker, *, events: str, queue_names
     for name in queue_names:
         dlq = await broker.declare_queue(dead_letter_queue(name))
         await dlq.bind(dlx, routing_key=name)
-
-
-def _delivery_count(message: RabbitMessage) -> int:
-    headers = message.raw_message.headers or {}
-    try:
-        return int(headers.get("x-delivery-count", 0) or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """One consumer queue: the event it takes and who alone may have sent it."""
-    queue: str
-    model: type[BaseModel]
-    delivery_limit: int
-    own_user: str | None
-    expected_publisher: str | None
-
-
-class DeliveryPolicy(BaseMiddleware):
-    """What every consumer queue does with a delivery, around its typed subscriber:
-
-    - from a RabbitMQ user that may not send this type: dropped (acked, logged), never
-      dead-lettered, or a replay from the DLQ would launder it under our own user;
-    - not a valid event (not even JSON, or not the model): dead-lettered at once;
-    - handled: acked after the handler returned (its effects are committed by then);
-    - failed: rejected with requeue after a backoff, and without requeue (dead-lettered) on the
-      attempt that reaches the delivery limit, whichever RabbitMQ version enforces it.
-    """
-
-    def __init__(self, msg, /, *, context, subscription: Subscription):
-        super().__init__(msg, context=context)
-        self.subscription = subscription
-
-    async def consume_scope(self, call_next, msg: RabbitMessage) -> None:
-        sub, started = self.subscription, time.perf_counter()
-        publisher = msg.raw_message.user_id
-        if sub.expected_publisher is not None and publisher not in (sub.expected_publisher, sub.own_user):
-            log.error("message from a user that may not send it dropped",
-                      extra={"queue": sub.queue, "publisher": publisher, "expected": sub.expected_publisher})
-            metrics.MESSAGES_HANDLED.labels(sub.queue, "forged").inc()
-            await msg.ack()
-            return
-        try:
-            event = sub.model.model_validate_json(msg.body)
-        except ValidationError as exc:
-            log.error("malformed message dead-lettered", extra={"queue": sub.queue, "error": str(exc)[:500]})
-            metrics.MESSAGES_HANDLED.labels(sub.queue, "malformed").inc()
-            metrics.DEAD_LETTERED.labels(sub.queue).inc()
-            await msg.reject(requeue=False)
-            return
-        headers = msg.raw_message.headers or {}
-        token = log_context.set({"trace_id": str(headers.get("trace_id") or event.message_id),
-                                 "message_id": str(event.message_id), "message_type": event.type, **_ids(event)})
-        attempt = _delivery_count(msg) + 1
-        try:
-            await call_next(msg)
-            log.info("message handled", extra={"queue": sub.queue, "attempt": attempt,
-                                               "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
-        except Exception:
-            last = attempt >= sub.delivery_limit
-            log.exception("message handling failed", extra={"queue": sub.queue, "attempt": attempt,
-                                                           "dead_lettered": last})
-            metrics.MESSAGES_HANDLED.labels(sub.queue, "failed").inc()
-            if last:
-                metrics.DEAD_LETTERED.labels(sub.queue).inc()
-                await msg.reject(requeue=False)
-            else:
-                await asyncio.sleep(min(0.2 * 2 ** (attempt - 1), 5.0))
-                await msg.reject(requeue=True)
-            return
-        finally:
-            log_context.reset(token)
-            metrics.MESSAGE_DURATION.labels(sub.queue).observe(time.perf_counter() - started)
-        metrics.MESSAGES_HANDLED.labels(sub.queue, "ok").inc()
-        await msg.ack()
 
 
 class Consumers:
@@ -210,10 +129,6 @@ class Consumers:
 
     async def declare_dead_letters(self) -> None:
         await declare_dead_letters(self.broker, events=self.events, queue_names=self.queue_names)
-
-
-def _ids(event: BaseModel) -> dict:
-    return {k: str(getattr(event, k)) for k in ("tenant_id", "session_id", "browser_id") if getattr(event, k, None)}
 
 
 # --- users and permissions: each service its own RabbitMQ user ----------------------------------
