@@ -14,7 +14,8 @@ import asyncio
 import statistics
 import time
 
-from services.warm_pool.adapters.storage_state import _Cdp, capture, restore
+from services.warm_pool.adapters.cdp_connection import CdpConnection
+from services.warm_pool.adapters.storage_state import capture, restore
 from tests.integration.test_sessions_support import Chromium
 
 SIZES = {"small": (4, 4, 100), "~1 MiB": (8, 64, 16 * 1024)}  # localStorage items, IDB records, bytes each
@@ -32,11 +33,11 @@ def origin_state(origin: str, size: str) -> dict:
                             for i in range(records)]}]}]}
 
 
-async def new_context(cdp: _Cdp) -> str:
+async def new_context(cdp: CdpConnection) -> str:
     return (await cdp.call("Target.createBrowserContext", {}, timeout_s=10))["browserContextId"]
 
 
-async def measure(browser: Chromium, cdp: _Cdp, n_origins: int, size: str, concurrency: int,
+async def measure(browser: Chromium, cdp: CdpConnection, n_origins: int, size: str, concurrency: int,
                   runs: int) -> tuple[float, float]:
     origins = [f"http://site{i}.localhost:20000" for i in range(n_origins)]  # a site each
     state = {"cookies": [{"name": "sid", "value": "s" * 32, "domain": "site0.localhost", "path": "/", "session": True}],
@@ -62,7 +63,7 @@ async def measure(browser: Chromium, cdp: _Cdp, n_origins: int, size: str, concu
 async def main(runs: int) -> None:
     browser = await Chromium.launch()
     try:
-        cdp = await _Cdp.connect(browser.ws_url, timeout_s=10, max_message_bytes=2**24)
+        cdp = await CdpConnection.connect(browser.ws_url, timeout_s=10, max_message_bytes=2**24)
         try:
             await measure(browser, cdp, 1, "small", 1, 1)  # warm-up: the first renderer, the first database
             print(f"storage_state, medians of {runs} runs (ms per call; per origin in brackets)")

@@ -12,7 +12,8 @@ import pytest
 import pytest_asyncio
 
 from services.warm_pool.adapters import storage_state
-from services.warm_pool.adapters.storage_state import InvalidState, OriginTracker, _Cdp, capture, restore
+from services.warm_pool.adapters.cdp_connection import CdpConnection
+from services.warm_pool.adapters.storage_state import InvalidState, OriginTracker, capture, restore
 from shared.cdp import CdpError
 from tests.helpers import eventually, local_page_server, page_port
 from tests.integration.test_sessions_support import Chromium
@@ -72,11 +73,11 @@ READ_BACK = """(async () => {
 class Tab:
     """A page of a context driven over DevTools, for the test's side of things."""
 
-    def __init__(self, cdp: _Cdp, session_id: str):
+    def __init__(self, cdp: CdpConnection, session_id: str):
         self.cdp, self.session_id = cdp, session_id
 
     @classmethod
-    async def open(cls, cdp: _Cdp, context_id: str | None, url: str) -> "Tab":
+    async def open(cls, cdp: CdpConnection, context_id: str | None, url: str) -> "Tab":
         params = {"url": url, **({"browserContextId": context_id} if context_id else {})}
         target = (await cdp.call("Target.createTarget", params, timeout_s=10))["targetId"]
         session = (await cdp.call("Target.attachToTarget", {"targetId": target, "flatten": True},
@@ -114,12 +115,12 @@ async def other_browser():
 
 @pytest_asyncio.fixture
 async def cdp(browser):
-    connection = await _Cdp.connect(browser.ws_url, timeout_s=10, max_message_bytes=64 * 2**20)
+    connection = await CdpConnection.connect(browser.ws_url, timeout_s=10, max_message_bytes=64 * 2**20)
     yield connection
     await connection.close()
 
 
-async def new_context(cdp: _Cdp) -> str:
+async def new_context(cdp: CdpConnection) -> str:
     return (await cdp.call("Target.createBrowserContext", {}, timeout_s=10))["browserContextId"]
 
 
@@ -178,7 +179,7 @@ async def test_a_contexts_state_restores_into_a_fresh_context_and_into_another_b
         sees_nothing(await (await Tab.open(cdp, untouched, first_url)).run(READ_BACK))
 
         assert await restore(other_browser.ws_url, context_id=None, state=state) == []
-        other = await _Cdp.connect(other_browser.ws_url, timeout_s=10, max_message_bytes=2**24)
+        other = await CdpConnection.connect(other_browser.ws_url, timeout_s=10, max_message_bytes=2**24)
         try:
             sees_everything(await (await Tab.open(other, None, second_url)).run(READ_BACK), token + "2")
         finally:
