@@ -34,7 +34,8 @@ from bench import scenarios
 from bench.__main__ import BENCH_PLANS
 from services.warm_pool.adapters import netns
 from services.warm_pool.adapters.local import LocalChromium
-from services.warm_pool.adapters.sandbox import Sandbox, SandboxConfig
+from services.warm_pool.adapters.sandbox import Sandbox
+from services.warm_pool.adapters.sandbox_config import SandboxConfig
 from services.warm_pool.settings import default_chromium
 from tests import infra
 from tests.e2e.platform import WEBHOOK_SECRET, Platform

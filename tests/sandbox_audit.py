@@ -5,7 +5,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from services.warm_pool.adapters.sandbox import _held
+from services.warm_pool.adapters.network_slots import held
 
 STATE_DIR = Path("/run/browserfleet")
 
@@ -90,7 +90,7 @@ def leftovers(pid: int, slots: set[int], *, uid_base: int = 2_100_000_000, me: i
 def _live_warm_pool(pid: int) -> bool:
     """A live warm_pool, or any live process using the sandbox (a benchmark, a profiling script):
     it holds its owner lock while it lives."""
-    if _held(STATE_DIR / "owners" / f"{socket.gethostname()}-{pid}.lock"):
+    if held(STATE_DIR / "owners" / f"{socket.gethostname()}-{pid}.lock"):
         return True
     try:
         return b"services.warm_pool" in Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -34,7 +34,8 @@ def make_pool(settings: WarmPoolSettings, uow: UnitOfWork, downloads: Downloads 
 def make_sandbox(settings: WarmPoolSettings):
     """The local sandbox, built before anything else: a host that cannot build it stops here."""
     from services.warm_pool.adapters.local import LocalChromium
-    from services.warm_pool.adapters.sandbox import Sandbox, SandboxConfig, SandboxUnavailable
+    from services.warm_pool.adapters.sandbox import Sandbox, SandboxUnavailable
+    from services.warm_pool.adapters.sandbox_config import SandboxConfig
     if settings.browser_sandbox == "off":
         log.warning("BROWSER_SANDBOX=off: browsers run unsandboxed, so this replica serves one tenant only")
         return None

@@ -145,7 +145,7 @@ def test_names_with_newlines_and_deep_folders_round_trip_inside_the_profile(tmp_
 def test_a_hard_link_cannot_reach_a_host_file_from_the_browsers_own_filesystem(tmp_path):
     """Held by the sandbox: the browser's home is a tmpfs of its own, so a hard link to a host file
     cannot be made there at all (EXDEV), whoever asks."""
-    from services.warm_pool.adapters.sandbox import mount_tmpfs, unmount
+    from services.warm_pool.adapters.mounts import mount_tmpfs, unmount
     home = tmp_path / "home"
     home.mkdir()
     try:

@@ -10,7 +10,8 @@ from uuid import uuid4
 import pytest
 
 from services.warm_pool.adapters.local import LocalChromium
-from services.warm_pool.adapters.sandbox import Sandbox, SandboxConfig
+from services.warm_pool.adapters.sandbox import Sandbox
+from services.warm_pool.adapters.sandbox_config import SandboxConfig
 from services.warm_pool.settings import default_chromium
 from tests import infra, sandbox_audit
 from tests.helpers import eventually
@@ -48,7 +49,7 @@ async def backend(tmp_path):
 async def test_a_browsers_network_namespace_is_never_anyone_elses(backend):
     sandbox, tenant, slots, from_spares = backend.sandbox, uuid4(), set(), 0
     for i in range(4):
-        spares = {s.net.name for s in sandbox._spares}
+        spares = {s.net.name for s in sandbox.slots.spares}
         browser_id = uuid4()
         launched = await backend.launch(browser_id, tenant_id=tenant, urgent=True)
         net = backend._sandboxed[browser_id].net
@@ -60,7 +61,7 @@ async def test_a_browsers_network_namespace_is_never_anyone_elses(backend):
         subprocess.run(["ip", "-n", net.name, "link", "add", "bfused", "type", "veth", "peer", "name", "bfused2"], check=True)
         await backend.kill(browser_id)
         assert not any(marked(name) for name in netns_names() if name.startswith("browserfleet-"))
-        spares = await eventually(lambda: len(sandbox._spares) == 2 and sandbox._spares, what="two spares")
+        spares = await eventually(lambda: len(sandbox.slots.spares) == 2 and sandbox.slots.spares, what="two spares")
         for spare in spares:
             assert processes_in(spare.net.name) == ""  # nothing ever ran there
             assert not marked(spare.net.name)
@@ -74,7 +75,7 @@ async def test_a_spare_from_before_the_host_joined_a_network_is_not_used(backend
     sandbox, tenant = backend.sandbox, uuid4()
     first = uuid4()
     await backend.launch(first, tenant_id=tenant, urgent=True)
-    old = await eventually(lambda: len(sandbox._spares) == 2 and list(sandbox._spares), what="two spares")
+    old = await eventually(lambda: len(sandbox.slots.spares) == 2 and list(sandbox.slots.spares), what="two spares")
     sandbox.host._networks = [*sandbox.host._networks, "192.0.2.0/24"]  # as `ensure` does when the host joins it
     second = uuid4()
     await backend.launch(second, tenant_id=tenant, urgent=True)

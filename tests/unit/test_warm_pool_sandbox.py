@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.warm_pool.adapters import cgroups, netns
-from services.warm_pool.adapters.sandbox import Sandbox, SandboxConfig
+from services.warm_pool.adapters.sandbox import Sandbox
+from services.warm_pool.adapters.sandbox_config import SandboxConfig, browser_and_tenant_limits
 
 V1 = "9:name=systemd:/\n8:pids:/\n4:memory:/job/42\n2:cpuacct:/\n1:cpu:/\n0::/\n"
 V2 = "0::/system.slice/browserfleet.service\n"
@@ -96,13 +97,13 @@ def test_no_hierarchy_at_all_is_refused(tmp_path):
 
 
 def test_tenant_share_follows_the_plan_capped_by_the_host(monkeypatch):
-    monkeypatch.setattr("services.warm_pool.adapters.sandbox._host_memory_bytes", lambda: 16 * 2**30)
+    monkeypatch.setattr("services.warm_pool.adapters.sandbox_config.host_memory_bytes", lambda: 16 * 2**30)
     sandbox = Sandbox(SandboxConfig(host_ports=[], browser_memory_mib=1024, tenant_memory_fraction=0.5,
                                     total_memory_fraction=1.0),
                       chromium_path="/bin/true", profile_root=Path("/nonexistent"))
-    browser, tenant = sandbox._limits(tenant_browsers=3)
+    browser, tenant = browser_and_tenant_limits(sandbox.config, tenant_browsers=3)
     assert browser.memory_bytes == 2**30 and tenant.memory_bytes == 3 * 2**30
-    _, big = sandbox._limits(tenant_browsers=500)
+    _, big = browser_and_tenant_limits(sandbox.config, tenant_browsers=500)
     assert big.memory_bytes == 8 * 2**30  # half the host, however large the plan
 
 
@@ -154,8 +155,9 @@ def _weighed_sandbox(tmp_path):
 def _browser(sandbox, tenant, *, plan_browsers: int, urgent: bool):
     from uuid import uuid4
 
-    from services.warm_pool.adapters.sandbox import IDLE_CPU_WEIGHT, Prepared
-    _, tenant_limits = sandbox._limits(plan_browsers)
+    from services.warm_pool.adapters.sandbox import Prepared
+    from services.warm_pool.adapters.sandbox_config import IDLE_CPU_WEIGHT
+    _, tenant_limits = browser_and_tenant_limits(sandbox.config, plan_browsers)
     prepared = Prepared(slot=0, net=None, uid=0, tenant_id=tenant, browser_id=uuid4(), argv=[], relays=None,
                         tenant_cap=tenant_limits.cpu_weight, cpu_weight=100 if urgent else IDLE_CPU_WEIGHT)
     sandbox.cgroups.create(prepared.cgroup[:1], tenant_limits, subtree=True)
