@@ -37,7 +37,7 @@ from pathlib import Path
 from uuid import UUID
 
 from services.warm_pool.adapters import cgroups, netns
-from services.warm_pool.adapters.mounts import mount_tmpfs, mounts_under, unmount  # mounts_under: local.py imports it here
+from services.warm_pool.adapters.mounts import mount_tmpfs, unmount
 from services.warm_pool.adapters.network_slots import NetworkSlots, held
 from services.warm_pool.adapters.relays import NamespaceRelays, host_resolvers
 from services.warm_pool.adapters.sandbox_command import launch_command, namespaces_probe, write_etc
