@@ -25,8 +25,49 @@ async def eventually(check, *, timeout: float = 20.0, interval: float = 0.1, wha
     raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
+def wait_for(check, *, timeout: float = 20.0, what: str = "condition"):
+    """`eventually` for synchronous code: poll `check` until it returns a truthy value; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 PAGE = b"""<!doctype html><html><head><title>Hello from browserfleet</title></head>
 <body><h1 id="greeting">It works</h1></body></html>"""
+
+
+# A page that writes (`putState(v)`) and reads back (`readState()`) what a profile keeps: a persistent
+# and a session cookie, local storage and an IndexedDB record.
+STATE_PAGE = b"""<!doctype html><title>profile page</title><script>
+function db() {
+  return new Promise((ok, fail) => {
+    const r = indexedDB.open("bf", 1);
+    r.onupgradeneeded = () => r.result.createObjectStore("s");
+    r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error);
+  });
+}
+window.putState = async (v) => {
+  document.cookie = "kept=" + v + "; path=/; max-age=3600";
+  document.cookie = "sess=" + v + "; path=/";
+  localStorage.setItem("local", v);
+  const d = await db();
+  await new Promise((ok, fail) => { const t = d.transaction("s", "readwrite"); t.objectStore("s").put(v, "k");
+                                     t.oncomplete = ok; t.onerror = () => fail(t.error); });
+  d.close();
+  return true;
+};
+window.readState = async () => {
+  const d = await db();
+  const v = await new Promise((ok) => { const r = d.transaction("s").objectStore("s").get("k");
+                                         r.onsuccess = () => ok(r.result === undefined ? null : r.result); });
+  d.close();
+  return {cookie: document.cookie, local: localStorage.getItem("local"), idb: v};
+};
+</script><p>state</p>"""
 
 
 class _Pages(http.server.BaseHTTPRequestHandler):

@@ -12,6 +12,8 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
+from tests import kube_schemas
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUSTOMIZATIONS = ["base", "overlays/production"]
@@ -66,7 +68,7 @@ def test_every_builtin_object_validates_strictly(rendered, version):
     assert len(objects) >= 20
     for obj in objects:
         try:
-            kubernetes_validate.validate(obj, version, strict=True)
+            kube_schemas.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} @ {version}: {path}: {exc.message}")

@@ -1,11 +1,11 @@
 """The fake Kubernetes API server answers the unmodified official client the way a real one does."""
 import json
-import time
 
 import pytest
 from kubernetes import client
 
 from tests.fakes.kube_api import FakeKubeAPI
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -88,10 +88,15 @@ def test_namespace_terminates_then_disappears_with_its_contents(core, fake):
     with pytest.raises(client.ApiException) as exc:
         v1.create_namespaced_config_map("a", {"metadata": {"name": "d"}})
     assert exc.value.status == 403
-    time.sleep(0.35)
-    with pytest.raises(client.ApiException) as exc:
-        v1.read_namespace("a")
-    assert exc.value.status == 404
+
+    def gone() -> bool:
+        try:
+            v1.read_namespace("a")
+        except client.ApiException as exc:
+            assert exc.status == 404, exc.status
+            return True
+        return False
+    wait_for(gone, timeout=5, what="the terminated namespace gone")
     assert fake.list("configmaps") == []
 
 

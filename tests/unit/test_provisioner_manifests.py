@@ -12,6 +12,7 @@ from services.provisioner import manifests
 from services.provisioner.domain import TenantSpec, namespace_for
 from services.provisioner.settings import ProvisionerSettings
 from shared.plans import load_plans
+from tests import kube_schemas
 from tests.infra import ROOT
 
 SETTINGS = ProvisionerSettings(cluster_pod_cidr="10.244.0.0/16", cluster_service_cidr="10.96.0.0/12")
@@ -33,14 +34,14 @@ def by_kind(objs, kind, name=None):
 def test_every_object_is_valid_in_strict_mode(plan, version):
     assert version in ("1.30.0", "1.37.0")
     for obj in objects(plan):
-        kubernetes_validate.validate(obj, version, strict=True)  # raises on any error
+        kube_schemas.validate(obj, version, strict=True)  # raises on any error
 
 
 def test_strict_validation_rejects_an_unknown_field():
     bad = by_kind(objects("professional"), "Deployment")
     bad["spec"]["template"]["spec"]["containers"][0]["runAsRoot"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(bad, "1.30.0", strict=True)
+        kube_schemas.validate(bad, "1.30.0", strict=True)
 
 
 def test_professional_quota_is_fifty_browsers():
@@ -160,7 +161,7 @@ def test_operator_defined_plans_are_valid_too(concurrent, prewarm):
     limits = Limits(max_concurrent_sessions=concurrent, max_session_seconds=60, prewarm_browsers=prewarm)
     objs = manifests.build(TenantSpec(TENANT, namespace_for(TENANT), "custom", limits), SETTINGS)
     for obj in objs:
-        kubernetes_validate.validate(obj, "1.30.0", strict=True)
-        kubernetes_validate.validate(obj, "1.37.0", strict=True)
+        kube_schemas.validate(obj, "1.30.0", strict=True)
+        kube_schemas.validate(obj, "1.37.0", strict=True)
     hpas = [o["spec"] for o in objs if o["kind"] == "HorizontalPodAutoscaler"]
     assert all(1 <= h["minReplicas"] <= h["maxReplicas"] == concurrent for h in hpas)

@@ -15,7 +15,7 @@ from services.warm_pool.pool_local import LocalPool
 from services.warm_pool.pools import Replica
 from shared.messages import BrowserCrashed, LeaseRequest, SessionStarted, SubscriptionChanged
 from tests.fakes.warm_pool import FakeClusterBackend, FakeProcessBackend, FakeUnitOfWork
-from tests.unit.test_warm_pool_handlers import HOST, completed, metric, provision, settings, settle
+from tests.unit.warm_pool_support import HOST, completed, metric, provision, settings, settle
 
 
 @pytest.fixture

@@ -1,13 +1,10 @@
 """warm_pool's handlers and both pools against fakes of their ports (tests/fakes/warm_pool.py):
 lease, refill decisions, crashes, drains and pruning, with no database, broker or browser."""
-import asyncio
 import inspect
 import uuid
 from datetime import datetime, timezone
-from decimal import Decimal
 
 import pytest
-from prometheus_client import REGISTRY
 
 from services.warm_pool import handlers
 from services.warm_pool.adapters.kubernetes import KubernetesPods
@@ -17,18 +14,10 @@ from services.warm_pool.pool_local import LocalPool
 from services.warm_pool.pools import Replica
 from services.warm_pool.ports import ClusterBackend, Pool, ProcessBackend
 from services.warm_pool.repository import Repository
-from services.warm_pool.settings import WarmPoolSettings
-from shared.messages import (BrowserCrashed, LeaseRequest, SessionCompleted, SessionStarted, SubscriptionChanged,
-                             TenantProvisioned)
+from shared.messages import BrowserCrashed, LeaseRequest, SessionStarted, SubscriptionChanged
 from shared.plans import Limits
 from tests.fakes.warm_pool import FakeClusterBackend, FakeProcessBackend, FakeRepository, FakeUnitOfWork
-
-HOST = "host-a"
-
-
-def settings(**kw) -> WarmPoolSettings:
-    return WarmPoolSettings(_env_file=None, **{"max_browsers": 8, "launch_concurrency": 2, "lease_wait_s": 0,
-                                               "replica_id": "replica-a", **kw})
+from tests.unit.warm_pool_support import HOST, completed, metric, provision, settings, settle
 
 
 @pytest.fixture
@@ -50,36 +39,9 @@ def pool(uow, backend):
     return local_pool(uow, backend)
 
 
-async def settle(pool: LocalPool) -> None:
-    """Wait until the pool's background refills and launches have all finished."""
-    while pool.background.tasks:
-        await asyncio.gather(*list(pool.background.tasks), return_exceptions=True)
-
-
-async def provision(pool, uow, *, prewarm: int, max_concurrent: int = 10, namespace=None) -> uuid.UUID:
-    tenant_id = uuid.uuid4()
-    await handlers.tenant_provisioned(TenantProvisioned(
-        tenant_id=tenant_id, namespace=namespace or f"tenant-{tenant_id.hex[:12]}", plan="professional",
-        limits=Limits(max_concurrent_sessions=max_concurrent, max_session_seconds=3600,
-                      prewarm_browsers=prewarm)), pool=pool, uow=uow)
-    if isinstance(pool, LocalPool):
-        await settle(pool)
-    return tenant_id
-
-
 async def lease(pool, uow, tenant_id, session_id=None):
     req = LeaseRequest(tenant_id=tenant_id, session_id=session_id or uuid.uuid4())
     return await handlers.lease(req, pool=pool, uow=uow)
-
-
-def completed(tenant_id, session_id, browser_id) -> SessionCompleted:
-    now = datetime.now(timezone.utc)
-    return SessionCompleted(session_id=session_id, tenant_id=tenant_id, browser_id=browser_id, started_at=now,
-                            ended_at=now, duration_ms=1, end_reason="client", cost=Decimal("0.01"))
-
-
-def metric(name: str, **labels) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def _members(protocol) -> dict:
