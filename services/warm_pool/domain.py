@@ -20,19 +20,20 @@ def refill_time(*, launch_seconds: float, lease_rate: float, launch_slots: int) 
 
 
 def pool_target(*, prewarm: int, max_concurrent: int, lease_rate: float, launch_seconds: float,
-                launch_slots: int) -> int:
+                launch_slots: int, hold_s: float = 0.0) -> int:
     """Idle + launching browsers to keep for a tenant (a base-stock policy).
 
     Every lease starts one replacement, so a lease is warm unless all `target` browsers are
-    still being replaced. The number outstanding is ~Poisson with mean lease_rate x refill time,
-    so the target covers its mean plus Z standard deviations. Never below the plan's pre-warm
-    count; never above the tenant's concurrency limit (more could never be used at once).
-    The rate decays once leases stop, so the pool shrinks back to the pre-warm count.
+    still being replaced. The number outstanding is ~Poisson with mean lease_rate x refill time
+    (with the hold a refill that is not urgent waits first, `refill_hold_s`), so the target
+    covers its mean plus Z standard deviations. Never below the plan's pre-warm count; never
+    above the tenant's concurrency limit (more could never be used at once). The rate decays
+    once leases stop, so the pool shrinks back to the pre-warm count.
     """
     if lease_rate <= 0:
         return prewarm
-    outstanding = lease_rate * refill_time(launch_seconds=launch_seconds, lease_rate=lease_rate,
-                                           launch_slots=launch_slots)
+    outstanding = lease_rate * (hold_s + refill_time(launch_seconds=launch_seconds, lease_rate=lease_rate,
+                                                     launch_slots=launch_slots))
     wanted = math.ceil(outstanding + Z * math.sqrt(outstanding) + 0.5)
     return max(prewarm, min(wanted, max(max_concurrent, prewarm)))
 
@@ -45,6 +46,16 @@ def refill_is_urgent(*, target: int, idle: int) -> bool:
     """Refills run in the background (lowest CPU priority) while at least half the target is
     idle; below that the next sessions are about to miss, so they launch at normal priority."""
     return idle * 2 < target
+
+
+def refill_hold_s(*, urgent: bool, since_lease_s: float | None, hold_s: float) -> float:
+    """How much longer a refill's launches wait. An urgent one starts at once. Else it waits
+    until `hold_s` after the oldest lease it refills for: its launch would compete for the CPU
+    with that session's first steps, and the idle browsers cover the leases meanwhile. A refill
+    no lease asked for (a crash, a reconcile, a new plan: `since_lease_s` None) does not wait."""
+    if urgent or since_lease_s is None:
+        return 0.0
+    return max(0.0, hold_s - since_lease_s)
 
 
 def excess_idle(*, target: int, idle: int, launching: int) -> int:

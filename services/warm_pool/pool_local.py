@@ -22,41 +22,13 @@ from services.warm_pool import domain, metrics
 from services.warm_pool.pools import (Background, LeaseStats, Replica, context_reply, mark_dead,
                                      mark_dead_and_report)
 from services.warm_pool.ports import ProcessBackend, Row, UnitOfWork
+from services.warm_pool.refills import Clock, MonotonicClock, Refills
 from services.warm_pool.settings import WarmPoolSettings
 from shared import faults
 from shared.messages import LeaseReply, LeaseRequest
 
 log = logging.getLogger(__name__)
 RATE_WINDOW_S = 60.0
-REFILL_DELAY_S = 0.02
-
-
-class Refills:
-    """Coalesced: at most one refill per tenant runs, and one more is queued behind it."""
-
-    def __init__(self, refill, background: Background):
-        self._refill, self._background = refill, background
-        self.running: set[UUID] = set()
-        self.again: set[UUID] = set()
-
-    def request(self, tenant_id: UUID) -> None:
-        if tenant_id in self.running:
-            self.again.add(tenant_id)
-            return
-        self.running.add(tenant_id)
-        self._background.spawn(self._loop(tenant_id))
-
-    async def _loop(self, tenant_id: UUID) -> None:
-        try:
-            # Lets the lease reply go out first, and gathers a burst of leases into one pass.
-            await asyncio.sleep(REFILL_DELAY_S)
-            while True:
-                self.again.discard(tenant_id)
-                await self._refill(tenant_id)
-                if tenant_id not in self.again:
-                    return
-        finally:
-            self.running.discard(tenant_id)
 
 
 class LocalPool:
@@ -64,7 +36,7 @@ class LocalPool:
     launches_with_directory = True  # a profile's user-data directory goes into a browser launched for it
 
     def __init__(self, backend: ProcessBackend, uow: UnitOfWork, settings: WarmPoolSettings,
-                 replica: Replica | None = None):
+                 replica: Replica | None = None, clock: Clock | None = None):
         self.backend, self.uow, self.settings = backend, uow, settings
         self.replica = replica or Replica(settings.replica_id)
         self.replica_id = self.replica.replica_id
@@ -72,7 +44,7 @@ class LocalPool:
         self.launch_seconds = 1.0  # moving average, feeds pool sizing
         self.stats = LeaseStats()
         self.background = Background()
-        self.refills = Refills(self.refill, self.background)
+        self.refills = Refills(self.refill, self.background, clock or MonotonicClock())
         self.refill_slots = asyncio.Semaphore(settings.launch_concurrency)
         # Lock order everywhere: cap_lock, then a connection, then the tenant's advisory lock.
         self.cap_lock = asyncio.Lock()
@@ -107,7 +79,7 @@ class LocalPool:
             return None
         faults.point("warm_pool.after_lease")  # leased in the database, not replied
         self._leased(True, row)
-        self.request_refill(req.tenant_id)
+        self.refills.leased(req.tenant_id)
         return await self.with_downloads(req, LeaseReply(ok=True, browser_id=row["id"], cdp_ws_url=row["cdp_ws_url"],
                                                           warm=True))
 
@@ -129,7 +101,7 @@ class LocalPool:
                 row = await tx.repo.lease_idle(tenant_id=req.tenant_id, session_id=req.session_id)
             if row is not None:
                 self._leased(True, row)
-                self.request_refill(req.tenant_id)
+                self.refills.leased(req.tenant_id)
                 return await self.with_downloads(req, LeaseReply(ok=True, browser_id=row["id"],
                                                                   cdp_ws_url=row["cdp_ws_url"], warm=True))
         metrics.LEASES.labels("no_capacity").inc()
@@ -216,40 +188,52 @@ class LocalPool:
         return domain.pool_target(prewarm=pool_row["prewarm"], max_concurrent=pool_row["max_concurrent"],
                                   lease_rate=pool_row["recent_leases"] / RATE_WINDOW_S,
                                   launch_seconds=self.launch_seconds,
-                                  launch_slots=self.settings.launch_concurrency)
+                                  launch_slots=self.settings.launch_concurrency, hold_s=self.settings.refill_hold_s)
 
-    async def refill(self, tenant_id: UUID) -> None:
+    async def refill(self, tenant_id: UUID, since_lease_s: float | None = None) -> float:
         """Start browsers until the tenant's idle + launching count reaches its target (this host's cap
-        permitting). Launches run in the background, at most `launch_concurrency` at a time."""
+        permitting). Launches run in the background, at most `launch_concurrency` at a time. Those
+        not urgent wait until REFILL_HOLD_S after the oldest lease they refill for (`since_lease_s`
+        ago): how much longer is returned (0: nothing held back)."""
         if self.stopping:
-            return
-        new: list[UUID] = []
+            return 0.0
+        new: list[tuple[UUID, str, bool]] = []
+
+        def hold(urgent: bool, wanted: int) -> float:
+            return domain.refill_hold_s(urgent=urgent, since_lease_s=since_lease_s,
+                                        hold_s=self.settings.refill_hold_s) if wanted else 0.0
+
         async with self.cap_lock, self.uow.begin() as tx:
             await tx.repo.lock_tenant(tenant_id=tenant_id)
             pools = await tx.repo.tenant_pools(rate_window_s=RATE_WINDOW_S, tenant_id=tenant_id)
             if not pools or pools[0]["status"] != "active":
-                return
+                return 0.0
             p = pools[0]
             # Refills leave room for on-demand launches: waiting sessions come first.
             reserve = min(self.settings.launch_concurrency, self.settings.max_browsers // 4)
             free = self.settings.max_browsers - reserve - await tx.repo.count_live(replica_id=self.replica_id)
             target = self.target_for(p)
             urgent = domain.refill_is_urgent(target=target, idle=p["idle"])
-            for _ in range(domain.launches_needed(target=target, idle=p["idle"], launching=p["launching"],
-                                                  host_free=free)):
+            wanted = domain.launches_needed(target=target, idle=p["idle"], launching=p["launching"], host_free=free)
+            held = hold(urgent, wanted)
+            for _ in range(0 if held else wanted):
                 new.append((uuid4(), "idle", urgent))
                 await tx.repo.insert_browser(browser_id=new[-1][0], tenant_id=tenant_id, replica_id=self.replica_id,
                                              owner_pid=self.replica.pid, host=self.replica.host)
             (c,) = await tx.repo.context_pools(tenant_id=tenant_id, **self._context_query())
             host_target = self.context_target(c)
-            for _ in range(domain.context_launches_needed(target=host_target, open_hosts=c["open_hosts"],
-                                                          launching=c["launching"], host_free=free - len(new))):
-                # A host launches at normal priority when no open one has room left for the spare slots.
-                new.append((uuid4(), "hosting", c["open_hosts"] < host_target - 1 or c["open_active"] > 0))
+            hosts = domain.context_launches_needed(target=host_target, open_hosts=c["open_hosts"],
+                                                   launching=c["launching"], host_free=free - wanted)
+            # A host launches at normal priority when no open one has room left for the spare slots.
+            host_urgent = c["open_hosts"] < host_target - 1 or c["open_active"] > 0
+            hosts_held = hold(host_urgent, hosts)
+            for _ in range(0 if hosts_held else hosts):
+                new.append((uuid4(), "hosting", host_urgent))
                 await tx.repo.insert_browser(browser_id=new[-1][0], tenant_id=tenant_id, replica_id=self.replica_id,
                                              owner_pid=self.replica.pid, host=self.replica.host, mode="context")
-        for browser_id, state, urgent in new:
-            self.background.spawn(self._launch_idle(browser_id, state, tenant_id=tenant_id, urgent=urgent))
+        for browser_id, state, launch_urgent in new:
+            self.background.spawn(self._launch_idle(browser_id, state, tenant_id=tenant_id, urgent=launch_urgent))
+        return max(held, hosts_held)
 
     async def _launch_idle(self, browser_id: UUID, state: str, *, tenant_id: UUID, urgent: bool) -> None:
         async with self.refill_slots:
@@ -439,7 +423,7 @@ class LocalPool:
             metrics.CONTEXT_LEASES.labels("error").inc()
             return LeaseReply(ok=False, error="error")
         metrics.CONTEXT_LEASES.labels("warm" if warm else "cold").inc()
-        self.request_refill(req.tenant_id)
+        self.refills.leased(req.tenant_id)
         return LeaseReply(ok=True, browser_id=host["id"], cdp_ws_url=host["cdp_ws_url"], warm=warm,
                           context_id=opened.context_id, downloads_path=opened.downloads_path)
 

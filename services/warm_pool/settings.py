@@ -57,6 +57,9 @@ class WarmPoolSettings(ServiceSettings):
     max_browsers: int = Field(default_factory=default_max_browsers, ge=1)
     # Refills launched at once; on-demand launches for waiting sessions do not queue behind them.
     launch_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # A refill that is not urgent (at least half the tenant's pool target idle) starts this long
+    # after the lease it refills for, leaving the CPU to that session's first steps; 0: at once.
+    refill_hold_s: float = Field(1.0, ge=0)
     lease_confirm_timeout_s: float = 30
     lease_workers: int = 64
     db_pool_max: int = 20

@@ -351,6 +351,38 @@ class FakeUnitOfWork:
         return [c for c in self.contexts.values() if all(c[k] == v for k, v in where.items())]
 
 
+class FakeClock:
+    """LocalPool's clock for refill holds (services/warm_pool/refills.py): time moves only when
+    the test calls `advance`, which wakes the sleepers whose time has come."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self.sleeps = 0  # sleeps begun so far
+        self._sleepers: list[tuple[float, asyncio.Future]] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        entry = (self.time + seconds, asyncio.get_running_loop().create_future())
+        self._sleepers.append(entry)
+        try:
+            await entry[1]
+        finally:
+            self._sleepers.remove(entry)
+
+    def sleeping_until(self) -> list[float]:
+        """When each current sleeper wakes."""
+        return sorted(deadline for deadline, _ in self._sleepers)
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+        for deadline, woken in self._sleepers:
+            if deadline <= self.time and not woken.done():
+                woken.set_result(None)
+
+
 @dataclass(frozen=True)
 class Started:
     pid: int

@@ -17,8 +17,9 @@ HOST = "host-a"
 
 
 def settings(**kw) -> WarmPoolSettings:
+    # Refills start at once unless a test times their hold (tests/unit/test_warm_pool_refills.py).
     return WarmPoolSettings(_env_file=None, **{"max_browsers": 8, "launch_concurrency": 2, "lease_wait_s": 0,
-                                               "replica_id": "replica-a", **kw})
+                                               "refill_hold_s": 0, "replica_id": "replica-a", **kw})
 
 
 async def settle(pool: LocalPool) -> None:
