@@ -18,9 +18,9 @@ announced as warm_pool.profile_saved. A crashed browser saves nothing.
 import asyncio
 import contextlib
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from services.warm_pool.ports import Pool, UnitOfWork
+from services.warm_pool.ports import PlainLease, Pool, UnitOfWork
 from services.warm_pool.profile_archive import ArchiveError, TooLarge
 from services.warm_pool.profiles import Archive, ProfileStore, Saved
 from shared.messages import LeaseReply, LeaseRequest, ProfileSaved, SessionCompleted
@@ -81,7 +81,6 @@ class ProfileSessions:
             await close()
 
 
-PlainLease = Callable[[LeaseRequest], Awaitable[LeaseReply]]
 
 
 def _refused(error: str, message: str | None = None) -> LeaseReply:

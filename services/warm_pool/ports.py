@@ -4,7 +4,9 @@ Handlers see a `Pool` and a `UnitOfWork` only. `LocalPool` (pool_local.py) runs 
 on this host through a `ProcessBackend` (adapters/local.py); `ClusterPool` (pool_cluster.py) leases
 pods of the tenants' Deployments through a `ClusterBackend` (adapters/kubernetes.py).
 """
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any, Mapping, Protocol
 from uuid import UUID
 
@@ -153,3 +155,19 @@ class ClusterBackend(Protocol):
         """Every leased browser in the cluster → still alive and ready."""
 
     async def close(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Where sealed profile archives live (adapters/blobs.py: Postgres or S3-compatible)."""
+    async def put(self, key: str, data: bytes) -> None: ...
+    async def get(self, key: str) -> bytes | None: ...
+    async def delete(self, keys: list[str]) -> None: ...
+
+
+class Keeper(Protocol):
+    """Moves a session's downloads out of a browser's tree before it is removed (adapters/downloads.py)."""
+
+    async def keep(self, browser_id: UUID, home: Path, *, session_id: UUID | None = None) -> None: ...
+
+
+PlainLease = Callable[[LeaseRequest], Awaitable[LeaseReply]]  # a lease without a profile (handlers._lease)

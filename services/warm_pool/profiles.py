@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
 
-from services.warm_pool.adapters.blobs import BlobStore
-from services.warm_pool.ports import Row, UnitOfWork
+from services.warm_pool.ports import BlobStore, Row, UnitOfWork
 from services.warm_pool.profile_archive import ArchiveError, KeyRing, aad_for, seal, unseal
 from shared import faults
 from shared.messages import ProfileInfo, ProfileReply, ProfileRequest

@@ -4,15 +4,7 @@ Keys are `<tenant_id>/<profile_id>/<version>`. A save writes a new version and o
 switches the profile to it, so a crash mid-save leaves the old version whole; old versions are
 deleted by key once the switch is committed.
 """
-from typing import Protocol
-
 import asyncpg
-
-
-class BlobStore(Protocol):
-    async def put(self, key: str, data: bytes) -> None: ...
-    async def get(self, key: str) -> bytes | None: ...
-    async def delete(self, keys: list[str]) -> None: ...
 
 
 class PostgresBlobs:

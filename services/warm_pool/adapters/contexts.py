@@ -13,11 +13,11 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 from uuid import UUID
 
 import websockets
 
+from services.warm_pool.ports import Keeper
 from shared.cdp import CdpCommands
 
 NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -66,7 +66,7 @@ class _Connection:
 
 
 class ContextHosts:
-    def __init__(self, *, timeout_s: float = 10, keeper: "Keeper | None" = None):
+    def __init__(self, *, timeout_s: float = 10, keeper: Keeper | None = None):
         self.timeout_s = timeout_s
         self.keeper = keeper
         self._conns: dict[UUID, _Connection] = {}
@@ -143,12 +143,6 @@ class ContextHosts:
             task.cancel()
         for browser_id in list(self._conns):
             await self.forget(browser_id)
-
-
-class Keeper(Protocol):
-    """Moves a session's downloads out of a browser's tree before it is removed (downloads.Downloads)."""
-
-    async def keep(self, browser_id: UUID, home: Path, *, session_id: UUID | None = None) -> None: ...
 
 
 def _open_downloads(home: Path) -> tuple[int, int]:

@@ -23,10 +23,11 @@ import httpx
 import websockets
 
 from services.warm_pool import domain, metrics
-from services.warm_pool.adapters.contexts import ContextHosts, Keeper, OpenedContext
+from services.warm_pool.adapters.contexts import ContextHosts, OpenedContext
 from services.warm_pool.adapters.expose import PortForwarder
 from services.warm_pool.adapters.mounts import mounts_under, unmount
 from services.warm_pool.adapters.sandbox import Prepared, Sandbox
+from services.warm_pool.ports import Keeper
 from services.warm_pool.profile_archive import pack, unpack
 from shared.browsers import CHROMIUM_FLAGS
 
