@@ -27,10 +27,8 @@ import httpx
 from playwright.async_api import async_playwright
 
 from tests import infra
-from tests.e2e.platform import Platform
-from tests.e2e.test_dashboard import bearer, paying_tenant
-from tests.helpers import local_page_server
-from tests.integration.test_profiles import STATE_PAGE
+from tests.e2e.platform import Platform, bearer, paying_tenant
+from tests.helpers import STATE_PAGE, local_page_server
 
 FILL = """async ([marker, kib]) => {
   await window.putState(marker);

@@ -16,7 +16,7 @@ import time
 
 from services.warm_pool.adapters.cdp_connection import CdpConnection
 from services.warm_pool.adapters.storage_state import capture, restore
-from tests.integration.test_sessions_support import Chromium
+from tests.chromium import Chromium
 
 SIZES = {"small": (4, 4, 100), "~1 MiB": (8, 64, 16 * 1024)}  # localStorage items, IDB records, bytes each
 

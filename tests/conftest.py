@@ -1,9 +1,11 @@
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests import infra
+from tests.e2e.platform import bearer, paying_tenant, running_platform
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +53,19 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("TEST_ARTIFACTS", infra.ROOT / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def four_services(module_db, module_mq, tmp_path_factory):
+    """All four services as processes on this module's database and vhost. A module that needs
+    settings of its own defines a `four_services` of its own."""
+    with running_platform(module_db, module_mq, tmp_path_factory.mktemp("four-services")) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(four_services):
+    """An HTTP client of the sessions API with the API key of a new paying tenant of `four_services`."""
+    _, key = await paying_tenant(four_services)
+    async with httpx.AsyncClient(base_url=four_services.urls["sessions"], headers=bearer(key), timeout=60) as http:
+        yield http

@@ -1,8 +1,14 @@
 """All four services as real processes on one database and one vhost of this test run."""
+import json
+import uuid
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tests import infra
+import httpx
+
+from tests import infra, stripe_fakes
+from tests.helpers import eventually
 
 SERVICES = ("billing", "provisioner", "sessions", "warm_pool")
 WEBHOOK_SECRET = infra.SECRETS["STRIPE_WEBHOOK_SECRET"]
@@ -54,3 +60,45 @@ def running_platform(database_url: str, rabbitmq_url: str, workdir: Path, **extr
         yield platform.start()
     finally:
         platform.stop()
+
+
+async def paying_tenant(platform) -> tuple[str, str]:
+    """A professional tenant paid through signed Stripe webhooks; its id and first API key."""
+    tenant_id = str(uuid.uuid4())
+    customer, subscription = f"cus_{uuid.uuid4().hex[:14]}", f"sub_{uuid.uuid4().hex[:14]}"
+    start = datetime.now(timezone.utc).replace(microsecond=0)
+    async with httpx.AsyncClient(timeout=30) as http:
+        for event in (stripe_fakes.checkout_session_completed(tenant_id, "professional", customer, subscription),
+                      stripe_fakes.invoice_paid(tenant_id, "professional", customer, subscription,
+                                                int(start.timestamp()), int((start + timedelta(days=30)).timestamp()))):
+            body = json.dumps(event).encode()
+            headers = {"stripe-signature": stripe_fakes.sign(body, WEBHOOK_SECRET), "content-type": "application/json"}
+            assert (await http.post(f"{platform.urls['billing']}/webhooks/stripe", content=body,
+                                    headers=headers)).status_code == 200
+
+        async def key():
+            r = await http.post(f"{platform.urls['sessions']}/v1/admin/tenants/{tenant_id}/api-keys",
+                                headers=platform.admin)
+            return r.json()["api_key"] if r.status_code == 201 else None
+
+        api_key = await eventually(key, timeout=30, what="tenant known to sessions")
+
+        async def ready():
+            r = await http.get(f"{platform.urls['sessions']}/v1/usage", headers=bearer(api_key))
+            return r.status_code == 200 and r.json()["credits_remaining"] == 5000
+
+        await eventually(ready, timeout=30, what="allowance granted")
+    return tenant_id, api_key
+
+
+def bearer(key: str) -> dict:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def keep_alive_session(platform, api_key: str) -> dict:
+    """A new session of the tenant that stays up (keep-alive, ten minutes' timeouts) until ended."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(f"{platform.urls['sessions']}/v1/sessions", headers=bearer(api_key),
+                            json={"timeout_s": 600, "idle_timeout_s": 600, "keep_alive": True})
+        assert r.status_code == 201, r.text
+        return r.json()

@@ -8,8 +8,7 @@ import pytest
 import websockets
 from playwright.async_api import async_playwright
 
-from tests.e2e.platform import running_platform
-from tests.e2e.test_dashboard import bearer, paying_tenant
+from tests.e2e.platform import bearer, paying_tenant, running_platform
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e

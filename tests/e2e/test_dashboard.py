@@ -8,21 +8,19 @@ import os
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
 
 from shared.settings import DEFAULT_PLANS_FILE
-from tests import stripe_fakes
-from tests.e2e.platform import WEBHOOK_SECRET, running_platform
+from tests.chromium import VIEWER_ARGS
+from tests.e2e.platform import bearer, paying_tenant, running_platform
 from tests.helpers import eventually, local_page_server
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHOWN_PAGE = b"""<!doctype html><html><head><title>Checkout flow</title></head>
 <body style="margin:0;min-height:100vh;font-family:sans-serif;background:linear-gradient(135deg,#3554d1,#e8590c);color:#fff">
 <h1 style="font-size:64px;padding:40px">Checkout flow</h1><p style="font-size:28px;padding:0 40px">step 2 of 3</p>
@@ -51,39 +49,6 @@ def platform(module_db, module_mq, tmp_path_factory):
         yield running
 
 
-async def paying_tenant(platform) -> tuple[str, str]:
-    """A professional tenant paid through signed Stripe webhooks; its id and first API key."""
-    tenant_id = str(uuid.uuid4())
-    customer, subscription = f"cus_{uuid.uuid4().hex[:14]}", f"sub_{uuid.uuid4().hex[:14]}"
-    start = datetime.now(timezone.utc).replace(microsecond=0)
-    async with httpx.AsyncClient(timeout=30) as http:
-        for event in (stripe_fakes.checkout_session_completed(tenant_id, "professional", customer, subscription),
-                      stripe_fakes.invoice_paid(tenant_id, "professional", customer, subscription,
-                                                int(start.timestamp()), int((start + timedelta(days=30)).timestamp()))):
-            body = json.dumps(event).encode()
-            headers = {"stripe-signature": stripe_fakes.sign(body, WEBHOOK_SECRET), "content-type": "application/json"}
-            assert (await http.post(f"{platform.urls['billing']}/webhooks/stripe", content=body,
-                                    headers=headers)).status_code == 200
-
-        async def key():
-            r = await http.post(f"{platform.urls['sessions']}/v1/admin/tenants/{tenant_id}/api-keys",
-                                headers=platform.admin)
-            return r.json()["api_key"] if r.status_code == 201 else None
-
-        api_key = await eventually(key, timeout=30, what="tenant known to sessions")
-
-        async def ready():
-            r = await http.get(f"{platform.urls['sessions']}/v1/usage", headers=bearer(api_key))
-            return r.status_code == 200 and r.json()["credits_remaining"] == 5000
-
-        await eventually(ready, timeout=30, what="allowance granted")
-    return tenant_id, api_key
-
-
-def bearer(key: str) -> dict:
-    return {"authorization": f"Bearer {key}"}
-
-
 @pytest.fixture(scope="module")
 async def tenants(platform):
     return await asyncio.gather(paying_tenant(platform), paying_tenant(platform))
@@ -92,7 +57,7 @@ async def tenants(platform):
 @pytest.fixture
 async def browser():
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=VIEWER_ARGS)
         yield browser
         await browser.close()
 

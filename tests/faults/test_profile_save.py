@@ -10,8 +10,7 @@ import pytest
 from playwright.async_api import async_playwright
 
 from tests.faults.harness import Customer, audit
-from tests.helpers import eventually, local_page_server
-from tests.integration.test_profiles import STATE_PAGE
+from tests.helpers import STATE_PAGE, eventually, local_page_server
 
 pytestmark = pytest.mark.faults
 POINT = "warm_pool.profile_after_put"

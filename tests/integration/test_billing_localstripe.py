@@ -10,7 +10,8 @@ import pytest
 import stripe
 
 from tests import infra
-from tests.integration.test_billing_process import ADMIN, SECRET, billing_process, wait_for
+from tests.helpers import wait_for
+from tests.integration.billing_process import ADMIN, SECRET, billing_process
 
 
 @pytest.fixture

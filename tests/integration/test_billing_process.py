@@ -13,39 +13,19 @@ import httpx
 import pytest
 
 from shared.messages import SessionCompleted, SessionStarted
-from tests import infra
 from tests import stripe_fakes as fakes
+from tests.helpers import wait_for
+from tests.integration.billing_process import ADMIN, SECRET, billing_process
 
-SECRET = "whsec_process_test"
-ADMIN = {"Authorization": "Bearer admin-process"}
 EXCHANGE = "browserfleet.events"
 P1 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 P2 = P1 + timedelta(days=31)
-
-
-def billing_process(db_url, mq_url, artifacts_dir, stripe_url) -> infra.ServiceProcess:
-    return infra.ServiceProcess("billing", {
-        "DATABASE_URL": db_url, "RABBITMQ_URL": mq_url, "HTTP_PORT": str(infra.free_port()),
-        "STRIPE_WEBHOOK_SECRET": SECRET, "ADMIN_TOKEN": "admin-process", "STRIPE_API_BASE": stripe_url,
-        "WEBHOOK_RETRY_INTERVAL_S": "0.2", "METER_RETRY_INTERVAL_S": "0.2",
-        "METER_RETRY_MAX_BACKOFF_S": "0.5", "LOG_FORMAT": "text",
-    }, artifacts_dir)
 
 
 def deliver(url: str, event: dict) -> httpx.Response:
     body = json.dumps(event).encode()
     return httpx.post(f"{url}/webhooks/stripe", content=body,
                       headers={"Stripe-Signature": fakes.sign(body, SECRET), "Content-Type": "application/json"})
-
-
-def wait_for(check, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def admin(url, path):

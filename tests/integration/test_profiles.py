@@ -11,49 +11,9 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from tests.e2e.platform import running_platform
-from tests.e2e.test_dashboard import bearer, paying_tenant
-from tests.helpers import eventually, local_page_server
-
-STATE_PAGE = b"""<!doctype html><title>profile page</title><script>
-function db() {
-  return new Promise((ok, fail) => {
-    const r = indexedDB.open("bf", 1);
-    r.onupgradeneeded = () => r.result.createObjectStore("s");
-    r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error);
-  });
-}
-window.putState = async (v) => {
-  document.cookie = "kept=" + v + "; path=/; max-age=3600";
-  document.cookie = "sess=" + v + "; path=/";
-  localStorage.setItem("local", v);
-  const d = await db();
-  await new Promise((ok, fail) => { const t = d.transaction("s", "readwrite"); t.objectStore("s").put(v, "k");
-                                     t.oncomplete = ok; t.onerror = () => fail(t.error); });
-  d.close();
-  return true;
-};
-window.readState = async () => {
-  const d = await db();
-  const v = await new Promise((ok) => { const r = d.transaction("s").objectStore("s").get("k");
-                                         r.onsuccess = () => ok(r.result === undefined ? null : r.result); });
-  d.close();
-  return {cookie: document.cookie, local: localStorage.getItem("local"), idb: v};
-};
-</script><p>state</p>"""
-
-
-@pytest.fixture(scope="module")
-def platform(module_db, module_mq, tmp_path_factory):
-    with running_platform(module_db, module_mq, tmp_path_factory.mktemp("profiles")) as running:
-        yield running
-
-
-@pytest.fixture
-async def api(platform):
-    _, key = await paying_tenant(platform)
-    async with httpx.AsyncClient(base_url=platform.urls["sessions"], headers=bearer(key), timeout=60) as http:
-        yield http
+from tests.chromium import VIEWER_ARGS
+from tests.e2e.platform import bearer, paying_tenant
+from tests.helpers import STATE_PAGE, eventually, local_page_server
 
 
 @pytest.fixture(scope="module")
@@ -196,18 +156,17 @@ async def test_profiles_are_listed_newest_first_page_by_page(api):
         assert (await api.delete(f"/v1/profiles/{i}")).status_code == 204
 
 
-async def test_the_dashboard_lists_pages_and_deletes_a_tenants_profiles(platform, api, artifacts_dir):
-    from tests.e2e.test_dashboard import CHROMIUM_ARGS
+async def test_the_dashboard_lists_pages_and_deletes_a_tenants_profiles(four_services, api, artifacts_dir):
     hostile = "<img src=x onerror=alert(1)>"  # a name is tenant input: it must show as text
     odd = (await api.post("/v1/profiles", json={"name": hostile})).json()
     busy = (await api.post("/v1/profiles", json={"name": "checkout login"})).json()
-    _, other_key = await paying_tenant(platform)
-    async with httpx.AsyncClient(base_url=platform.urls["sessions"], headers=bearer(other_key), timeout=60) as other:
+    _, other_key = await paying_tenant(four_services)
+    async with httpx.AsyncClient(base_url=four_services.urls["sessions"], headers=bearer(other_key), timeout=60) as other:
         theirs = (await other.post("/v1/profiles", json={"name": "another tenant's profile"})).json()
     session = await create_session(api, isolation="context", profile={"id": busy["id"], "persist": True})
-    base = platform.urls["sessions"]
+    base = four_services.urls["sessions"]
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=VIEWER_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 860})
             dialogs = []
@@ -266,5 +225,5 @@ async def test_the_dashboard_lists_pages_and_deletes_a_tenants_profiles(platform
             assert dialogs == []  # nothing the names carried ran
         finally:
             await browser.close()
-    async with httpx.AsyncClient(base_url=platform.urls["sessions"], headers=bearer(other_key), timeout=60) as other:
+    async with httpx.AsyncClient(base_url=four_services.urls["sessions"], headers=bearer(other_key), timeout=60) as other:
         assert (await other.get(f"/v1/profiles/{theirs['id']}")).status_code == 200

@@ -1,8 +1,6 @@
 """The provisioner's handlers and reconciler with the kubernetes backend, against real Postgres and
 a fake Kubernetes API server over HTTP."""
 import asyncio
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
@@ -14,12 +12,9 @@ from services.provisioner.adapters.kubernetes import KubernetesBackend
 from prometheus_client import REGISTRY
 from services.provisioner.settings import ProvisionerSettings
 from shared import db
-from shared.messages import PaymentVerified, SubscriptionChanged
-from shared.plans import load_plans
 from tests.fakes.kube_api import FakeKubeAPI
+from tests.integration.provisioner_support import MIGRATIONS, PLANS, changed, events, payment, tenant
 
-MIGRATIONS = Path(handlers.__file__).with_name("migrations")
-PLANS = load_plans(ProvisionerSettings().plans_file)
 MANAGED = "app.kubernetes.io/managed-by=browserfleet-provisioner"
 PLURALS = ["namespaces", "resourcequotas", "limitranges", "networkpolicies", "deployments", "horizontalpodautoscalers"]
 
@@ -49,29 +44,6 @@ async def pool(fresh_db):
     pool = await db.create_pool(fresh_db, schema="provisioner", max_size=10)
     yield pool
     await pool.close()
-
-
-def payment(tenant_id: UUID, plan: str = "professional") -> PaymentVerified:
-    now = datetime.now(timezone.utc)
-    return PaymentVerified(tenant_id=tenant_id, subscription_id=f"sub_{tenant_id.hex[:8]}", plan=plan,
-                           period_start=now, period_end=now + timedelta(days=30), credits=PLANS[plan].credits,
-                           limits=PLANS[plan].limits)
-
-
-def changed(tenant_id: UUID, status: str, plan: str = "professional") -> SubscriptionChanged:
-    return SubscriptionChanged(tenant_id=tenant_id, plan=plan, status=status, limits=PLANS[plan].limits)
-
-
-async def tenant(pool, tenant_id):
-    async with pool.acquire() as conn:
-        return await conn.fetchrow("SELECT * FROM tenants WHERE tenant_id = $1", tenant_id)
-
-
-async def events(pool, routing_key: str, tenant_id: UUID) -> list[dict]:
-    async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT body FROM outbox WHERE routing_key = $1 AND body->>'tenant_id' = $2 "
-                                "ORDER BY created_at", routing_key, str(tenant_id))
-    return [r["body"] for r in rows]
 
 
 def owned(fake, tenant_id: UUID) -> set[tuple[str, str]]:

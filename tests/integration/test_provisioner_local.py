@@ -1,5 +1,4 @@
 """The default local backend: the tenant is recorded and announced; nothing to create on this host."""
-from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -10,9 +9,8 @@ from services.provisioner.__main__ import make_backend
 from services.provisioner.adapters.local import LocalBackend
 from services.provisioner.settings import ProvisionerSettings
 from shared import db
-from tests.integration.test_provisioner_kubernetes import changed, events, payment, tenant
-
-MIGRATIONS = Path(handlers.__file__).with_name("migrations")
+from tests import infra
+from tests.integration.provisioner_support import MIGRATIONS, Bus, changed, events, payment, tenant
 
 
 @pytest.fixture
@@ -43,9 +41,6 @@ async def test_local_provision_cancel_and_resubscribe(pool):
 
 
 async def test_the_service_with_default_settings_provisions_locally(fresh_db, fresh_mq, artifacts_dir):
-    from tests import infra
-    from tests.integration.test_provisioner_service import Bus
-
     env = {"HTTP_PORT": str(infra.free_port()), "DATABASE_URL": fresh_db, "RABBITMQ_URL": fresh_mq,
            "PROVISIONER_BACKEND": "local"}
     service = infra.ServiceProcess("provisioner", env, artifacts_dir).start()

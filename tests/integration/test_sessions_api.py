@@ -4,7 +4,7 @@ from uuid import UUID
 import asyncpg
 
 
-from tests.integration.test_sessions_support import ADMIN, platform, session_events, sessions_infra  # noqa: F401
+from tests.integration.sessions_support import ADMIN, session_events
 
 
 async def test_create_get_list_end_and_usage(platform):

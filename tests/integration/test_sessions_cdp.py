@@ -7,7 +7,7 @@ import websockets
 from playwright.async_api import async_playwright
 
 from shared.messages import BrowserCrashed, utcnow
-from tests.integration.test_sessions_support import platform, publish, sessions_infra  # noqa: F401
+from tests.integration.sessions_support import publish
 
 PAGE = "data:text/html,<title>hello relay</title><h1 id=h>browserfleet</h1>"
 
@@ -90,13 +90,21 @@ async def test_disconnect_ends_the_session_after_the_grace_period(platform):
 async def test_keep_alive_session_survives_disconnect_and_reconnects(platform):
     _, auth = await platform.tenant()
     session = await _session(platform, auth, keep_alive=True)
+    control = await _session(platform, auth)  # not kept alive: its end shows the grace has run out
     async with async_playwright() as pw:
         first = await pw.chromium.connect_over_cdp(session["cdp_url"])
         page = first.contexts[0].pages[0] if first.contexts and first.contexts[0].pages else \
             await (await first.new_context()).new_page()
         await page.goto(PAGE)
         await first.close()
-        await asyncio.sleep(2)  # longer than the test's 1 s disconnect grace
+        async with websockets.connect(control["cdp_url"]) as ws:  # disconnected after the kept-alive one
+            await ws.send('{"id": 1, "method": "Browser.getVersion"}')
+            await ws.recv()
+
+        async def control_ended():
+            s = await _status(platform, auth, control["id"])
+            return s["status"] == "completed" and s["end_reason"] == "disconnected"
+        await platform.wait_for(control_ended)
         assert (await _status(platform, auth, session["id"]))["status"] == "running"
 
         second = await pw.chromium.connect_over_cdp(session["cdp_url"])

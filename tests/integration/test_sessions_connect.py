@@ -1,7 +1,7 @@
 """/v1/connect (the one-line connect) and context sessions through the confining relay (issue 17).
 
 The sessions service runs as a process; warm_pool's lease RPC is the stand-in of
-test_sessions_support, which for a context lease creates the BrowserContext itself in one shared
+tests/integration/sessions_support.py, which for a context lease creates the BrowserContext itself in one shared
 Chromium and answers its id, as warm_pool does."""
 import asyncio
 import json
@@ -15,8 +15,7 @@ import websockets
 from playwright.async_api import async_playwright
 
 from shared.messages import BrowserCrashed, utcnow
-from tests.integration.test_sessions_support import (ADMIN, platform, publish, sessions_infra,  # noqa: F401
-                                                     start_sessions)
+from tests.integration.sessions_support import ADMIN, publish, start_sessions
 
 PAGE = "data:text/html,<title>hello connect</title><h1 id=h>browserfleet</h1>"
 

@@ -8,8 +8,7 @@ import pytest
 import pytest_asyncio
 import websockets
 
-from tests.integration.test_sessions_support import (ADMIN, LeaseResponder, Platform, bind_event_sink,
-                                                     sessions_infra, start_sessions)  # noqa: F401
+from tests.integration.sessions_support import ADMIN, LeaseResponder, Platform, bind_event_sink, start_sessions
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

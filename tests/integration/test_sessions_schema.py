@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
                                  status_code_conformance)
 
-from tests.integration.test_sessions_support import ADMIN, platform, sessions_infra  # noqa: F401
+from tests.integration.sessions_support import ADMIN
 
 OWN = ("/v1/sessions", "/v1/usage", "/v1/admin/tenants", "/v1/admin/api-keys")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -16,7 +16,7 @@ from services.warm_pool.adapters.cdp_connection import CdpConnection
 from services.warm_pool.adapters.storage_state import InvalidState, OriginTracker, capture, restore
 from shared.cdp import CdpError
 from tests.helpers import eventually, local_page_server, page_port
-from tests.integration.test_sessions_support import Chromium
+from tests.chromium import Chromium
 
 PAGE = b"<!doctype html><html><head><title>state</title></head><body>state</body></html>"
 DB_SETUP = """(async () => {

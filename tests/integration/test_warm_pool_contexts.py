@@ -10,10 +10,9 @@ import websockets
 
 from shared.cdp import CdpCommands
 from shared.messages import LEASE_QUEUE, LeaseReply, LeaseRequest
-from tests.integration.test_warm_pool_service import (crash_events, next_crash, provision, rpc, start_and_end_session,
-                                                      start_pool, wait_until)
+from tests.integration.warm_pool_process import (crash_events, next_crash, provision, start_and_end_session,
+                                                 wait_until)
 
-__all__ = ["rpc", "start_pool"]  # fixtures
 PER_BROWSER = 4
 
 

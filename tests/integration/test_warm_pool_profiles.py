@@ -15,7 +15,7 @@ from services.warm_pool.profiles import Archive, ProfileStore
 from services.warm_pool.uow import PostgresUnitOfWork
 from shared import db
 from shared.messages import ProfileRequest
-from tests.integration.test_warm_pool_blobs import MIGRATIONS, s3_blobs, s3_server  # noqa: F401
+from tests.integration.warm_pool_process import MIGRATIONS
 
 RING = KeyRing.parse("t1:" + base64.b64encode(os.urandom(32)).decode())
 
@@ -94,7 +94,7 @@ async def test_a_save_is_a_new_version_and_only_the_last_ones_are_kept(uow):
         assert await tx.conn.fetchval("SELECT count(*) FROM profiles") == 0
 
 
-async def test_versions_in_s3(uow, s3_blobs):  # noqa: F811
+async def test_versions_in_s3(uow, s3_blobs):
     store = store_on(uow, blobs=s3_blobs)
     t, p = await check_versions(uow, store)
     assert await s3_blobs.get(f"{t}/{p}/1") is None and await s3_blobs.get(f"{t}/{p}/3") is not None

@@ -24,7 +24,7 @@ import httpx
 import pytest_asyncio
 
 from tests import infra
-from tests.integration.test_sessions_support import ADMIN, LeaseResponder, Platform, bind_event_sink, start_sessions
+from tests.integration.sessions_support import ADMIN, LeaseResponder, Platform, bind_event_sink, start_sessions
 
 LIMIT = 5
 WINDOW_S = 3600  # no window ends during the test

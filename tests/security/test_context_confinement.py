@@ -5,119 +5,16 @@ connection); each attempt fails while B keeps working. Playwright through the re
 session's context as its browser's only, default, context.
 """
 import asyncio
-import contextlib
-import itertools
 import json
 from pathlib import Path
 
-import pytest
-import websockets
 from playwright.async_api import async_playwright
 
-from services.sessions import confine
-from tests.integration.test_sessions_support import Chromium
+from tests.security.confinement import Cdp, Relay
 
 
-class Cdp:
-    """A raw CDP client: commands by id, events kept."""
-
-    def __init__(self, ws):
-        self.ws, self.ids, self.waiting, self.events = ws, itertools.count(1), {}, []
-        self.reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def connect(cls, url: str) -> "Cdp":
-        return cls(await websockets.connect(url, max_size=None))
-
-    async def _read(self):
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in self.ws:
-                msg = json.loads(raw)
-                if "id" in msg and msg["id"] in self.waiting:
-                    self.waiting.pop(msg["id"]).set_result(msg)
-                else:
-                    self.events.append(msg)
-
-    async def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        msg_id = next(self.ids)
-        future = asyncio.get_running_loop().create_future()
-        self.waiting[msg_id] = future
-        msg = {"id": msg_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        await self.ws.send(json.dumps(msg))
-        return await asyncio.wait_for(future, 15)
-
-    async def ok(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        answer = await self.call(method, params, session)
-        assert "result" in answer, (method, answer)
-        return answer["result"]
-
-    async def refused(self, method: str, params: dict | None = None, session: str | None = None) -> str:
-        answer = await self.call(method, params, session)
-        assert "error" in answer, (method, params, answer)
-        return answer["error"]["message"]
-
-    async def close(self):
-        await self.ws.close()
-        self.reader.cancel()
-
-
-class Relay:
-    """The confining relay on loopback, one context session per path (/a, /b)."""
-
-    def __init__(self, browser_url: str, contexts: dict[str, str]):
-        self.browser_url, self.contexts, self.ended = browser_url, contexts, set()
-
-    async def __aenter__(self):
-        self.server = await websockets.serve(self._serve, "127.0.0.1", 0, max_size=None)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
-        await self.server.wait_closed()
-
-    def url(self, name: str) -> str:
-        return f"ws://127.0.0.1:{self.port}/{name}"
-
-    async def _serve(self, client):
-        name = client.request.path.strip("/")
-        confinement = confine.Confinement(context_id=self.contexts[name], downloads_path=f"/tmp/dl-{name}")
-        async with websockets.connect(self.browser_url, max_size=None) as upstream:
-            tasks = [asyncio.create_task(confine.client_to_browser(client, client.send, upstream, confinement)),
-                     asyncio.create_task(confine.browser_to_client(upstream, client.send, confinement))]
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-            if any(t.result() == "browser_close" for t in done if not t.cancelled() and not t.exception()):
-                self.ended.add(name)
-            for frame in confinement.closing():
-                await upstream.send(frame)
-        await client.close()
-
-
-@pytest.fixture
-async def browser():
-    chromium = await Chromium.launch()
-    yield chromium
-    await chromium.kill()
-
-
-@pytest.fixture
-async def platform(browser):
-    """warm_pool's own connection: two sessions' contexts, each with a first page."""
-    cdp = await Cdp.connect(browser.ws_url)
-    contexts = {}
-    for name in ("a", "b"):
-        contexts[name] = (await cdp.ok("Target.createBrowserContext"))["browserContextId"]
-        await cdp.ok("Target.createTarget", {"url": "about:blank", "browserContextId": contexts[name]})
-    yield cdp, contexts
-    await cdp.close()
-
-
-async def test_a_session_cannot_see_or_touch_another_sessions_targets_contexts_or_cookies(browser, platform):
-    cdp, contexts = platform
+async def test_a_session_cannot_see_or_touch_another_sessions_targets_contexts_or_cookies(browser, two_contexts):
+    cdp, contexts = two_contexts
     async with Relay(browser.ws_url, contexts) as relay:
         a, b = await Cdp.connect(relay.url("a")), await Cdp.connect(relay.url("b"))
         # B, as any client would: a page of its own, attached, and a cookie.
@@ -170,8 +67,8 @@ async def test_a_session_cannot_see_or_touch_another_sessions_targets_contexts_o
         await b.close()
 
 
-async def test_auto_attach_and_discovery_show_only_the_sessions_own_targets(browser, platform):
-    cdp, contexts = platform
+async def test_auto_attach_and_discovery_show_only_the_sessions_own_targets(browser, two_contexts):
+    cdp, contexts = two_contexts
     async with Relay(browser.ws_url, contexts) as relay:
         a, b = await Cdp.connect(relay.url("a")), await Cdp.connect(relay.url("b"))
         await a.ok("Target.setDiscoverTargets", {"discover": True})
@@ -202,8 +99,8 @@ async def test_auto_attach_and_discovery_show_only_the_sessions_own_targets(brow
         await b.close()
 
 
-async def test_browser_close_ends_this_session_only(browser, platform):
-    cdp, contexts = platform
+async def test_browser_close_ends_this_session_only(browser, two_contexts):
+    cdp, contexts = two_contexts
     async with Relay(browser.ws_url, contexts) as relay:
         a, b = await Cdp.connect(relay.url("a")), await Cdp.connect(relay.url("b"))
         assert (await a.call("Browser.close")).get("result") == {}
@@ -214,8 +111,8 @@ async def test_browser_close_ends_this_session_only(browser, platform):
         await b.close()
 
 
-async def test_playwright_sees_the_session_context_as_its_default_and_only_context(browser, platform):
-    cdp, contexts = platform
+async def test_playwright_sees_the_session_context_as_its_default_and_only_context(browser, two_contexts):
+    cdp, contexts = two_contexts
     def pages(infos):
         return sorted(t["targetId"] for t in infos if t["type"] == "page")
     before = (await cdp.ok("Target.getTargets"))["targetInfos"]
@@ -259,8 +156,8 @@ async def puppeteer(url: str, cookie: str) -> dict:
     return json.loads(out)
 
 
-async def test_puppeteer_sees_the_session_context_as_its_default_context(browser, platform):
-    cdp, contexts = platform
+async def test_puppeteer_sees_the_session_context_as_its_default_context(browser, two_contexts):
+    cdp, contexts = two_contexts
     async with Relay(browser.ws_url, contexts) as relay:
         a = await puppeteer(relay.url("a"), "a_cookie")
         b = await puppeteer(relay.url("b"), "b_cookie")
@@ -269,10 +166,10 @@ async def test_puppeteer_sees_the_session_context_as_its_default_context(browser
     assert b["cookies"] == ["b_cookie"] and b["pagesBefore"] == 1 and b["contexts"] == 1
 
 
-async def test_a_page_listed_by_get_targets_can_be_attached_and_other_sessions_still_not(browser, platform):
+async def test_a_page_listed_by_get_targets_can_be_attached_and_other_sessions_still_not(browser, two_contexts):
     """A client that connects again (keep-alive) or speaks raw CDP finds the session's existing
     pages with Target.getTargets and attaches to them; another session's pages stay refused."""
-    cdp, contexts = platform
+    cdp, contexts = two_contexts
     async with Relay(browser.ws_url, contexts) as relay:
         b = await Cdp.connect(relay.url("b"))
         b_pages = [t["targetId"] for t in (await b.ok("Target.getTargets"))["targetInfos"] if t["type"] == "page"]

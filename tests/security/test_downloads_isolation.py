@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from services.sessions import downloads_guard
-from tests.helpers import eventually, local_download, local_page_server
-from tests.security.test_context_confinement import Cdp, Relay, browser, platform  # noqa: F401 (fixtures)
+from tests.helpers import eventually, local_download
+from tests.security.confinement import Cdp, Relay
 
 PAYLOAD = b"downloaded bytes \x00\x01\x02" * 100
 
@@ -29,10 +29,10 @@ async def _page_session(cdp: Cdp, url: str = "about:blank") -> str:
     return (await cdp.ok("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True}))["sessionId"]
 
 
-async def test_a_context_session_cannot_send_its_downloads_into_another_sessions_directory(browser, platform):
+async def test_a_context_session_cannot_send_its_downloads_into_another_sessions_directory(browser, two_contexts):
     """Page.setDownloadBehavior on a page session (and an escaped method name, which a text
     match would miss) named B's directory; the file lands in A's own."""
-    _, contexts = platform
+    _, contexts = two_contexts
     for name in ("a", "b"):
         Path(f"/tmp/dl-{name}").mkdir(exist_ok=True)
         for f in Path(f"/tmp/dl-{name}").iterdir():
@@ -51,7 +51,7 @@ async def test_a_context_session_cannot_send_its_downloads_into_another_sessions
                                   "params": {"behavior": "allow", "downloadPath": "/tmp/dl-b"},
                                   "sessionId": session}).replace("\\\\u0072", "\\u0072")
             await a.ws.send(escaped)
-            await asyncio.sleep(0.3)
+            await eventually(lambda: any(m.get("id") == 900 for m in a.events), what="the escaped command answered")
             with local_download(PAYLOAD, "two.bin") as url:
                 await a.ok("Page.navigate", {"url": url}, session)
                 await eventually(lambda: len(_files(Path("/tmp/dl-a")) + _files(Path("/tmp/dl-b"))) == 2,
@@ -102,23 +102,15 @@ def test_the_browser_relay_keeps_download_settings_in_the_sessions_directory():
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 
-from tests.e2e.platform import running_platform  # noqa: E402
-from tests.e2e.test_dashboard import bearer, paying_tenant  # noqa: E402
-from tests.integration.test_downloads import browser_files, create, download_over_cdp, end_and_list  # noqa: E402
+from tests.e2e.platform import bearer, paying_tenant, running_platform  # noqa: E402
+from tests.integration.downloads_support import browser_files, create, download_over_cdp, end_and_list  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def services(module_db, module_mq, tmp_path_factory):
+def four_services(module_db, module_mq, tmp_path_factory):
     with running_platform(module_db, module_mq, tmp_path_factory.mktemp("downloads-attacks"),
                           DOWNLOADS_MAX_MIB="1") as running:
         yield running
-
-
-@pytest.fixture
-async def api(services):
-    _, key = await paying_tenant(services)
-    async with httpx.AsyncClient(base_url=services.urls["sessions"], headers=bearer(key), timeout=60) as http:
-        yield http
 
 
 async def raw_get(base: str, target: str, authorization: str) -> tuple[int, bytes]:
@@ -134,17 +126,18 @@ async def raw_get(base: str, target: str, authorization: str) -> tuple[int, byte
     return int(head.split()[1]), body
 
 
-def store_files(services) -> list[Path]:
-    return [p for p in (services.logs / "downloads").rglob("*") if p.is_file()]
+def store_files(four_services) -> list[Path]:
+    return [p for p in (four_services.logs / "downloads").rglob("*") if p.is_file()]
 
 
-async def test_another_tenants_downloads_and_traversing_names_are_404(services, api):
+async def test_another_tenants_downloads_and_traversing_names_are_404(four_services, api):
     session = await create(api)
     with local_download(b"mine", "mine.txt") as url:
-        await download_over_cdp(services, session, url)
+        await download_over_cdp(four_services, session, url)
     [item] = await end_and_list(api, session["id"])
-    _, other_key = await paying_tenant(services)
-    async with httpx.AsyncClient(base_url=services.urls["sessions"], headers=bearer(other_key), timeout=30) as other:
+    _, other_key = await paying_tenant(four_services)
+    async with httpx.AsyncClient(base_url=four_services.urls["sessions"], headers=bearer(other_key),
+                                 timeout=30) as other:
         for path in (f"/v1/sessions/{session['id']}/downloads", f"/v1/sessions/{session['id']}/downloads/mine.txt"):
             r = await other.get(path)
             assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (path, r.text)
@@ -153,7 +146,7 @@ async def test_another_tenants_downloads_and_traversing_names_are_404(services, 
     for name in ("..", "%2E%2E", "..%2Fmine.txt", "x%2F..%2Fmine.txt", "%2Fetc%2Fpasswd", "mine.txt%00",
                  "mine.txt%00.png", "..%5Cmine.txt", "MINE.TXT", "mine.txt%20", ".%2Fmine.txt", "%0Amine.txt",
                  "..%2F..%2F..%2F..%2Fetc%2Fpasswd"):
-        status, body = await raw_get(services.urls["sessions"], f"/v1/sessions/{sid}/downloads/{name}",
+        status, body = await raw_get(four_services.urls["sessions"], f"/v1/sessions/{sid}/downloads/{name}",
                                      api.headers["authorization"])
         assert status == 404, (name, status, body)
         assert json.loads(body)["error"]["code"] == "not_found", (name, body)
@@ -161,7 +154,7 @@ async def test_another_tenants_downloads_and_traversing_names_are_404(services, 
     assert r.status_code == 200 and r.content == b"mine"
 
 
-async def test_links_planted_in_the_browsers_tree_are_not_followed(services, api, tmp_path):
+async def test_links_planted_in_the_browsers_tree_are_not_followed(four_services, api, tmp_path):
     """The browser's uid owns its downloads tree and may replace anything in it. A collector that
     copied by path (copytree, open()) would copy the host files the links point at; here a file
     link, a hard link and a linked session directory all point at a file of the host's."""
@@ -170,14 +163,14 @@ async def test_links_planted_in_the_browsers_tree_are_not_followed(services, api
     linked, moved = await create(api), await create(api)
     for session in (linked, moved):
         with local_download(b"real file", "real.txt") as url:
-            await download_over_cdp(services, session, url)
+            await download_over_cdp(four_services, session, url)
     # Session 1: links beside its real file (what the browser's uid can do in its own tree).
-    [real] = browser_files(services, linked["id"])
+    [real] = browser_files(four_services, linked["id"])
     uid = real.stat().st_uid
     os.symlink(secret, real.parent / "symlink.txt")
     os.lchown(real.parent / "symlink.txt", uid, uid)
     # Session 2: its whole directory replaced by a link to a host directory.
-    [other] = browser_files(services, moved["id"])
+    [other] = browser_files(four_services, moved["id"])
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "loot.txt").write_text("HOST-SECRET-CONTENT")
@@ -193,17 +186,17 @@ async def test_links_planted_in_the_browsers_tree_are_not_followed(services, api
     browser_dir = other.parent.parents[2]
     await eventually(lambda: not browser_dir.exists(), timeout=30, what="its browser removed (collection ran first)")
     assert (await api.get(f"/v1/sessions/{moved['id']}/downloads")).json() == {"data": []}
-    for stored in store_files(services):
+    for stored in store_files(four_services):
         assert b"HOST-SECRET-CONTENT" not in stored.read_bytes(), stored
     assert secret.read_text() == "HOST-SECRET-CONTENT" and (outside / "loot.txt").exists()
 
 
-async def test_a_file_over_the_cap_is_dropped_and_recorded_and_the_session_ends(services, api, module_db):
+async def test_a_file_over_the_cap_is_dropped_and_recorded_and_the_session_ends(four_services, api, module_db):
     session = await create(api)
     with local_download(os.urandom(1536 * 1024), "big.bin") as big, local_download(b"small", "small.txt") as small:
-        await download_over_cdp(services, session, big)
-        await download_over_cdp(services, session, small)
-        await eventually(lambda: len(browser_files(services, session["id"])) == 2, what="both downloads")
+        await download_over_cdp(four_services, session, big)
+        await download_over_cdp(four_services, session, small)
+        await eventually(lambda: len(browser_files(four_services, session["id"])) == 2, what="both downloads")
     kept = await end_and_list(api, session["id"])
     assert [i["name"] for i in kept] == ["small.txt"]
     assert (await api.get(f"/v1/sessions/{session['id']}")).json()["status"] == "completed"
@@ -219,13 +212,13 @@ async def test_a_file_over_the_cap_is_dropped_and_recorded_and_the_session_ends(
         ("big.bin", 1536 * 1024, "over_cap"), ("small.txt", 5, None)]
 
 
-async def test_a_browser_session_cannot_point_downloads_outside_its_directory(services, api):
+async def test_a_browser_session_cannot_point_downloads_outside_its_directory(four_services, api):
     """Browser mode: the client's own Browser.setDownloadBehavior, aimed at the browser's
     profile, still lands in the session's directory (and is kept); nothing lands elsewhere."""
     session = await create(api)
     with local_download(b"aimed elsewhere", "aimed.txt") as url:
-        await download_over_cdp(services, session, url, point_elsewhere=True)
-    [home] = {p.parents[2] for p in browser_files(services, session["id"])}
+        await download_over_cdp(four_services, session, url, point_elsewhere=True)
+    [home] = {p.parents[2] for p in browser_files(four_services, session["id"])}
     assert not list((home / "profile").glob("aimed*"))
     [item] = await end_and_list(api, session["id"])
     assert item["name"] == "aimed.txt"

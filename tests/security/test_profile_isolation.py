@@ -23,9 +23,8 @@ from playwright.async_api import async_playwright
 from services.warm_pool.profile_archive import KeyRing, aad_for, unseal
 from services.warm_pool.profiles import decode_archive
 from tests import infra
-from tests.e2e.test_dashboard import bearer, paying_tenant
-from tests.helpers import eventually, local_page_server
-from tests.integration.test_profiles import STATE_PAGE
+from tests.e2e.platform import bearer, paying_tenant
+from tests.helpers import STATE_PAGE, eventually, local_page_server
 
 
 async def _tenant(deployed):

@@ -19,7 +19,7 @@ import websockets
 from shared.cdp import CdpCommands
 from shared.messages import LeaseReply
 from tests.helpers import eventually
-from tests.integration.test_sessions_support import LeaseResponder, Platform, bind_event_sink, start_sessions
+from tests.integration.sessions_support import LeaseResponder, Platform, bind_event_sink, start_sessions
 
 MiB = 2**20
 CAP = 64 * MiB  # MAX_CDP_MESSAGE_BYTES's default: the service below runs with it

@@ -17,7 +17,7 @@ import httpx
 import pytest_asyncio
 
 from tests import infra
-from tests.integration.test_sessions_support import ADMIN, LeaseResponder, Platform, bind_event_sink, start_sessions
+from tests.integration.sessions_support import ADMIN, LeaseResponder, Platform, bind_event_sink, start_sessions
 
 MiB = 2**20
 BODY = 64 * MiB

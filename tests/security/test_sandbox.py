@@ -25,8 +25,7 @@ from playwright.async_api import async_playwright
 
 from shared.settings import DEFAULT_PLANS_FILE
 from tests import infra
-from tests.e2e.platform import running_platform
-from tests.e2e.test_dashboard import bearer, paying_tenant
+from tests.e2e.platform import bearer, keep_alive_session, paying_tenant, running_platform
 from tests.helpers import eventually, local_page_server, page_port
 from tests.security.nettest import Canary, make_test_hosts
 
@@ -73,14 +72,6 @@ async def tenants(platform):
     return await asyncio.gather(paying_tenant(platform), paying_tenant(platform))
 
 
-async def session(platform, api_key: str) -> dict:
-    async with httpx.AsyncClient(timeout=30) as http:
-        r = await http.post(f"{platform.urls['sessions']}/v1/sessions", headers=bearer(api_key),
-                            json={"timeout_s": 600, "idle_timeout_s": 600, "keep_alive": True})
-        assert r.status_code == 201, r.text
-        return r.json()
-
-
 async def browser_row(platform, session_id: str):
     conn = await asyncpg.connect(platform.database_url)
     try:
@@ -94,7 +85,7 @@ async def attack(platform, tenants):
     """Tenant A's browser, driven through its CDP URL, on a page served from a listed host port;
     and tenant B's session beside it."""
     (_, key_a), (_, key_b) = tenants
-    a, b = await asyncio.gather(session(platform, key_a), session(platform, key_b))
+    a, b = await asyncio.gather(keep_alive_session(platform, key_a), keep_alive_session(platform, key_b))
     async with async_playwright() as pw:
         browser = await pw.chromium.connect_over_cdp(a["cdp_url"])
         page = await browser.contexts[0].new_page()
@@ -301,7 +292,7 @@ async def test_downloads_aimed_at_host_paths_land_nowhere_on_the_host(attack, tm
 
 async def test_a_browser_past_its_memory_limit_dies_alone(platform, tenants, attack):
     (_, key_a), _ = tenants
-    victim = await session(platform, key_a)
+    victim = await keep_alive_session(platform, key_a)
     async with async_playwright() as pw:
         browser = await pw.chromium.connect_over_cdp(victim["cdp_url"])
         page = await browser.contexts[0].new_page()
@@ -333,7 +324,7 @@ async def test_a_browser_cannot_fill_the_storage_everyone_shares(platform, tenan
     fails there, and the host's PROFILE_ROOT does not fill. (A session of its own: the download
     may take its browser down with it.)"""
     (_, key_a), _ = tenants
-    mine = await session(platform, key_a)
+    mine = await keep_alive_session(platform, key_a)
     home = Path((await browser_row(platform, mine["id"]))["profile_dir"]) / "home"
     assert os.path.ismount(home)
     size = os.statvfs(home)
@@ -383,7 +374,7 @@ async def test_relayed_connections_are_capped_per_browser(attack, platform, tena
     assert len(os.listdir(f"/proc/{warm_pool}/fd")) < fds_before + 100
     await context.close()
     _, (_, key_b) = tenants
-    fresh = await session(platform, key_b)  # a launch for the other tenant still works
+    fresh = await keep_alive_session(platform, key_b)  # a launch for the other tenant still works
     assert fresh["status"] == "running"
 
 
@@ -424,7 +415,15 @@ async def test_a_network_the_host_joins_later_is_blocked_too(attack, platform, t
                                      "while True:\n c,a=s.accept();open(sys.argv[1],'a').write(a[0]+'\\n');c.close()",
                                      str(log)])
         try:
-            await asyncio.sleep(3)  # warm_pool's reconcile (every second) learns the new network
+            table = f"browserfleet_{platform.procs['warm_pool'].proc.pid}"
+
+            def blocked() -> bool:  # warm_pool's reconcile (every second) learns the new network
+                return "198.51.100.0/24" in subprocess.run(["nft", "list", "set", "inet", table, "blocked4"],
+                                                           capture_output=True, text=True).stdout
+            await eventually(blocked, timeout=15, what="warm_pool's filter table blocking the new network")
+            await eventually(lambda: ":8080" in subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltnH"],
+                                                               capture_output=True, text=True).stdout,
+                             what="the listener on the new network")  # else a refusal would prove nothing
             assert (await page.evaluate(FETCH, f"http://{lan}:8080/")).startswith("error")
             assert not log.exists() or log.read_text() == ""
         finally:

@@ -8,10 +8,8 @@ import httpx
 import pytest
 
 from tests import infra, sandbox_audit
-from tests.e2e.platform import running_platform
-from tests.e2e.test_dashboard import bearer, paying_tenant
+from tests.e2e.platform import bearer, keep_alive_session, paying_tenant, running_platform
 from tests.helpers import eventually
-from tests.security.test_sandbox import session
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +28,7 @@ def test_warm_pool_refuses_to_start_where_no_sandbox_can_be_built(fresh_db, fres
 async def test_without_a_sandbox_a_host_serves_one_tenant(module_db, module_mq, tmp_path):
     with running_platform(module_db, module_mq, tmp_path, BROWSER_SANDBOX="off") as platform:
         _, key_a = await paying_tenant(platform)
-        first = await session(platform, key_a)  # the first tenant this host runs browsers for
+        first = await keep_alive_session(platform, key_a)  # the first tenant this host runs browsers for
         _, key_b = await paying_tenant(platform)
         async with httpx.AsyncClient(timeout=30) as http:
             r = await http.post(f"{platform.urls['sessions']}/v1/sessions", headers=bearer(key_b), json={})
@@ -47,7 +45,7 @@ async def test_without_a_sandbox_a_host_serves_one_tenant(module_db, module_mq, 
 async def test_stop_kill_and_restart_leave_nothing_of_a_sandbox(module_db, module_mq, tmp_path):
     with running_platform(module_db, module_mq, tmp_path) as platform:
         (_, key), = await asyncio.gather(paying_tenant(platform))
-        await session(platform, key)
+        await keep_alive_session(platform, key)
         first = platform.procs["warm_pool"]
         first_pid = first.proc.pid
         slots = await eventually(lambda: sandbox_audit.slots_of(first_pid), what="sandboxes of the first warm_pool")

@@ -8,8 +8,7 @@ import signal
 import asyncpg
 import pytest_asyncio
 
-from tests.integration.test_sessions_support import (ADMIN, LeaseResponder, Platform, bind_event_sink,
-                                                     start_sessions)
+from tests.integration.sessions_support import ADMIN, LeaseResponder, Platform, bind_event_sink, start_sessions
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

@@ -1,13 +1,8 @@
-"""Shared pieces of the sessions tests (no tests here): the sessions service as a process on its
-own database and vhost, a stand-in for warm_pool's lease RPC that launches real Chromium, and
-tenants fed in through the events exchange."""
+"""The sessions service as a process on its own database and vhost, a stand-in for warm_pool's
+lease RPC that launches real Chromium, and tenants fed in through the events exchange (the
+fixtures on top are in tests/integration/conftest.py)."""
 import asyncio
-import contextlib
 import json
-import os
-import shutil
-import signal
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,51 +10,16 @@ from uuid import UUID, uuid4
 
 import aio_pika
 import httpx
-import pytest
-import pytest_asyncio
 import websockets
 
+from shared.cdp import CdpCommands
 from shared.messages import (LEASE_QUEUE, Event, LeaseReply, LeaseRequest, PaymentVerified, SubscriptionChanged,
                              TenantProvisioned)
-from services.warm_pool.settings import default_chromium
-from shared.cdp import CdpCommands
-from shared.browsers import CHROMIUM_FLAGS as BROWSER_FLAGS
 from shared.plans import Limits
 from tests import infra
+from tests.chromium import Chromium
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", *BROWSER_FLAGS, "--remote-debugging-port=0"]  # as the pool's
-
-
-class Chromium:
-    def __init__(self, proc, profile: str, ws_url: str):
-        self.id, self.proc, self.profile, self.ws_url = uuid4(), proc, profile, ws_url
-
-    @classmethod
-    async def launch(cls) -> "Chromium":
-        profile = tempfile.mkdtemp(prefix="bf-sessions-test-")
-        proc = await asyncio.create_subprocess_exec(
-            default_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "TMPDIR": profile})  # its temp files go when the profile does
-        port_file = Path(profile) / "DevToolsActivePort"
-        for _ in range(300):
-            if port_file.exists() and len(port_file.read_text().splitlines()) >= 2:
-                port, path = port_file.read_text().splitlines()[:2]
-                return cls(proc, profile, f"ws://127.0.0.1:{port}{path}")
-            await asyncio.sleep(0.05)
-        proc.kill()
-        raise RuntimeError("chromium did not start")
-
-    async def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # with its helper processes
-        await self.proc.wait()
-        for _ in range(20):  # helpers may still be exiting
-            shutil.rmtree(self.profile, ignore_errors=True)
-            if not Path(self.profile).exists():
-                return
-            await asyncio.sleep(0.1)
 
 
 class LeaseResponder:
@@ -227,25 +187,3 @@ def start_sessions(database_url: str, mq_url: str, log_dir: Path, *, name: str =
     service.start()
     service.wait_ready()
     return service
-
-
-@pytest.fixture(scope="module")
-def sessions_infra(pg_server, mq_server):
-    with infra.fresh_database(pg_server) as db_url, infra.fresh_vhost(mq_server) as mq_url:
-        yield db_url, mq_url
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def platform(sessions_infra, artifacts_dir):
-    db_url, mq_url = sessions_infra
-    lease = LeaseResponder(mq_url)
-    await lease.start()
-    await bind_event_sink(mq_url)
-    service = start_sessions(db_url, mq_url, artifacts_dir)
-    p = Platform(mq_url, [service], lease)
-    try:
-        yield p
-    finally:
-        await p.http.aclose()
-        service.stop(signal.SIGTERM)
-        await lease.stop()
