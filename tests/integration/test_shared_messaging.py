@@ -1,8 +1,6 @@
 """The messaging guarantees every service relies on, against real RabbitMQ and Postgres."""
 import asyncio
-import json
 import uuid
-from pathlib import Path
 
 import aio_pika
 import pytest
@@ -48,7 +46,8 @@ async def test_outbox_row_written_before_a_crash_is_published_once_the_relay_run
     # The state change commits with its outbox row while no relay runs (as if the service died here).
     async with db.transaction(schema_pool) as conn:
         await outbox.add(conn, TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="after-crash"))
-    await asyncio.sleep(0.3)
+    async with schema_pool.acquire() as conn:  # kept, unsent, while no relay runs
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") == 1
     assert seen == []
     relay = OutboxRelay(schema_pool, broker, exchange=EXCHANGE, dsn=fresh_db)
     await relay.start()
@@ -81,7 +80,9 @@ async def test_poison_message_is_dead_lettered_after_the_delivery_limit_and_the_
         queue = consumers.queue_names[0]
         await eventually(lambda: _depth(dead, queue), timeout=20, what="poison in the DLQ")
         assert attempts["poison"] == 3  # exactly the delivery limit, then dead-lettered, not looping
-        await asyncio.sleep(1.0)
+        async with db.transaction(schema_pool) as conn:  # a later message handled: the poison did not come back
+            await outbox.add(conn, TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="third"))
+        await eventually(lambda: attempts.get("third") == 1, what="a message after the poison")
         assert attempts["poison"] == 3
 
         # An operator fixes the cause and replays the DLQ: the message is handled.
@@ -113,8 +114,10 @@ async def test_a_database_outage_longer_than_the_delivery_limit_does_not_dead_le
         async with db.transaction(schema_pool) as conn:
             await outbox.add(conn, TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="during-outage"))
         await eventually(lambda: len(attempts) == 11, timeout=40, what="handled once the database is back")
-        await asyncio.sleep(0.5)
-        assert len(attempts) == 11
+        async with db.transaction(schema_pool) as conn:  # a later message handled: the first did not come back
+            await outbox.add(conn, TenantDeprovisioned(tenant_id=uuid.uuid4(), namespace="after-outage"))
+        await eventually(lambda: attempts[11:] == ["after-outage"], what="a message after the outage")
+        assert attempts.count("during-outage") == 11
         assert (await dead.depths())[consumers.queue_names[0]] == 0
     finally:
         await dead.close()
@@ -185,8 +188,7 @@ async def test_quorum_queue_counts_reject_with_requeue_toward_the_limit(fresh_mq
             break
         counts.append(int((message.headers or {}).get("x-delivery-count", 0) or 0))
         await message.reject(requeue=True)
-    await asyncio.sleep(0.5)
-    dead = await dlq.get(no_ack=True, fail=False, timeout=5)
+    dead = await eventually(lambda: dlq.get(no_ack=True, fail=False, timeout=5), timeout=10, what="the dead letter")
     await connection.close()
     assert counts == [0, 1, 2]
     assert dead is not None and dead.body == b"x"
