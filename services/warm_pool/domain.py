@@ -7,6 +7,7 @@ State = Literal["launching", "idle", "leased", "retiring", "dead"]
 # z for the 97.5th percentile: the pool covers the refills outstanding at almost every lease.
 Z = 1.96
 MAX_UTILISATION = 0.95
+RATE_WINDOW_S = 60.0  # lease rates are counted over the last minute
 
 
 def refill_time(*, launch_seconds: float, lease_rate: float, launch_slots: int) -> float:
