@@ -1,19 +1,17 @@
 """The objects a tenant gets: schema-valid on Kubernetes 1.30 and the newest schema shipped, and secure."""
 import ipaddress
-import subprocess
-import sys
 from uuid import UUID, uuid4
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from services.provisioner import __main__ as provisioner_cli
 from services.provisioner import manifests
 from services.provisioner.domain import TenantSpec, namespace_for
 from services.provisioner.settings import ProvisionerSettings
 from shared.plans import load_plans
 from tests import kube_schemas
-from tests.infra import ROOT
 
 SETTINGS = ProvisionerSettings(cluster_pod_cidr="10.244.0.0/16", cluster_service_cidr="10.96.0.0/12")
 PLANS = load_plans(SETTINGS.plans_file)
@@ -113,7 +111,7 @@ def test_warm_pool_pods_are_configurable_like_the_gateway():
 def test_browser_pods_run_the_pools_chromium_flags():
     """The pod's Chromium gets the flags warm_pool's local browsers get, less those the image's
     entrypoint sets itself (chromedp/headless-shell: the headless shell, --no-sandbox, DevTools port)."""
-    from services.warm_pool.adapters.local import FLAGS
+    from services.warm_pool.adapters.chromium_launch import FLAGS
     (container,) = by_kind(objects("professional"), "Deployment")["spec"]["template"]["spec"]["containers"]
     # A subset, not equality: the local backend may add flags of its own (its sandbox).
     assert container["args"] and set(container["args"]) <= set(FLAGS)
@@ -140,18 +138,25 @@ def test_a_plan_without_prewarmed_browsers_gets_no_hpa_and_zero_replicas():
     assert by_kind(objs, "ResourceQuota")["spec"]["hard"]["pods"] == "1"
 
 
-def test_render_prints_exactly_the_objects_as_yaml():
+def render_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`python -m services.provisioner render ARGV…` in this process: its exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as exited:
+        provisioner_cli.main(["render", *argv])
+    out = capsys.readouterr()
+    return exited.value.code, out.out, out.err
+
+
+def test_render_prints_exactly_the_objects_as_yaml(capsys):
     tenant = uuid4()
-    out = subprocess.run([sys.executable, "-m", "services.provisioner", "render", "--plan", "professional",
-                          "--tenant-id", str(tenant)], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert list(yaml.safe_load_all(out.stdout)) == objects("professional", ProvisionerSettings(), tenant)
-    assert "&id" not in out.stdout
+    code, out, _ = render_cli(capsys, "--plan", "professional", "--tenant-id", str(tenant))
+    assert code == 0
+    assert list(yaml.safe_load_all(out)) == objects("professional", ProvisionerSettings(), tenant)
+    assert "&id" not in out
 
 
-def test_render_refuses_an_unknown_plan():
-    out = subprocess.run([sys.executable, "-m", "services.provisioner", "render", "--plan", "gold",
-                          "--tenant-id", str(uuid4())], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown plan" in out.stderr
+def test_render_refuses_an_unknown_plan(capsys):
+    code, _, err = render_cli(capsys, "--plan", "gold", "--tenant-id", str(uuid4()))
+    assert code == 2 and "unknown plan" in err
 
 
 @pytest.mark.parametrize("concurrent,prewarm", [(0, 0), (1, 1), (3, 10), (2000, 0)])
