@@ -226,8 +226,12 @@ async def test_without_a_ready_pod_a_lease_waits_briefly_for_one_then_answers_no
     assert (await lease(ports, tenant_id)).error == "no_capacity"
     assert not pods(fake, namespace, LEASED) and await states(pool, tenant_id) == ["dead"]
 
+    listed = len(fake.requests)
     waiting = asyncio.create_task(lease(ports, tenant_id))
-    await asyncio.sleep(0.3)
+    # Listed the namespace's pods twice: it found none Ready and waits for one.
+    await eventually(lambda: fake.requests[listed:].count(("GET", f"/api/v1/namespaces/{namespace}/pods")) >= 2,
+                     what="the lease polling for a Ready pod")
+    assert not waiting.done()
     replicaset(fake, namespace, 1)  # the ReplicaSet's replacement becomes Ready
     assert (await waiting).ok
 
