@@ -45,12 +45,20 @@ async def test_an_idle_connection_is_closed_and_a_busy_one_is_not(monkeypatch):
     upstream, relay, port = await _relay_to_echo()
     idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
     busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
-    # Busy for three idle periods: each message still comes back.
-    for _ in range(15):
+    closed = asyncio.ensure_future(idle_reader.read())
+
+    async def ping():
         busy_writer.write(b"ping")
         assert await asyncio.wait_for(busy_reader.readexactly(4), 10) == b"ping"
         await asyncio.sleep(0.1)
-    assert await asyncio.wait_for(idle_reader.read(), 10) == b""  # closed by the relay, never answered
+    # Busy for as long as the idle one lasts, and an idle period more: each message still comes back.
+    for _ in range(100):
+        if closed.done():
+            break
+        await ping()
+    for _ in range(6):
+        await ping()
+    assert await asyncio.wait_for(closed, 10) == b""  # closed by the relay, never answered
     busy_writer.write(b"pong")
     assert await asyncio.wait_for(busy_reader.readexactly(4), 10) == b"pong"
     for writer in (idle_writer, busy_writer):
