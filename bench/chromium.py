@@ -10,7 +10,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-from services.warm_pool.adapters.local import FLAGS as POOL_FLAGS
+from services.warm_pool.adapters.chromium_launch import FLAGS as POOL_FLAGS
 from services.warm_pool.settings import default_chromium
 
 # The same binary and flags as the platform's pool, so the baselines are as lean as its browsers.

@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.request
 
-from services.warm_pool.adapters.local import FLAGS as POOL_FLAGS
+from services.warm_pool.adapters.chromium_launch import FLAGS as POOL_FLAGS
 
 PLAIN = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -176,7 +176,7 @@ def test_a_tenant_cannot_flood_warm_pools_log_through_the_origin_tracker(caplog)
 def test_unpacked_files_carry_no_mode_bits_of_the_archive_and_belong_to_the_browser(tmp_path):
     """Held: unpack (root) takes only names and bytes from an archive: a setuid, world-writable
     member comes out a plain file, and every entry is handed to the browser's uid."""
-    from services.warm_pool.adapters.local import _unpack_owned
+    from services.warm_pool.adapters.browser_dirs import unpack_owned as _unpack_owned
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         d = tarfile.TarInfo("Default")

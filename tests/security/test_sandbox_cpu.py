@@ -8,7 +8,7 @@ from uuid import uuid4
 
 import pytest
 
-from services.warm_pool.adapters import local
+from services.warm_pool.adapters import cpu_priority
 from services.warm_pool.adapters.local import LocalChromium
 from services.warm_pool.adapters.sandbox import Sandbox
 from services.warm_pool.adapters.sandbox_config import IDLE_CPU_WEIGHT, SandboxConfig
@@ -59,9 +59,9 @@ def descendants(pid: int) -> set[int]:
 
 
 async def test_a_leased_browsers_own_cgroup_holds_all_its_processes_and_gets_the_full_weight(backend, monkeypatch):
-    monkeypatch.setattr(local, "PROMOTE_AFTER_S", 3600)  # a slow start on a loaded host is not promoted meanwhile
+    monkeypatch.setattr(cpu_priority, "PROMOTE_AFTER_S", 3600)  # a slow start on a loaded host is not promoted meanwhile
     walks = []
-    monkeypatch.setattr(local, "_normal_priority", lambda pgid: walks.append(pgid))
+    monkeypatch.setattr(cpu_priority, "normal_priority", lambda pgid: walks.append(pgid))
     tree = backend.sandbox.cgroups
     browser_id = uuid4()
 
