@@ -286,8 +286,12 @@ async def create(net: BrowserNet, *, blocked: list[str]) -> None:
 
 
 async def destroy(slot: int) -> None:
-    """Its processes are gone: removing the namespace takes its veth pair with it."""
-    await run("ip", "netns", "del", f"browserfleet-{slot}", check=False)
+    """Its processes are gone: the veth pair, then the namespace. Deleting the host's end first
+    (one `ip -batch`): a deleted namespace takes its veth with it only when the kernel gets round
+    to freeing it, so the pair would outlive the release by a moment (and a slot reused at once
+    would find its veth name taken)."""
+    await run("ip", "-force", "-batch", "-", stdin=f"link del bfh{slot}\nnetns del browserfleet-{slot}\n",
+              check=False)
 
 
 def destroy_sync(slot: int) -> None:
