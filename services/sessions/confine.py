@@ -11,12 +11,16 @@ relay must rewrite, `Target.*` events and page-session traffic are looked at, th
 - Browser-level auto-attach is per connection: targets of other sessions that Chromium attaches
   this connection to are resumed and detached by the relay, never shown to the client.
 - `Browser.close` ends this session, never the browser.
+- A browser-level session (`Target.attachToBrowserTarget`: Playwright's CDP sessions) is the
+  relay's own, never Chromium's: what arrives on it is judged as on the connection itself, and
+  answered on it.
 """
 import json
 import re
-from dataclasses import dataclass, field
+import secrets
 
-INTERNAL_ID = 1_000_000_000  # ids of the relay's own commands; a client's must stay below
+from services.sessions.confine_browser import INTERNAL_ID, FromBrowser, Out, on_session
+
 NOT_ALLOWED = -32601  # "method not found", what Chromium answers for an unknown method
 INVALID = -32602
 
@@ -28,26 +32,17 @@ CONTEXT_SCOPED = {"Browser.setDownloadBehavior", "Browser.grantPermissions", "Br
 TARGET_SCOPED = {"Target.attachToTarget", "Target.activateTarget", "Target.closeTarget",
                  "Target.getTargetInfo", "Target.autoAttachRelated", "Browser.getWindowForTarget"}
 PASS = {"Browser.getVersion", "Schema.getDomains", "Target.setDiscoverTargets"}
+# Not on a browser-level session: they would change the connection's own auto-attach and discovery.
+NOT_ON_BROWSER_SESSION = {"Target.setAutoAttach", "Target.setDiscoverTargets"}
 # What a page session may use of the Target domain (its own frames and workers).
 PAGE_TARGET = {"Target.setAutoAttach", "Target.autoAttachRelated", "Target.detachFromTarget",
                "Target.getTargetInfo", "Target.attachToTarget"}
 # Page-session domains the client may use freely; the rest of a page session's traffic is checked.
 _SENSITIVE = re.compile(r'"(?:Target|Browser|Storage|SystemInfo|Tracing)\.|"browserContextId"|"targetId"'
                         r'|"Page\.setDownloadBehavior"')
-_ID = re.compile(rb'^\{"id":(\d+)')
-_SESSION_TAIL = re.compile(rb'"sessionId":"([0-9A-F]+)"\}$')
 
 
-@dataclass
-class Out:
-    """What one message turns into: frames for the browser, frames for the client, and whether
-    the session should end (the client asked `Browser.close`)."""
-    to_browser: list = field(default_factory=list)
-    to_client: list = field(default_factory=list)
-    end_session: bool = False
-
-
-class Confinement:
+class Confinement(FromBrowser):
     def __init__(self, *, context_id: str, downloads_path: str | None = None):
         self.context_id = context_id
         self.downloads_path = downloads_path
@@ -57,7 +52,11 @@ class Confinement:
         self.sessions: set[str] = set()
         self.foreign: set[str] = set()  # sessions Chromium attached us to in other contexts
         self.downloads: set[str] = set()
+        self.browser_sessions: set[str] = set()  # the client's browser-level sessions (the relay's)
         self._pending: dict[int, tuple] = {}  # client request id -> how to rewrite its answer
+        self._answer_on: dict[int, str] = {}  # client request id -> the browser-level session it came on
+        self._attaching: dict[str, str] = {}  # target id -> the browser-level session attaching to it
+        self._attached_on: dict[str, str] = {}  # page session -> the browser-level session that made it
         self._next = INTERNAL_ID
 
     # --- client → browser ------------------------------------------------------------------
@@ -73,6 +72,8 @@ class Confinement:
         session = msg.get("sessionId")
         if msg_id >= INTERNAL_ID or msg_id < 0:
             return Out(to_client=[_error(msg_id, INVALID, f"command ids must be below {INTERNAL_ID}", session)])
+        if session in self.browser_sessions:
+            return self._on_browser_session(msg_id, method, msg, session)
         if session is not None:
             if session not in self.sessions:
                 return Out(to_client=[_error(msg_id, -32001, "Session with given id not found.", session)])
@@ -81,6 +82,18 @@ class Confinement:
             if "\\" not in raw and not _SENSITIVE.search(raw):
                 return Out(to_browser=[text])
         return self._command(msg_id, method, msg.get("params") or {}, session, msg)
+
+    def _on_browser_session(self, msg_id: int, method: str, msg: dict, alias: str) -> Out:
+        if method in NOT_ON_BROWSER_SESSION:
+            return Out(to_client=[_error(msg_id, NOT_ALLOWED, f"{method} is not available on a browser session", alias)])
+        root = {k: v for k, v in msg.items() if k != "sessionId"}
+        out = self._command(msg_id, method, root.get("params") or {}, None, root)
+        out.to_client = [on_session(frame, alias) for frame in out.to_client]
+        if out.to_browser:
+            self._answer_on[msg_id] = alias
+            if method == "Target.attachToTarget":
+                self._attaching[root["params"]["targetId"]] = alias
+        return out
 
     def _command(self, msg_id: int, method: str, params: dict, session, msg: dict) -> Out:
         refuse = lambda why: Out(to_client=[_error(msg_id, NOT_ALLOWED, why, session)])  # noqa: E731
@@ -111,6 +124,10 @@ class Confinement:
 
         if method == "Browser.close":
             return Out(to_client=[json.dumps({"id": msg_id, "result": {}})], end_session=True)
+        if method == "Target.attachToBrowserTarget":
+            alias = secrets.token_hex(16).upper()
+            self.browser_sessions.add(alias)
+            return Out(to_client=[json.dumps({"id": msg_id, "result": {"sessionId": alias}})])
         if method == "Target.getBrowserContexts":  # the session's context is the default one: not listed
             return Out(to_client=[json.dumps({"id": msg_id, "result": {"browserContextIds": sorted(self.created)}})])
         if method in PASS:
@@ -143,6 +160,10 @@ class Confinement:
                 return refuse("only contexts this session created can be disposed")
             return self._forward(msg_id, msg, params, ("disposed", context))
         if method == "Target.detachFromTarget":
+            if params.get("sessionId") in self.browser_sessions:
+                self.browser_sessions.discard(params["sessionId"])
+                return Out(to_client=[json.dumps({"id": msg_id, "result": {}}), json.dumps(
+                    {"method": "Target.detachedFromTarget", "params": {"sessionId": params["sessionId"]}})])
             if params.get("sessionId") not in self.sessions:
                 return refuse("that session is not this session's")
             return self._forward(msg_id, msg, params)
@@ -164,102 +185,6 @@ class Confinement:
         if params is not msg.get("params"):
             msg = {**msg, "params": params}
         return Out(to_browser=[json.dumps(msg)])
-
-    # --- browser → client ------------------------------------------------------------------
-
-    def from_browser(self, data: str | bytes) -> Out:
-        raw = data.encode() if isinstance(data, str) else data
-        reply = _ID.match(raw)
-        if reply is not None:
-            msg_id = int(reply.group(1))
-            if msg_id >= INTERNAL_ID:
-                return Out()  # the answer to one of our own commands
-            if msg_id not in self._pending:
-                return self._session_checked(raw, data)
-            return Out(to_client=[self._answer(json.loads(raw), self._pending.pop(msg_id))])
-        if raw.startswith(b'{"method":"Target.') or raw.startswith(b'{"method":"Browser.download'):
-            return self._event(json.loads(raw))
-        return self._session_checked(raw, data)
-
-    def _session_checked(self, raw: bytes, data) -> Out:
-        tail = _SESSION_TAIL.search(raw[-80:])
-        if tail is not None and tail.group(1).decode() not in self.sessions:
-            return Out()  # traffic of a session this client does not have
-        return Out(to_client=[data])
-
-    def _answer(self, msg: dict, how: tuple) -> str:
-        result = msg.get("result")
-        if result is not None:
-            kind = how[0]
-            if kind == "target":
-                self.targets.add(result.get("targetId"))
-            elif kind == "attach":
-                self.sessions.add(result.get("sessionId"))
-            elif kind == "context":
-                self.contexts.add(result["browserContextId"])
-                self.created.add(result["browserContextId"])
-            elif kind == "disposed":
-                self.contexts.discard(how[1])
-                self.created.discard(how[1])
-            elif kind == "targets":  # what it lists is its own: attachable (a reconnect finds its pages so)
-                result["targetInfos"] = [t for t in result.get("targetInfos", []) if self._mine(t)]
-                self.targets.update(t["targetId"] for t in result["targetInfos"])
-        return json.dumps(msg)
-
-    def _mine(self, info: dict) -> bool:
-        return info.get("browserContextId") in self.contexts and info.get("type") != "browser"
-
-    def _event(self, msg: dict) -> Out:
-        method, params, parent = msg["method"], msg.get("params", {}), msg.get("sessionId")
-        if parent is not None and parent not in self.sessions:
-            return Out()
-        if method == "Target.attachedToTarget":
-            info, session = params["targetInfo"], params["sessionId"]
-            if self._mine(info):
-                self.targets.add(info["targetId"])
-                self.sessions.add(session)
-                return Out(to_client=[json.dumps(msg)])
-            self.foreign.add(session)  # auto-attached to someone else's target: let it go
-            out = Out()
-            if params.get("waitingForDebugger"):
-                out.to_browser.append(self._internal("Runtime.runIfWaitingForDebugger", {}, session))
-            out.to_browser.append(self._internal("Target.detachFromTarget", {"sessionId": session}, parent))
-            return out
-        if method == "Target.detachedFromTarget":
-            session = params.get("sessionId")
-            self.foreign.discard(session)
-            if session in self.sessions:
-                self.sessions.discard(session)
-                return Out(to_client=[json.dumps(msg)])
-            return Out()
-        if method in ("Target.targetCreated", "Target.targetInfoChanged"):
-            if self._mine(params["targetInfo"]):
-                self.targets.add(params["targetInfo"]["targetId"])
-                return Out(to_client=[json.dumps(msg)])
-            return Out()
-        if method in ("Target.targetDestroyed", "Target.targetCrashed"):
-            if params.get("targetId") in self.targets:
-                if method == "Target.targetDestroyed":
-                    self.targets.discard(params["targetId"])
-                return Out(to_client=[json.dumps(msg)])
-            return Out()
-        if method == "Browser.downloadWillBegin":  # only downloads its own pages started
-            if params.get("frameId") in self.targets:
-                self.downloads.add(params.get("guid"))
-                return Out(to_client=[json.dumps(msg)])
-            return Out()
-        if method == "Browser.downloadProgress":
-            return Out(to_client=[json.dumps(msg)]) if params.get("guid") in self.downloads else Out()
-        if method == "Target.receivedMessageFromTarget":
-            return Out()  # only non-flattened sessions get these, and this client has none
-        return Out(to_client=[json.dumps(msg)])
-
-    def _internal(self, method: str, params: dict, session: str | None) -> str:
-        self._next += 1
-        msg = {"id": self._next, "method": method, "params": params}
-        if session is not None:
-            msg["sessionId"] = session
-        return json.dumps(msg)
 
     def closing(self) -> list[str]:
         """Commands for the browser when the client goes: its own contexts are disposed."""

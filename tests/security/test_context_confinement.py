@@ -47,7 +47,6 @@ async def test_a_session_cannot_see_or_touch_another_sessions_targets_contexts_o
                                ("Browser.resetPermissions", {"browserContextId": contexts["b"]}),
                                ("Browser.crash", {}), ("Browser.crashGpuProcess", {}),
                                ("Target.exposeDevToolsProtocol", {"targetId": b_target}),
-                               ("Target.attachToBrowserTarget", {}),
                                ("Target.sendMessageToTarget", {"message": "{}", "sessionId": b_session}),
                                ("Tracing.start", {}), ("SystemInfo.getProcessInfo", {}),
                                ("Browser.getBrowserCommandLine", {})]:
@@ -184,3 +183,68 @@ async def test_a_page_listed_by_get_targets_can_be_attached_and_other_sessions_s
             await a.refused("Target.attachToTarget", {"targetId": target, "flatten": True})
         await a.close()
         await b.close()
+
+
+async def test_a_browser_level_cdp_session_is_confined_like_the_connection_itself(browser, two_contexts):
+    """`Target.attachToBrowserTarget` (Playwright's `new_cdp_session`, `new_browser_cdp_session`)
+    gives a session on which everything is judged as on the connection itself: B's ids are still
+    refused, unscoped calls still mean A's context, and only A's pages can be attached from it."""
+    cdp, contexts = two_contexts
+    async with Relay(browser.ws_url, contexts) as relay:
+        a, b = await Cdp.connect(relay.url("a")), await Cdp.connect(relay.url("b"))
+        b_target = (await b.ok("Target.createTarget", {"url": "about:blank"}))["targetId"]
+        b_session = (await b.ok("Target.attachToTarget", {"targetId": b_target, "flatten": True}))["sessionId"]
+        await b.ok("Storage.setCookies", {"cookies": [{"name": "b_secret", "value": "1", "domain": "example.com",
+                                                       "path": "/"}]})
+        alias = (await a.ok("Target.attachToBrowserTarget"))["sessionId"]
+        a_targets = (await a.ok("Target.getTargets", session=alias))["targetInfos"]
+        assert a_targets and all(t["browserContextId"] == contexts["a"] for t in a_targets)
+        for method, params in [("Target.attachToTarget", {"targetId": b_target, "flatten": True}),
+                               ("Target.getTargetInfo", {"targetId": b_target}),
+                               ("Target.closeTarget", {"targetId": b_target}),
+                               ("Storage.getCookies", {"browserContextId": contexts["b"]}),
+                               ("Target.disposeBrowserContext", {"browserContextId": contexts["b"]}),
+                               ("Target.setAutoAttach", {"autoAttach": True, "waitForDebuggerOnStart": False,
+                                                         "flatten": True}),
+                               ("Target.setDiscoverTargets", {"discover": True}),
+                               ("Target.exposeDevToolsProtocol", {"targetId": b_target}),
+                               ("Browser.crash", {}), ("Tracing.start", {}), ("SystemInfo.getProcessInfo", {})]:
+            await a.refused(method, params, session=alias)
+        await a.refused("Runtime.evaluate", {"expression": "1"}, session=b_session)
+        forged = (await a.call("Browser.getVersion", session="0" * 32))["error"]["message"]
+        assert "not found" in forged
+        assert (await a.ok("Storage.getCookies", session=alias))["cookies"] == []  # A's context, not B's
+        created = (await a.ok("Target.createTarget", {"url": "about:blank"}, session=alias))["targetId"]
+        everything = (await cdp.ok("Target.getTargets"))["targetInfos"]
+        assert next(t for t in everything if t["targetId"] == created)["browserContextId"] == contexts["a"]
+        # A's own page, attached from the browser session: its events arrive on that session.
+        page = (await a.ok("Target.attachToTarget", {"targetId": created, "flatten": True}, session=alias))["sessionId"]
+        assert (await a.ok("Runtime.evaluate", {"expression": "6*7"}, session=page))["result"]["value"] == 42
+        attached = [e for e in a.events if e.get("method") == "Target.attachedToTarget"
+                    and e["params"]["sessionId"] == page]
+        assert [e.get("sessionId") for e in attached] == [alias]
+        await a.ok("Target.detachFromTarget", {"sessionId": page}, session=alias)
+        await a.refused("Runtime.evaluate", {"expression": "1"}, session=page)
+        await a.ok("Target.detachFromTarget", {"sessionId": alias})
+        assert "error" in await a.call("Browser.getVersion", session=alias)
+        # B is untouched.
+        assert [c["name"] for c in (await b.ok("Storage.getCookies"))["cookies"]] == ["b_secret"]
+        assert (await b.ok("Runtime.evaluate", {"expression": "40+2"}, session=b_session))["result"]["value"] == 42
+        await a.close()
+        await b.close()
+
+
+async def test_playwright_cdp_sessions_work_in_a_context_session(browser, two_contexts):
+    cdp, contexts = two_contexts
+    async with Relay(browser.ws_url, contexts) as relay, async_playwright() as pw:
+        a = await pw.chromium.connect_over_cdp(relay.url("a"))
+        page = await a.contexts[0].new_page()
+        session = await a.contexts[0].new_cdp_session(page)
+        answer = await session.send("Runtime.evaluate", {"expression": "6*7", "returnByValue": True})
+        assert answer["result"]["value"] == 42
+        await session.detach()
+        browser_session = await a.new_browser_cdp_session()
+        infos = (await browser_session.send("Target.getTargets"))["targetInfos"]
+        assert infos and all(t["browserContextId"] == contexts["a"] for t in infos)
+        assert await page.evaluate("1 + 1") == 2  # Playwright's own connection goes on
+        await a.close()
