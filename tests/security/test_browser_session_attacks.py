@@ -7,7 +7,8 @@ Each test here is an attack that worked when it was written (it fails until fixe
   unfiltered (B's pages, their URLs and contexts), from the connection or a browser session;
 - a debug URL (`chrome://inducebrowsercrashforrealz`) as a new target's URL crashes the browser
   every session of it shares;
-- a `file://` page reads B's downloads directory (same browser, same filesystem);
+- a `file://` page lists and reads B's downloads directory, and `DOM.setFileInputFiles` hands
+  A's page any file of B's (same browser, same filesystem);
 - browser sessions cost the relay memory and Chromium nothing: one connection grows the gateway
   without bound.
 """
@@ -105,6 +106,18 @@ async def test_a_file_url_does_not_read_another_sessions_downloads(browser, two_
                         await a.call("Page.navigate", {"url": url}, session=session)
                     seen.append(json.dumps(await a.call("Runtime.evaluate", {"expression": LOADED_HTML,
                                                                              "awaitPromise": True}, session=session)))
+            # And without a URL: the file given to a file input of A's page (DOM.setFileInputFiles).
+            target = (await a.ok("Target.createTarget", {"url": "about:blank"}))["targetId"]
+            session = (await a.ok("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
+            await a.ok("Runtime.evaluate", {"expression": "document.body.innerHTML = '<input type=file id=f>'"},
+                       session=session)
+            root = (await a.ok("DOM.getDocument", {}, session=session))["root"]["nodeId"]
+            node = (await a.ok("DOM.querySelector", {"nodeId": root, "selector": "#f"}, session=session))["nodeId"]
+            if "result" in await a.call("DOM.setFileInputFiles", {"files": [str(b_file)], "nodeId": node},
+                                        session=session):
+                seen.append(json.dumps(await a.call("Runtime.evaluate", {
+                    "expression": "document.getElementById('f').files[0].text()", "awaitPromise": True},
+                    session=session)))
             assert not any(name in s or "b-secret-balance" in s for s in seen), "\n".join(seen)
         finally:
             b_file.unlink(missing_ok=True)
@@ -124,3 +137,4 @@ def test_browser_sessions_do_not_grow_the_relay_without_bound():
     finally:
         tracemalloc.stop()
     assert held < 1_000_000, f"{held / 1e6:.1f} MB held for one connection's browser sessions"
+
