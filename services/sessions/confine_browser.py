@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 INTERNAL_ID = 1_000_000_000  # ids of the relay's own commands; a client's must stay below
+ROOT_IDS = 500_000_000  # the connection's commands, renumbered, from here up (below INTERNAL_ID)
 _ID = re.compile(rb'^\{"id":(\d+)')
 SESSION_TAIL = re.compile(rb'"sessionId":"([0-9A-F]+)"\}$')
 
@@ -27,8 +28,8 @@ class FromBrowser:
     sessions: set[str]
     foreign: set[str]
     downloads: set[str]
-    _pending: dict[int, tuple]
-    _answer_on: dict[int, str]
+    _root: dict[int, tuple]
+    _pending: dict[tuple[str, int], tuple]
     _attaching: dict[str, str]
     _attached_on: dict[str, str]
     _next: int
@@ -40,17 +41,30 @@ class FromBrowser:
             msg_id = int(reply.group(1))
             if msg_id >= INTERNAL_ID:
                 return Out()  # the answer to one of our own commands
-            alias = self._answer_on.pop(msg_id, None) if SESSION_TAIL.search(raw[-80:]) is None else None
-            if msg_id not in self._pending:
-                out = self._session_checked(raw, data)
-            else:
-                out = Out(to_client=[self._answer(json.loads(raw), self._pending.pop(msg_id))])
-            if alias is not None:
-                out.to_client = [on_session(frame, alias) for frame in out.to_client]
-            return out
+            tail = SESSION_TAIL.search(raw[-80:])
+            if tail is None:
+                return self._root_answer(msg_id, raw, data, reply.end())
+            session = tail.group(1).decode()
+            if session not in self.sessions:
+                return Out()  # traffic of a session this client does not have
+            how = self._pending.pop((session, msg_id), None)
+            return Out(to_client=[self._answer(json.loads(raw), how) if how else data])
         if raw.startswith(b'{"method":"Target.') or raw.startswith(b'{"method":"Browser.download'):
             return self._event(json.loads(raw))
         return self._session_checked(raw, data)
+
+    def _root_answer(self, upstream: int, raw: bytes, data, id_end: int) -> Out:
+        """The answer to one of the connection's commands, under the client's id again."""
+        entry = self._root.pop(upstream, None)
+        if entry is None:
+            return Out()  # no command of this client's
+        msg_id, alias, how = entry
+        if how is None and alias is None:  # as it came, but for the id
+            head = f'{{"id":{msg_id}'
+            return Out(to_client=[head + data[id_end:] if isinstance(data, str) else head.encode() + raw[id_end:]])
+        msg = {**json.loads(raw), "id": msg_id}
+        frame = self._answer(msg, how) if how else json.dumps(msg)
+        return Out(to_client=[on_session(frame, alias) if alias else frame])
 
     def _session_checked(self, raw: bytes, data) -> Out:
         tail = SESSION_TAIL.search(raw[-80:])
