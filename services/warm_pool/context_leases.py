@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 
@@ -34,9 +34,9 @@ class ContextLeases:
     replica_id: str
     stopping: bool
     launch_seconds: float
-    cap_lock: asyncio.Lock
     refills: Refills
     _launch: Callable[..., Awaitable[Row | None]]
+    _reserve: Callable[..., Awaitable[UUID | None]]
     kill: Callable[[UUID], Awaitable[None]]
     request_refill: Callable[[UUID], None]
 
@@ -135,18 +135,9 @@ class ContextLeases:
     async def _launch_host(self, req: LeaseRequest) -> tuple[bool, LeaseReply | None]:
         """Start a context host for the tenant now: (started, the refusal to answer with if it
         failed); (False, None) at this host's cap."""
-        browser_id, evicted = uuid4(), None
-        async with self.cap_lock:
-            async with self.uow.begin() as tx:
-                if await tx.repo.count_live(replica_id=self.replica_id) >= self.settings.max_browsers:
-                    evicted = await tx.repo.evict_one_idle(replica_id=self.replica_id, for_tenant=req.tenant_id)
-                    if evicted is None:
-                        return False, None
-                await tx.repo.insert_browser(browser_id=browser_id, tenant_id=req.tenant_id,
-                                             replica_id=self.replica_id, owner_pid=self.replica.pid,
-                                             host=self.replica.host, mode="context")
-        if evicted is not None:
-            await self.kill(evicted)
+        browser_id = await self._reserve(req.tenant_id, mode="context")
+        if browser_id is None:
+            return False, None
         try:
             row = await self._launch(browser_id, "hosting", tenant_id=req.tenant_id, urgent=True)
         except domain.TenantRefused as exc:

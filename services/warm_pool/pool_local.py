@@ -98,20 +98,27 @@ class LocalPool(ContextLeases):
         metrics.LEASES.labels("no_capacity").inc()
         return LeaseReply(ok=False, error="no_capacity")
 
-    async def _launch_on_demand(self, req: LeaseRequest, *, directory: bytes | None = None) -> LeaseReply | None:
-        """None when this host is at its cap with no idle browser of another tenant to make room."""
+    async def _reserve(self, tenant_id: UUID, **row) -> UUID | None:
+        """A new browser row of this replica's for the tenant, under the host's cap: an idle
+        browser of another tenant is evicted (and killed) to make room; None if there is none."""
         browser_id, evicted = uuid4(), None
         async with self.cap_lock:
             async with self.uow.begin() as tx:
                 if await tx.repo.count_live(replica_id=self.replica_id) >= self.settings.max_browsers:
-                    evicted = await tx.repo.evict_one_idle(replica_id=self.replica_id, for_tenant=req.tenant_id)
+                    evicted = await tx.repo.evict_one_idle(replica_id=self.replica_id, for_tenant=tenant_id)
                     if evicted is None:
                         return None
-                await tx.repo.insert_browser(browser_id=browser_id, tenant_id=req.tenant_id,
-                                             replica_id=self.replica_id, owner_pid=self.replica.pid,
-                                             host=self.replica.host, session_id=req.session_id)
+                await tx.repo.insert_browser(browser_id=browser_id, tenant_id=tenant_id, replica_id=self.replica_id,
+                                             owner_pid=self.replica.pid, host=self.replica.host, **row)
         if evicted is not None:
             await self.kill(evicted)
+        return browser_id
+
+    async def _launch_on_demand(self, req: LeaseRequest, *, directory: bytes | None = None) -> LeaseReply | None:
+        """None when this host is at its cap with no idle browser of another tenant to make room."""
+        browser_id = await self._reserve(req.tenant_id, session_id=req.session_id)
+        if browser_id is None:
+            return None
         try:
             row = await self._launch(browser_id, "leased", tenant_id=req.tenant_id, directory=directory)
         except domain.TenantRefused as exc:

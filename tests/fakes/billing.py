@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from uuid import UUID
 
+from tests.fakes import uow
+
 STATE = ("stripe_events", "refused", "superseded", "accounts", "ledger", "usage", "meter_reports", "outbox",
          "inbox")
 
@@ -190,27 +192,19 @@ class FakeRepository:
         return sum(m["sent_at"] is None for m in self.s.meter_reports.values())
 
 
-class FakeTx:
-    def __init__(self, state: "FakeUnitOfWork"):
-        self.s = state
-        self.repo = FakeRepository(state)
-
-    async def publish(self, event) -> None:
-        self.s.outbox.append(event)
-
-    async def first_delivery(self, message_id: UUID) -> bool:
-        if message_id in self.s.inbox:
-            return False
-        self.s.inbox.add(message_id)
-        return True
+class FakeTx(uow.FakeTx):
+    repository = FakeRepository
 
     @asynccontextmanager
     async def savepoint(self):
-        async with self.s._rollback_on_error():
+        async with self.s.rollback_on_error():
             yield
 
 
-class FakeUnitOfWork:
+class FakeUnitOfWork(uow.FakeUnitOfWork):
+    STATE = STATE
+    tx = FakeTx
+
     def __init__(self) -> None:
         self.stripe_events: dict[str, dict] = {}
         self.refused: dict[str, dict] = {}
@@ -223,33 +217,9 @@ class FakeUnitOfWork:
         self.inbox: set[UUID] = set()
         self.clock = datetime(2026, 1, 1, tzinfo=timezone.utc)
         self.seq = itertools.count()
-        self.commits = 0
 
     def advance(self, seconds: float) -> None:
         self.clock += timedelta(seconds=seconds)
-
-    @asynccontextmanager
-    async def _rollback_on_error(self):
-        saved = copy.deepcopy({name: getattr(self, name) for name in STATE})
-        try:
-            yield
-        except BaseException:
-            for name, value in saved.items():
-                setattr(self, name, value)
-            raise
-
-    @asynccontextmanager
-    async def begin(self):
-        async with self._rollback_on_error():
-            yield FakeTx(self)
-        self.commits += 1
-
-    @asynccontextmanager
-    async def connect(self):
-        yield FakeTx(self)
-
-    def published(self, type_: type) -> list:
-        return [e for e in self.outbox if isinstance(e, type_)]
 
 
 class FakeStripe:

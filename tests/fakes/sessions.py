@@ -6,12 +6,11 @@ parameters: the test module checks), on rows held as dicts. A transaction that r
 back. `now()` is the real time plus `offset`, moved by the test (`advance`), so the reaper's
 deadlines can pass without waiting.
 """
-import copy
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 from shared.messages import LeaseReply
+from tests.fakes import uow
 
 STATE = ("tenants", "allowances", "api_keys", "sessions", "idempotency", "sign_ins", "outbox", "inbox")
 LIVE = ("starting", "running")
@@ -256,23 +255,18 @@ class FakeDashboard:
         return 0
 
 
-class FakeTx:
+class FakeTx(uow.FakeTx):
+    repository = FakeRepository
+
     def __init__(self, state: "FakeUnitOfWork"):
-        self.s = state
-        self.repo = FakeRepository(state)
+        super().__init__(state)
         self.dashboard = FakeDashboard(state)
 
-    async def publish(self, event) -> None:
-        self.s.outbox.append(event)
 
-    async def first_delivery(self, message_id: UUID) -> bool:
-        if message_id in self.s.inbox:
-            return False
-        self.s.inbox.add(message_id)
-        return True
+class FakeUnitOfWork(uow.FakeUnitOfWork):
+    STATE = STATE
+    tx = FakeTx
 
-
-class FakeUnitOfWork:
     def __init__(self) -> None:
         self.tenants: dict[UUID, dict] = {}
         self.allowances: dict[tuple, dict] = {}
@@ -283,31 +277,12 @@ class FakeUnitOfWork:
         self.outbox: list = []
         self.inbox: set[UUID] = set()
         self.offset = timedelta()
-        self.commits = 0
 
     def now(self) -> datetime:
         return datetime.now(timezone.utc) + self.offset
 
     def advance(self, seconds: float) -> None:
         self.offset += timedelta(seconds=seconds)
-
-    @asynccontextmanager
-    async def begin(self, *, flush: bool = True):
-        saved = copy.deepcopy({name: getattr(self, name) for name in STATE})
-        try:
-            yield FakeTx(self)
-        except BaseException:
-            for name, value in saved.items():
-                setattr(self, name, value)
-            raise
-        self.commits += 1
-
-    @asynccontextmanager
-    async def connect(self):
-        yield FakeTx(self)
-
-    def published(self, type_: type) -> list:
-        return [e for e in self.outbox if isinstance(e, type_)]
 
     def allowance(self, tenant_id: UUID) -> dict:
         tenant = self.tenants[tenant_id]

@@ -6,15 +6,14 @@ parameters: tests/unit/test_warm_pool_handlers.py checks), on rows held as dicts
 that raises is rolled back. Time is `clock`, moved by the test.
 """
 import asyncio
-import copy
 import itertools
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
 
 from services.warm_pool import domain
+from tests.fakes import uow
 
 LIVE = ("launching", "idle", "leased")
 
@@ -304,22 +303,14 @@ class FakeRepository:
         return {"hosts": len(hosts), "active": sum(b["active_contexts"] for b in hosts)}
 
 
-class FakeTx:
-    def __init__(self, state: "FakeUnitOfWork"):
-        self.s = state
-        self.repo = FakeRepository(state)
-
-    async def publish(self, event) -> None:
-        self.s.outbox.append(event)
-
-    async def first_delivery(self, message_id: UUID) -> bool:
-        if message_id in self.s.inbox:
-            return False
-        self.s.inbox.add(message_id)
-        return True
+class FakeTx(uow.FakeTx):
+    repository = FakeRepository
 
 
-class FakeUnitOfWork:
+class FakeUnitOfWork(uow.FakeUnitOfWork):
+    STATE = ("tenants", "browsers", "contexts", "outbox", "inbox")
+    tx = FakeTx
+
     def __init__(self) -> None:
         self.tenants: dict[UUID, dict] = {}
         self.browsers: dict[UUID, dict] = {}
@@ -328,21 +319,6 @@ class FakeUnitOfWork:
         self.inbox: set[UUID] = set()
         self.clock = 0.0
         self.seq = itertools.count()
-        self.commits = 0
-
-    @asynccontextmanager
-    async def begin(self):
-        saved = copy.deepcopy((self.tenants, self.browsers, self.contexts, self.outbox, self.inbox))
-        try:
-            yield FakeTx(self)
-        except BaseException:
-            self.tenants, self.browsers, self.contexts, self.outbox, self.inbox = saved
-            raise
-        self.commits += 1
-
-    @asynccontextmanager
-    async def connect(self):
-        yield FakeTx(self)
 
     def rows(self, **where) -> list[dict]:
         return [b for b in self.browsers.values() if all(b[k] == v for k, v in where.items())]

@@ -1,7 +1,6 @@
 """billing's handlers against fakes of their ports (tests/fakes/billing.py): renewals, out-of-order and
 duplicate Stripe events, one grant per period, the tenant-binding refusals, session usage and its cost,
 meter reports, checkout, and the admin API's money — with no database, broker or Stripe."""
-import inspect
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -20,6 +19,7 @@ from shared.plans import Plan, load_plans
 from shared.settings import DEFAULT_PLANS_FILE
 from tests import stripe_fakes as stripe
 from tests.fakes.billing import FakeRepository, FakeStripe, FakeUnitOfWork
+from tests.fakes.uow import assert_same_methods
 
 PLANS = load_plans(DEFAULT_PLANS_FILE)
 P1 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -75,14 +75,7 @@ def completed(tenant, session_id, *, duration_ms: int, cost: Decimal, at=None) -
 
 
 def test_the_fake_repository_has_the_real_ones_methods_and_parameters():
-    real = {n: inspect.signature(f) for n, f in vars(Repository).items()
-            if inspect.iscoroutinefunction(f) and not n.startswith("_")}
-    fake = {n: inspect.signature(getattr(FakeRepository, n)) for n in real if hasattr(FakeRepository, n)}
-    assert set(fake) == set(real)
-    for name, sig in real.items():
-        want = [(p.name, p.kind) for p in sig.parameters.values() if p.name != "self"]
-        have = [(p.name, p.kind) for p in fake[name].parameters.values() if p.name != "self"]
-        assert have == want, name
+    assert_same_methods(Repository, FakeRepository)
 
 
 # --- grants, renewals, order and duplicates ---------------------------------------------------

@@ -1,7 +1,6 @@
 """The provisioner's handlers and reconciler against fakes of their ports (tests/fakes/provisioner.py):
 provisioning, redeliveries, failures, cancels, plan changes and reconciliation, with no database,
 broker or cluster."""
-import inspect
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -14,6 +13,7 @@ from shared.messages import PaymentVerified, SubscriptionChanged, TenantDeprovis
 from shared.plans import load_plans
 from shared.settings import DEFAULT_PLANS_FILE
 from tests.fakes.provisioner import FakeCluster, FakeRepository, FakeUnitOfWork, Found
+from tests.fakes.uow import assert_same_methods
 
 PLANS = load_plans(DEFAULT_PLANS_FILE)
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -56,13 +56,7 @@ async def reconcile(uow, cluster, stale_seconds=0):
 
 
 def test_the_fake_repository_has_the_real_ones_methods_and_parameters():
-    real = {n: inspect.signature(f) for n, f in vars(Repository).items()
-            if inspect.iscoroutinefunction(f) and not n.startswith("_")}
-    for name, sig in real.items():
-        want = [(p.name, p.kind) for p in sig.parameters.values() if p.name != "self"]
-        have = [(p.name, p.kind) for p in inspect.signature(getattr(FakeRepository, name)).parameters.values()
-                if p.name != "self"]
-        assert have == want, name
+    assert_same_methods(Repository, FakeRepository)
 
 
 # --- provisioning ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 refunds, idempotent replays, admission, the tenant projection and its out-of-order and duplicate
 messages, crashes, cancellations, the reaper and API keys — with no database, broker or browser."""
 import ast
-import inspect
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -19,6 +18,7 @@ from shared.messages import (BrowserCrashed, LeaseReply, PaymentVerified, Profil
                              SessionStarted, SubscriptionChanged, TenantProvisioned)
 from shared.plans import Limits
 from tests.fakes.sessions import FakeLease, FakeRepository, FakeUnitOfWork
+from tests.fakes.uow import assert_same_methods
 
 SERVICE = Path(__file__).resolve().parents[2] / "services" / "sessions"
 P1 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -71,14 +71,7 @@ async def create(uow, tenant_id, lease=None, request=None, key=None) -> dict:
 
 
 def test_the_fake_repository_has_the_real_ones_methods_and_parameters():
-    real = {n: inspect.signature(f) for n, f in vars(Repository).items()
-            if inspect.iscoroutinefunction(f) and not n.startswith("_")}
-    fake = {n: inspect.signature(getattr(FakeRepository, n)) for n in real if hasattr(FakeRepository, n)}
-    assert set(fake) == set(real)
-    for name, sig in real.items():
-        want = [(p.name, p.kind) for p in sig.parameters.values() if p.name != "self"]
-        have = [(p.name, p.kind) for p in fake[name].parameters.values() if p.name != "self"]
-        assert have == want, name
+    assert_same_methods(Repository, FakeRepository)
 
 
 def test_every_refusal_a_handler_raises_has_an_http_status():
