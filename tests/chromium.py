@@ -45,3 +45,23 @@ class Chromium:
             if not Path(self.profile).exists():
                 return
             await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def sandboxed_pool_chromium(tmp_path: Path, *, spare_networks: int):
+    """warm_pool's own LocalChromium with a sandbox of this test's (no host ports), closed after."""
+    from services.warm_pool.adapters.local import LocalChromium
+    from services.warm_pool.adapters.sandbox import Sandbox
+    from services.warm_pool.adapters.sandbox_config import SandboxConfig
+    from tests import infra
+
+    root = infra.browser_root(tmp_path)
+    sandbox = Sandbox(SandboxConfig(host_ports=[], spare_networks=spare_networks), chromium_path=default_chromium(),
+                      profile_root=root)
+    sandbox.start()
+    backend = LocalChromium(chromium_path=default_chromium(), profile_root=root / "browsers", sandbox=sandbox)
+    try:
+        yield backend
+    finally:
+        if not backend._closed:
+            await backend.close()

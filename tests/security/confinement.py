@@ -55,6 +55,16 @@ class Cdp:
         self.reader.cancel()
 
 
+async def page_and_cookie(cdp: Cdp) -> tuple[str, str]:
+    """What session B has, as any client would make it: a page of its own, attached (target id,
+    session id), and a cookie `b_secret`."""
+    target = (await cdp.ok("Target.createTarget", {"url": "about:blank"}))["targetId"]
+    session = (await cdp.ok("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
+    await cdp.ok("Storage.setCookies", {"cookies": [{"name": "b_secret", "value": "1", "domain": "example.com",
+                                                     "path": "/"}]})
+    return target, session
+
+
 class Relay:
     """The confining relay on loopback, one context session per path (/a, /b)."""
 

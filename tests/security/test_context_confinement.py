@@ -10,18 +10,14 @@ from pathlib import Path
 
 from playwright.async_api import async_playwright
 
-from tests.security.confinement import Cdp, Relay
+from tests.security.confinement import Cdp, Relay, page_and_cookie
 
 
 async def test_a_session_cannot_see_or_touch_another_sessions_targets_contexts_or_cookies(browser, two_contexts):
     cdp, contexts = two_contexts
     async with Relay(browser.ws_url, contexts) as relay:
         a, b = await Cdp.connect(relay.url("a")), await Cdp.connect(relay.url("b"))
-        # B, as any client would: a page of its own, attached, and a cookie.
-        b_target = (await b.ok("Target.createTarget", {"url": "about:blank"}))["targetId"]
-        b_session = (await b.ok("Target.attachToTarget", {"targetId": b_target, "flatten": True}))["sessionId"]
-        await b.ok("Storage.setCookies", {"cookies": [{"name": "b_secret", "value": "1", "domain": "example.com",
-                                                       "path": "/"}]})
+        b_target, b_session = await page_and_cookie(b)
         b_targets = {t["targetId"] for t in (await b.ok("Target.getTargets"))["targetInfos"]}
         assert b_target in b_targets
 
@@ -192,10 +188,7 @@ async def test_a_browser_level_cdp_session_is_confined_like_the_connection_itsel
     cdp, contexts = two_contexts
     async with Relay(browser.ws_url, contexts) as relay:
         a, b = await Cdp.connect(relay.url("a")), await Cdp.connect(relay.url("b"))
-        b_target = (await b.ok("Target.createTarget", {"url": "about:blank"}))["targetId"]
-        b_session = (await b.ok("Target.attachToTarget", {"targetId": b_target, "flatten": True}))["sessionId"]
-        await b.ok("Storage.setCookies", {"cookies": [{"name": "b_secret", "value": "1", "domain": "example.com",
-                                                       "path": "/"}]})
+        b_target, b_session = await page_and_cookie(b)
         alias = (await a.ok("Target.attachToBrowserTarget"))["sessionId"]
         a_targets = (await a.ok("Target.getTargets", session=alias))["targetInfos"]
         assert a_targets and all(t["browserContextId"] == contexts["a"] for t in a_targets)

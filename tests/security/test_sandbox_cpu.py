@@ -9,26 +9,16 @@ from uuid import uuid4
 import pytest
 
 from services.warm_pool.adapters import cpu_priority
-from services.warm_pool.adapters.local import LocalChromium
-from services.warm_pool.adapters.sandbox import Sandbox
-from services.warm_pool.adapters.sandbox_config import IDLE_CPU_WEIGHT, SandboxConfig
-from services.warm_pool.settings import default_chromium
-from tests import infra
+from services.warm_pool.adapters.sandbox_config import IDLE_CPU_WEIGHT
+from tests.chromium import sandboxed_pool_chromium
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 async def backend(tmp_path):
-    root = infra.browser_root(tmp_path)
-    sandbox = Sandbox(SandboxConfig(host_ports=[], spare_networks=0), chromium_path=default_chromium(),
-                      profile_root=root)
-    sandbox.start()
-    backend = LocalChromium(chromium_path=default_chromium(), profile_root=root / "browsers", sandbox=sandbox)
-    try:
+    async with sandboxed_pool_chromium(tmp_path, spare_networks=0) as backend:
         yield backend
-    finally:
-        await backend.close()
 
 
 def cpu_weight(tree, parts: tuple[str, ...]) -> int:

@@ -9,11 +9,8 @@ from uuid import uuid4
 
 import pytest
 
-from services.warm_pool.adapters.local import LocalChromium
-from services.warm_pool.adapters.sandbox import Sandbox
-from services.warm_pool.adapters.sandbox_config import SandboxConfig
-from services.warm_pool.settings import default_chromium
-from tests import infra, sandbox_audit
+from tests import sandbox_audit
+from tests.chromium import sandboxed_pool_chromium
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -34,16 +31,8 @@ def processes_in(name: str) -> str:
 
 @pytest.fixture
 async def backend(tmp_path):
-    root = infra.browser_root(tmp_path)
-    sandbox = Sandbox(SandboxConfig(host_ports=[], spare_networks=2), chromium_path=default_chromium(),
-                      profile_root=root)
-    sandbox.start()
-    backend = LocalChromium(chromium_path=default_chromium(), profile_root=root / "browsers", sandbox=sandbox)
-    try:
+    async with sandboxed_pool_chromium(tmp_path, spare_networks=2) as backend:
         yield backend
-    finally:
-        if not backend._closed:
-            await backend.close()
 
 
 async def test_a_browsers_network_namespace_is_never_anyone_elses(backend):
