@@ -1,7 +1,6 @@
 """Fixtures of the integration tests: the sessions service alone (with a lease stand-in), warm_pool
 as a process, its RPC client, and an S3 server."""
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest_asyncio
 from services.warm_pool.adapters.blobs import S3Blobs
 from shared.rpc import RpcClient
 from tests import infra
-from tests.integration.sessions_support import LeaseResponder, Platform, bind_event_sink, start_sessions
+from tests.integration.sessions_support import sessions_platform
 from tests.integration.warm_pool_process import WarmPool
 
 
@@ -29,17 +28,8 @@ async def platform(sessions_infra, artifacts_dir):
     """The sessions service alone as a process, with a stand-in for warm_pool's lease RPC that
     launches real Chromium (tests/integration/sessions_support.py)."""
     db_url, mq_url = sessions_infra
-    lease = LeaseResponder(mq_url)
-    await lease.start()
-    await bind_event_sink(mq_url)
-    service = start_sessions(db_url, mq_url, artifacts_dir)
-    p = Platform(mq_url, [service], lease)
-    try:
+    async with sessions_platform(db_url, mq_url, artifacts_dir) as p:
         yield p
-    finally:
-        await p.http.aclose()
-        service.stop(signal.SIGTERM)
-        await lease.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 lease RPC that launches real Chromium, and tenants fed in through the events exchange (the
 fixtures on top are in tests/integration/conftest.py)."""
 import asyncio
+import contextlib
 import json
+import signal
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -187,3 +189,19 @@ def start_sessions(database_url: str, mq_url: str, log_dir: Path, *, name: str =
     service.start()
     service.wait_ready()
     return service
+
+
+@contextlib.asynccontextmanager
+async def sessions_platform(database_url: str, mq_url: str, log_dir: Path, *, name: str = "sessions"):
+    """The sessions service alone as a process, with the lease stand-in and an event sink bound."""
+    lease = LeaseResponder(mq_url)
+    await lease.start()
+    await bind_event_sink(mq_url)
+    service = start_sessions(database_url, mq_url, log_dir, name=name)
+    platform = Platform(mq_url, [service], lease)
+    try:
+        yield platform
+    finally:
+        await platform.http.aclose()
+        service.stop(signal.SIGTERM)
+        await lease.stop()

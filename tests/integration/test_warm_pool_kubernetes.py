@@ -30,6 +30,7 @@ from shared.rpc import RpcClient
 from tests import infra
 from tests.fakes.kube_api import FakeKubeAPI
 from tests.helpers import eventually
+from tests.integration.warm_pool_process import crash_events, next_crash
 
 MIGRATIONS = Path(handlers.__file__).with_name("migrations")
 PLAN = load_plans(WarmPoolSettings().plans_file)["professional"]
@@ -376,21 +377,3 @@ async def publish(mq: str, event) -> None:
         await exchange.publish(aio_pika.Message(event.model_dump_json().encode(), content_type="application/json",
                                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                                routing_key=event.type)
-
-
-async def crash_events(mq: str):
-    conn = await aio_pika.connect(mq)
-    channel = await conn.channel()
-    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-    queue = await channel.declare_queue(exclusive=True)
-    await queue.bind(exchange, routing_key=BrowserCrashed.TYPE)
-    return conn, queue
-
-
-async def next_crash(queue) -> BrowserCrashed:
-    async def got():
-        message = await queue.get(fail=False)
-        if message is not None:
-            await message.ack()
-            return BrowserCrashed.model_validate_json(message.body)
-    return await eventually(got, what="a browser_crashed event")

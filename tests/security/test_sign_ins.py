@@ -3,28 +3,18 @@ end with the tenant's subscription, and a tenant's live API keys are capped.
 
 Replayed against the sessions service as a process on its own database and vhost.
 """
-import signal
 
 import asyncpg
 import pytest_asyncio
 
-from tests.integration.sessions_support import ADMIN, LeaseResponder, Platform, bind_event_sink, start_sessions
+from tests.integration.sessions_support import ADMIN, sessions_platform
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def platform(module_db, module_mq, artifacts_dir):
-    lease = LeaseResponder(module_mq)
-    await lease.start()
-    await bind_event_sink(module_mq)
-    service = start_sessions(module_db, module_mq, artifacts_dir, name="sessions-sign-ins")
-    p = Platform(module_mq, [service], lease)
-    p.database_url = module_db
-    try:
+    async with sessions_platform(module_db, module_mq, artifacts_dir, name="sessions-sign-ins") as p:
+        p.database_url = module_db
         yield p
-    finally:
-        await p.http.aclose()
-        service.stop(signal.SIGTERM)
-        await lease.stop()
 
 
 async def _link(platform, tenant_id) -> str:
