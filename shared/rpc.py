@@ -42,14 +42,16 @@ class RpcClient:
 
     async def _open_channel(self) -> None:
         # Confirms + returns raised: a request no queue takes fails at once instead of timing out.
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        # Direct reply-to: consume in no-ack mode on the pseudo-queue before publishing.
-        queue = await self._channel.get_queue(self.REPLY_TO, ensure=False)
+        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        # Direct reply-to: consume in no-ack mode on the pseudo-queue before publishing. The channel
+        # is only used once that consumer exists: a publish before it fails PRECONDITION_FAILED.
+        queue = await channel.get_queue(self.REPLY_TO, ensure=False)
         await queue.consume(self._on_reply, no_ack=True)
+        self._channel = channel
 
     async def ask(self, queue: str, request: BaseModel, reply: type[Reply], *, timeout: float) -> Reply:
         """`request` as JSON to `queue`, its answer parsed as `reply`; connects on first use."""
-        if self._connection is None:
+        if self._channel is None:  # not connected yet, or connecting: wait for it
             async with self._connecting:
                 if self._connection is None:
                     await self.connect()

@@ -228,6 +228,40 @@ async def test_rpc_calls_get_their_own_replies_and_fail_clearly_without_a_server
         await silent.close()
 
 
+
+async def test_a_fresh_clients_first_calls_at_once_all_get_their_replies(fresh_mq):
+    """The first burst after a start (sessions' first creates): every call waits until the reply
+    consumer is there. A publish before it fails with PRECONDITION_FAILED (a 503 to a customer)."""
+    from pydantic import BaseModel
+
+    class Ping(BaseModel):
+        n: int
+
+    connection = await aio_pika.connect(fresh_mq)
+    channel = await connection.channel()
+    queue = await channel.declare_queue("test.ping", durable=True)
+
+    async def on_request(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            await channel.default_exchange.publish(
+                aio_pika.Message(message.body, correlation_id=message.correlation_id), routing_key=message.reply_to)
+    await queue.consume(on_request)
+
+    async def later(i: int, client: RpcClient) -> Ping:  # arriving one by one, some while it connects
+        await asyncio.sleep(i * 0.001)
+        return await client.ask("test.ping", Ping(n=i), Ping, timeout=5)
+
+    try:
+        for _ in range(5):  # each a client that has not connected yet
+            client = RpcClient(fresh_mq)
+            try:
+                replies = await asyncio.gather(*(later(i, client) for i in range(30)), return_exceptions=True)
+            finally:
+                await client.close()
+            assert replies == [Ping(n=i) for i in range(30)], [r for r in replies if not isinstance(r, Ping)][:3]
+    finally:
+        await connection.close()
+
 async def test_a_row_committed_while_the_relay_drains_is_published_without_waiting_for_the_poll(
         schema_pool, fresh_db, fresh_mq):
     seen = []
