@@ -88,6 +88,15 @@ class SessionCompleted(Event):
     cost: Money  # what the session cost under the plan it ran under: billing's figure too
 
 
+class LeaseReleased(Event):
+    """A context sessions leased ahead for a tenant's next create and never used: warm_pool
+    disposes it (only while no session has confirmed it)."""
+    TYPE: ClassVar[str] = "sessions.lease_released"
+    session_id: UUID
+    tenant_id: UUID
+    browser_id: UUID | None = None
+
+
 class BrowserCrashed(Event):
     TYPE: ClassVar[str] = "warm_pool.browser_crashed"
     browser_id: UUID

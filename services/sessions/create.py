@@ -1,7 +1,8 @@
 """Creating a session, a small saga: debit one credit and record the session `starting` (one
 transaction), lease a browser from warm_pool, then record it `running` and announce it; any
 failure after the debit fails the session and refunds the credit. An Idempotency-Key replays
-the first create's answer."""
+the first create's answer. A context session without a profile takes a context leased ahead for
+its tenant when there is one (reservations.py), and then all of it is one transaction."""
 import asyncio
 import logging
 import time
@@ -14,8 +15,9 @@ from services.sessions import domain
 from services.sessions.ending import fail_in_tx
 from services.sessions.metrics import CREDITS, SESSIONS_CREATED
 from services.sessions.ports import Lease, Tx, UnitOfWork
+from services.sessions.reservations import Reserved, Reservations
 from shared import faults
-from shared.messages import SessionStarted
+from shared.messages import LeaseReply, SessionStarted
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +49,19 @@ class CreateSession(BaseModel):
 
 async def create_session(request: CreateSession, *, uow: UnitOfWork, lease: Lease, tenant_id: UUID,
                          idempotency_key: str | None, public_url: str, defaults: tuple[int, int],
-                         lease_timeout_s: float) -> dict:
+                         lease_timeout_s: float, reservations: Reservations | None = None) -> dict:
+    reservable = reservations is not None and request.isolation == "context" and request.profile is None
+    reserved = reservations.take(tenant_id) if reservable else None
+    if reserved is not None:
+        return await _create_on_reserved(request, reserved, uow=uow, reservations=reservations, tenant_id=tenant_id,
+                                         idempotency_key=idempotency_key, public_url=public_url,
+                                         defaults=defaults, lease_timeout_s=lease_timeout_s)
     session_id, token = uuid4(), domain.new_session_token()
-    replay = None
     # Not flushed on its own: the client hears of this debit only after the running-state (or
     # refund) commit below, whose flush covers it. Saves one WAL flush per create.
     async with uow.begin(flush=False) as tx:
-        tenant = await tx.repo.get_tenant(tenant_id=tenant_id, for_update=True)
-        if idempotency_key:
-            replay = await _claim_key(tx, request, tenant_id=tenant_id, idempotency_key=idempotency_key,
-                                      session_id=session_id, token=token)
-        if replay is None:
-            remaining = await _admit(tx, tenant)
-            await tx.repo.insert_session(
-                session_id=session_id, tenant_id=tenant_id, browser=request.browser, plan=tenant["plan"],
-                timeout_s=domain.effective_timeout(request.timeout_s or defaults[0], tenant["max_session_seconds"]),
-                idle_timeout_s=request.idle_timeout_s or defaults[1], keep_alive=request.keep_alive,
-                token_hash=domain.digest(token), period_start=tenant["current_period_start"],
-                remaining_credits=remaining, isolation=request.isolation,
-                profile_id=request.profile.id if request.profile else None,
-                profile_persist=request.profile.persist if request.profile else None)
+        replay = await _debit_and_record(tx, request, tenant_id=tenant_id, idempotency_key=idempotency_key,
+                                         session_id=session_id, token=token, defaults=defaults)
     faults.point("sessions.after_debit")  # debited, no browser yet, not answered
     if replay is not None:
         return await _replay(uow, replay, idempotency_key, public_url, wait_s=lease_timeout_s + 5)
@@ -75,20 +70,11 @@ async def create_session(request: CreateSession, *, uow: UnitOfWork, lease: Leas
     faults.point("sessions.after_lease")  # browser leased, session not recorded running
     if error is None:
         async with uow.begin() as tx:
-            row = await tx.repo.mark_running(session_id=session_id, browser_id=reply.browser_id,
-                                             browser_ws_url=reply.cdp_ws_url, warm=reply.warm,
-                                             context_id=reply.context_id if request.isolation == "context" else None,
-                                             downloads_path=reply.downloads_path)
-            if row is not None:
-                await tx.publish(SessionStarted(session_id=session_id, tenant_id=tenant_id,
-                                                browser_id=reply.browser_id, warm=reply.warm,
-                                                started_at=row["started_at"]))
+            row = await _record_running(tx, request, session_id=session_id, tenant_id=tenant_id, reply=reply)
         if row is not None:
-            faults.point("sessions.before_answer")  # running and recorded, not answered
-            SESSIONS_CREATED.labels("created").inc()
-            log.info("session started", extra={"session_id": str(session_id), "tenant_id": str(tenant_id),
-                                               "warm": reply.warm, "isolation": request.isolation})
-            return _created(row, token, public_url)
+            if reservable:  # the tenant's next context create finds one ready
+                reservations.replenish(tenant_id)
+            return _started(row, token, public_url, warm=reply.warm, isolation=request.isolation)
         error = "failed while starting"
     async with uow.begin() as tx:
         await fail_in_tx(tx, session_id=session_id, failure=error)
@@ -98,6 +84,71 @@ async def create_session(request: CreateSession, *, uow: UnitOfWork, lease: Leas
     SESSIONS_CREATED.labels("no_capacity").inc()
     log.warning("session start failed", extra={"session_id": str(session_id), "error": error})
     raise domain.Refused("no_capacity", (reply and reply.message) or "no browser available right now, retry later")
+
+
+async def _create_on_reserved(request: CreateSession, reserved: Reserved, *, uow: UnitOfWork,
+                              reservations: Reservations, tenant_id: UUID, idempotency_key: str | None,
+                              public_url: str, defaults: tuple[int, int], lease_timeout_s: float) -> dict:
+    """The same create on a context leased ahead (reservations.py): debited, recorded and
+    recorded running in one transaction, on the reservation's session id."""
+    session_id, token = reserved.session_id, domain.new_session_token()
+    try:
+        async with uow.begin() as tx:
+            replay = await _debit_and_record(tx, request, tenant_id=tenant_id, idempotency_key=idempotency_key,
+                                             session_id=session_id, token=token, defaults=defaults)
+            row = None if replay is not None else await _record_running(
+                tx, request, session_id=session_id, tenant_id=tenant_id, reply=reserved.reply)
+    except domain.Refused:  # rolled back: nothing was recorded on its id
+        reservations.give_back(reserved)
+        raise
+    if replay is not None:
+        reservations.give_back(reserved)
+        return await _replay(uow, replay, idempotency_key, public_url, wait_s=lease_timeout_s + 5)
+    reservations.replenish(tenant_id)
+    return _started(row, token, public_url, warm=True, isolation=request.isolation)
+
+
+async def _debit_and_record(tx: Tx, request: CreateSession, *, tenant_id: UUID, idempotency_key: str | None,
+                            session_id: UUID, token: str, defaults: tuple[int, int]):
+    """Debit one credit and record the session `starting`; the first create's key row instead
+    when this is a retry of it (nothing debited then)."""
+    tenant = await tx.repo.get_tenant(tenant_id=tenant_id, for_update=True)
+    if idempotency_key:
+        replay = await _claim_key(tx, request, tenant_id=tenant_id, idempotency_key=idempotency_key,
+                                  session_id=session_id, token=token)
+        if replay is not None:
+            return replay
+    remaining = await _admit(tx, tenant)
+    await tx.repo.insert_session(
+        session_id=session_id, tenant_id=tenant_id, browser=request.browser, plan=tenant["plan"],
+        timeout_s=domain.effective_timeout(request.timeout_s or defaults[0], tenant["max_session_seconds"]),
+        idle_timeout_s=request.idle_timeout_s or defaults[1], keep_alive=request.keep_alive,
+        token_hash=domain.digest(token), period_start=tenant["current_period_start"],
+        remaining_credits=remaining, isolation=request.isolation,
+        profile_id=request.profile.id if request.profile else None,
+        profile_persist=request.profile.persist if request.profile else None)
+    return None
+
+
+async def _record_running(tx: Tx, request: CreateSession, *, session_id: UUID, tenant_id: UUID, reply: LeaseReply):
+    """`running` on its browser, announced (SessionStarted confirms the lease); None if it is
+    not `starting` any more."""
+    row = await tx.repo.mark_running(session_id=session_id, browser_id=reply.browser_id,
+                                     browser_ws_url=reply.cdp_ws_url, warm=reply.warm,
+                                     context_id=reply.context_id if request.isolation == "context" else None,
+                                     downloads_path=reply.downloads_path)
+    if row is not None:
+        await tx.publish(SessionStarted(session_id=session_id, tenant_id=tenant_id, browser_id=reply.browser_id,
+                                        warm=reply.warm, started_at=row["started_at"]))
+    return row
+
+
+def _started(row, token: str, public_url: str, *, warm: bool, isolation: str) -> dict:
+    faults.point("sessions.before_answer")  # running and recorded, not answered
+    SESSIONS_CREATED.labels("created").inc()
+    log.info("session started", extra={"session_id": str(row["id"]), "tenant_id": str(row["tenant_id"]),
+                                       "warm": warm, "isolation": isolation})
+    return _created(row, token, public_url)
 
 
 async def _lease(lease: Lease, request: CreateSession, *, tenant_id: UUID, session_id: UUID):

@@ -14,6 +14,7 @@ from services.sessions.create import CreateSession, create_session as create_han
 from services.sessions.domain import NotFound, Refused
 from services.sessions.ports import UnitOfWork
 from services.sessions.relays import Limits, Relays
+from services.sessions.reservations import Reservations
 from services.sessions.schemas import (AdminSessionList, AdminSessionOut, SessionCreated, SessionOut, SessionPage,
                                        TenantList, TenantOut, Usage)
 from services.sessions.adapters import cdp
@@ -80,7 +81,7 @@ or none, → 404 `not_found`; both refund the credit."""
 
 
 def create_app(*, ready, uow: UnitOfWork, settings, lease, api_keys: keys.ApiKeys, relays: Relays,
-               profiles=None, downloads=None) -> FastAPI:
+               profiles=None, downloads=None, reservations: Reservations | None = None) -> FastAPI:
     app = FastAPI(title="browserfleet sessions", version="1", description=DESCRIPTION)
     http.install(app, ready=ready, settings=settings)
     bearer = HTTPBearer(auto_error=False)
@@ -139,7 +140,7 @@ def create_app(*, ready, uow: UnitOfWork, settings, lease, api_keys: keys.ApiKey
         return await create_handler(
             body, uow=uow, lease=lease, tenant_id=tenant_id, idempotency_key=idempotency_key,
             public_url=settings.public_url, defaults=(settings.default_timeout_s, settings.default_idle_timeout_s),
-            lease_timeout_s=settings.lease_timeout_s)
+            lease_timeout_s=settings.lease_timeout_s, reservations=reservations)
 
     # The body comes from a dependency after `tenant`: a request without a valid key is refused
     # before its body is read (FastAPI reads a declared body before any dependency runs).

@@ -11,3 +11,8 @@ RELAYED_FRAMES = Counter("sessions_cdp_relayed_frames_total", "CDP frames relaye
 RUNNING = Gauge("sessions_running", "Sessions running on the platform (all replicas), from the database")
 CREDITS = Counter("sessions_credits_total", "Credits debited at session start or refunded on failure",
                   ["operation"])
+RESERVATIONS = Counter("sessions_context_reservations_total",
+                       "Context leases held ready for a tenant's next create: leased, taken, released, "
+                       "dropped (their browser crashed), refused (warm_pool had none)", ["event"])
+for _event in ("leased", "taken", "released", "dropped", "refused"):
+    RESERVATIONS.labels(_event)  # exported as 0 from the start

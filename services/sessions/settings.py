@@ -1,4 +1,4 @@
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from shared.settings import ServiceSettings
 
@@ -23,6 +23,10 @@ class SessionsSettings(ServiceSettings):
     # Deadline of each CDP exchange the platform itself makes with a browser (screenshots).
     cdp_call_timeout_s: float = 10
     max_api_keys_per_tenant: int = 25
+    # Context leases held ready per tenant after its context sessions start (reservations.py); 0: none.
+    context_reserve: int = Field(1, ge=0, le=16)
+    # An unused one is released after this long; keep it well under warm_pool's LEASE_CONFIRM_TIMEOUT_S.
+    context_reserve_ttl_s: float = Field(10, gt=0, le=25)
 
     def own_database_url(self) -> str | None:
         return self.sessions_database_url.get_secret_value() if self.sessions_database_url else None

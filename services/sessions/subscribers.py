@@ -6,6 +6,7 @@ from faststream.rabbit import RabbitQueue
 
 from services.sessions import handlers
 from services.sessions.relays import Relays
+from services.sessions.reservations import Reservations
 from services.sessions.ports import UnitOfWork
 from shared.broker import events_exchange
 from shared.messages import (BrowserCrashed, PaymentVerified, ProfileSaved, SessionCompleted, SubscriptionChanged,
@@ -13,7 +14,7 @@ from shared.messages import (BrowserCrashed, PaymentVerified, ProfileSaved, Sess
 from shared.service import Runtime
 
 
-def register(runtime: Runtime, *, uow: UnitOfWork, relays: Relays) -> None:
+def register(runtime: Runtime, *, uow: UnitOfWork, relays: Relays, reservations: Reservations | None = None) -> None:
     plans_file = runtime.settings.plans_file
     runtime.consumers.on(PaymentVerified, partial(handlers.payment_verified, uow=uow))
     runtime.consumers.on(TenantProvisioned, partial(handlers.tenant_provisioned, uow=uow))
@@ -34,3 +35,15 @@ def register(runtime: Runtime, *, uow: UnitOfWork, relays: Relays) -> None:
                                description="every replica: close the ended session's websocket if it holds it")
     async def session_ended(event: SessionCompleted) -> None:
         relays.end(event.session_id, event.end_reason)
+
+    if reservations is None:
+        return
+    # Every replica drops the reservations it holds in a browser that crashed.
+    crashes = RabbitQueue(f"sessions.crashed-browsers.{uuid4().hex[:12]}", durable=False, exclusive=True,
+                          auto_delete=True, routing_key=BrowserCrashed.TYPE)
+
+    @runtime.broker.subscriber(crashes, events_exchange(runtime.settings.events_exchange), no_reply=True,
+                               title="sessions.crashed-browsers.<replica>",
+                               description="every replica: drop its context reservations in the crashed browser")
+    async def browser_gone(event: BrowserCrashed) -> None:
+        reservations.drop_browser(event.browser_id)

@@ -13,7 +13,7 @@ from services.warm_pool import handlers_profiles, metrics
 from services.warm_pool.handlers_profiles import ProfileSessions
 from services.warm_pool.ports import Pool, Row, UnitOfWork
 from services.warm_pool.pools import context_reply, report_gone
-from shared.messages import (LeaseReply, LeaseRequest, SessionCompleted, SessionStarted, SubscriptionChanged,
+from shared.messages import (LeaseReleased, LeaseReply, LeaseRequest, SessionCompleted, SessionStarted, SubscriptionChanged,
                              TenantProvisioned)
 from shared.plans import plan_limits
 
@@ -158,6 +158,16 @@ async def session_completed(event: SessionCompleted, *, pool: Pool, uow: UnitOfW
     await asyncio.gather(*(pool.kill(r["id"]) for r in rows if pool.may_destroy(r)))
     for tenant_id in {r["tenant_id"] for r in rows}:
         pool.request_refill(tenant_id)
+
+
+async def lease_released(event: LeaseReleased, *, pool: Pool, uow: UnitOfWork) -> None:
+    """A context sessions leased ahead and never used (services/sessions/reservations.py)."""
+    async with uow.begin() as tx:
+        if not await tx.first_delivery(event.message_id):
+            return
+        context = await tx.repo.context_ending(session_id=event.session_id, unconfirmed_of=event.tenant_id)
+    if context is not None and pool.may_destroy(context):
+        await pool.end_context(event.session_id)
 
 
 async def subscription_changed(event: SubscriptionChanged, *, pool: Pool, uow: UnitOfWork, plans_file: Path) -> None:

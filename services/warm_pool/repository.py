@@ -295,16 +295,18 @@ class Repository(ProfileQueries):
                                 " WHERE session_id = $1 AND state = 'active'", session_id)
 
 
-    async def context_ending(self, *, session_id: UUID) -> asyncpg.Record | None:
+    async def context_ending(self, *, session_id: UUID, unconfirmed_of: UUID | None = None) -> asyncpg.Record | None:
         """Its session ended: → ending, for its host's replica to dispose. None if it was no
-        context session or has ended already."""
+        context session or has ended already. With `unconfirmed_of` (a tenant), only a context of
+        that tenant's that no session has confirmed (a released reservation)."""
         return await self.conn.fetchrow(
             """
             UPDATE contexts c SET state = 'ending' FROM browsers b
              WHERE c.session_id = $1 AND c.state IN ('creating', 'active') AND b.id = c.browser_id
+               AND ($2::uuid IS NULL OR (c.tenant_id = $2 AND c.confirmed_at IS NULL))
             RETURNING c.session_id, c.browser_id, c.tenant_id, b.replica_id
             """,
-            session_id)
+            session_id, unconfirmed_of)
 
 
     async def context_ended(self, *, session_id: UUID, failed: bool = False) -> UUID | None:

@@ -10,7 +10,7 @@ from services.warm_pool import handlers, profiles as profile_ops
 from services.warm_pool.downloads import Downloads
 from services.warm_pool.handlers_profiles import ProfileSessions
 from services.warm_pool.ports import Pool, UnitOfWork
-from shared.messages import (DOWNLOADS_QUEUE, LEASE_QUEUE, DownloadsReply, DownloadsRequest, PROFILES_QUEUE, LeaseReply, LeaseRequest, ProfileReply, ProfileRequest,
+from shared.messages import (DOWNLOADS_QUEUE, LEASE_QUEUE, DownloadsReply, DownloadsRequest, PROFILES_QUEUE, LeaseReleased, LeaseReply, LeaseRequest, ProfileReply, ProfileRequest,
                              SessionCompleted, SessionStarted, SubscriptionChanged, TenantProvisioned)
 from shared.service import Runtime
 
@@ -38,6 +38,7 @@ def register(runtime: Runtime, *, pool: Pool, uow: UnitOfWork, profiles: Profile
     runtime.consumers.on(SubscriptionChanged, partial(handlers.subscription_changed, pool=pool, uow=uow,
                                                       plans_file=settings.plans_file))
     runtime.consumers.on(SessionStarted, partial(handlers.session_started, uow=uow))
+    runtime.consumers.on(LeaseReleased, partial(handlers.lease_released, pool=pool, uow=uow))
     runtime.consumers.on(SessionCompleted, partial(handlers.session_completed, pool=pool, uow=uow,
                                                    profiles=profiles))
 

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import infra, stripe_fakes
 from tests.helpers import eventually
@@ -102,3 +103,16 @@ async def keep_alive_session(platform, api_key: str) -> dict:
                             json={"timeout_s": 600, "idle_timeout_s": 600, "keep_alive": True})
         assert r.status_code == 201, r.text
         return r.json()
+
+
+def scrape(http, url: str) -> dict[tuple[str, tuple], float]:
+    text = http.get(f"{url}/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    matching = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)]
+    assert matching, f"no {name}{labels} exported"
+    return sum(matching)

@@ -12,11 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
 from tests import infra, stripe_fakes
-from tests.e2e.platform import ADMIN_TOKEN, WEBHOOK_SECRET, running_platform
+from tests.e2e.platform import ADMIN_TOKEN, WEBHOOK_SECRET, running_platform, scrape, value
 
 pytestmark = pytest.mark.e2e
 SERVICE_NAMES = ("billing", "provisioner", "sessions", "warm_pool")
@@ -196,19 +195,6 @@ def test_operator_cli(platform, http, tenant_id, module_mq):
     assert refused.returncode != 0 and "401 unauthorized" in refused.stderr
     bad_queue = cli(platform, "dlq", "replay", "billing", "no.such.queue")
     assert bad_queue.returncode != 0 and "404 not_found" in bad_queue.stderr
-
-
-def scrape(http, url: str) -> dict[tuple[str, tuple], float]:
-    text = http.get(f"{url}/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    matching = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls)]
-    assert matching, f"no {name}{labels} exported"
-    return sum(matching)
 
 
 def test_every_service_exports_its_metrics(platform, http, tenant_id, finished_session):

@@ -8,7 +8,7 @@ import pytest
 import websockets
 from playwright.async_api import async_playwright
 
-from tests.e2e.platform import bearer, paying_tenant, running_platform
+from tests.e2e.platform import bearer, paying_tenant, running_platform, scrape, value
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -84,3 +84,44 @@ async def test_one_line_connect_in_context_mode_from_the_real_warm_pool(platform
         rows = await eventually(ended, timeout=30, what="both sessions ended by closing their sockets")
         assert {s["end_reason"] for s in rows} == {"client"}
         assert (await http.get("/v1/usage")).json()["credits_used"] == 2
+
+
+async def test_a_tenants_next_context_session_starts_on_a_context_reserved_for_it(platform):
+    """The first context session leaves one context leased ahead (CONTEXT_RESERVE=1); the next
+    create takes it (with no lease round trip: tests/unit/test_sessions_reservations.py), and it is
+    as fresh and as confined as any; the
+    reservation is the tenant's alone, and one left unused is given back to warm_pool."""
+    (_, key), (_, other_key) = await paying_tenant(platform), await paying_tenant(platform)
+    sessions = platform.urls["sessions"]
+
+    def reservations(event: str) -> float:
+        return value(scrape(httpx, sessions), "sessions_context_reservations_total", event=event)
+
+    async with httpx.AsyncClient(base_url=sessions, headers=bearer(key), timeout=30) as http:
+        async with async_playwright() as pw:
+            leased = reservations("leased")
+            first = (await http.post("/v1/sessions", json={"isolation": "context"})).json()
+            await eventually(lambda: reservations("leased") > leased, timeout=30, what="a context reserved")
+            browser = await pw.chromium.connect_over_cdp(first["cdp_url"])
+            await browser.contexts[0].add_cookies([{"name": "first", "value": "1", "url": "http://example.com/"}])
+
+            taken = reservations("taken")
+            second = (await http.post("/v1/sessions", json={"isolation": "context"})).json()
+            assert second["status"] == "running" and reservations("taken") == taken + 1
+            reused = await pw.chromium.connect_over_cdp(second["cdp_url"])
+            assert len(reused.contexts) == 1 and await reused.contexts[0].cookies() == []
+            page = reused.contexts[0].pages[0] if reused.contexts[0].pages else await reused.contexts[0].new_page()
+            await page.goto(PAGE)
+            assert await page.text_content("#p") == "connected"
+            assert (await http.get("/v1/usage")).json()["credits_used"] == 2
+
+            taken = reservations("taken")
+            async with httpx.AsyncClient(base_url=sessions, headers=bearer(other_key), timeout=30) as other:
+                assert (await other.post("/v1/sessions", json={"isolation": "context"})).status_code == 201
+            assert reservations("taken") == taken  # another tenant's create never takes this one's
+
+            released = reservations("released")
+            await eventually(lambda: reservations("released") >= released + 2, timeout=30,
+                             what="the unused reservations released after their deadline")
+            await browser.close()
+            await reused.close()

@@ -7,7 +7,7 @@ back. `now()` is the real time plus `offset`, moved by the test (`advance`), so 
 deadlines can pass without waiting.
 """
 from datetime import datetime, timedelta, timezone
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from shared.messages import LeaseReply
 from tests.fakes import uow
@@ -301,3 +301,17 @@ class FakeLease:
         if isinstance(self.reply, Exception):
             raise self.reply
         return self.reply
+
+
+class FakeContextLease(FakeLease):
+    """A context lease answering a fresh context (its own context_id) in one browser per call."""
+
+    def __init__(self, browser_id: UUID | None = None):
+        super().__init__()
+        self.browser_id = browser_id or uuid4()
+
+    async def __call__(self, tenant_id, session_id, *, isolation="browser", profile_id=None, persist=False):
+        self.reply = LeaseReply(ok=True, browser_id=self.browser_id, cdp_ws_url="ws://browser/devtools/browser/x",
+                                warm=True, context_id=uuid4().hex.upper(), downloads_path=f"/downloads/{session_id}")
+        return await super().__call__(tenant_id, session_id, isolation=isolation, profile_id=profile_id,
+                                      persist=persist)

@@ -224,9 +224,11 @@ class FakeRepository:
         if c is not None and c["state"] == "active":
             c["confirmed_at"] = self._now()
 
-    async def context_ending(self, *, session_id):
+    async def context_ending(self, *, session_id, unconfirmed_of=None):
         c = self.s.contexts.get(session_id)
         if c is None or c["state"] not in ("creating", "active"):
+            return None
+        if unconfirmed_of is not None and (c["tenant_id"] != unconfirmed_of or c["confirmed_at"] is not None):
             return None
         c["state"] = "ending"
         return {"session_id": session_id, "browser_id": c["browser_id"], "tenant_id": c["tenant_id"],

@@ -4,7 +4,7 @@ messages, crashes, cancellations, the reaper and API keys — with no database, 
 import ast
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,14 +16,11 @@ from services.sessions.domain import NotFound, Refused
 from services.sessions.repository import Repository
 from shared.messages import (BrowserCrashed, LeaseReply, PaymentVerified, ProfileSaved, SessionCompleted,
                              SessionStarted, SubscriptionChanged, TenantProvisioned)
-from shared.plans import Limits
 from tests.fakes.sessions import FakeLease, FakeRepository, FakeUnitOfWork
+from tests.unit.sessions_support import LIMITS, P1, P2, tenant
 from tests.fakes.uow import assert_same_methods
 
 SERVICE = Path(__file__).resolve().parents[2] / "services" / "sessions"
-P1 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-P2 = P1 + timedelta(days=31)
-LIMITS = Limits(max_concurrent_sessions=2, max_session_seconds=3600, prewarm_browsers=0)
 OK = LeaseReply(ok=True, browser_id=uuid.uuid4(), cdp_ws_url="ws://browser/devtools/browser/x", warm=True)
 
 
@@ -51,17 +48,6 @@ class Ends:
 
     def __call__(self, session_id, reason):
         self.calls.append((session_id, reason))
-
-
-async def tenant(uow, *, credits=3, plan="cheap", provisioned=True) -> uuid.UUID:
-    tenant_id = uuid.uuid4()
-    await handlers.payment_verified(PaymentVerified(tenant_id=tenant_id, subscription_id="sub_1", plan=plan,
-                                                    period_start=P1, period_end=P2, credits=credits,
-                                                    limits=LIMITS), uow=uow)
-    if provisioned:
-        await handlers.tenant_provisioned(TenantProvisioned(tenant_id=tenant_id, namespace="t", plan=plan,
-                                                            limits=LIMITS), uow=uow)
-    return tenant_id
 
 
 async def create(uow, tenant_id, lease=None, request=None, key=None) -> dict:
@@ -178,7 +164,8 @@ async def test_a_failed_create_releases_its_idempotency_key_so_a_retry_tries_aga
 async def test_a_session_is_priced_with_the_plan_it_ran_under_after_a_plan_change(uow, plans):
     tenant_id = await tenant(uow, plan="cheap")
     created = await create(uow, tenant_id)
-    uow.sessions[uuid.UUID(created["id"])]["started_at"] -= timedelta(minutes=10)
+    # 9 min 30 s ago: 10 started minutes, however long the test itself takes (a few ms).
+    uow.sessions[uuid.UUID(created["id"])]["started_at"] -= timedelta(minutes=9, seconds=30)
     await handlers.subscription_changed(SubscriptionChanged(tenant_id=tenant_id, plan="dear", status="active"),
                                         uow=uow, plans_file=plans, ended=Ends())
     ended = await ending.end_session(uow=uow, tenant_id=tenant_id, session_id=uuid.UUID(created["id"]),

@@ -13,7 +13,7 @@ from services.warm_pool.adapters.contexts import make_downloads_dir, remove_down
 from services.warm_pool.pool_cluster import ClusterPool
 from services.warm_pool.pool_local import LocalPool
 from services.warm_pool.pools import Replica
-from shared.messages import BrowserCrashed, LeaseRequest, SessionStarted, SubscriptionChanged
+from shared.messages import BrowserCrashed, LeaseReleased, LeaseRequest, SessionStarted, SubscriptionChanged
 from tests.fakes.warm_pool import FakeClusterBackend, FakeProcessBackend, FakeUnitOfWork
 from tests.unit.warm_pool_support import HOST, completed, metric, provision, settings, settle
 
@@ -177,6 +177,24 @@ async def test_an_unconfirmed_context_is_reclaimed(pool, uow, backend):
     await handlers.reconcile(pool=pool, uow=uow, confirm_timeout_s=30)
 
     assert backend.contexts[reply.browser_id] == {} and uow.rows(id=reply.browser_id)[0]["active_contexts"] == 0
+
+
+async def test_a_released_reservation_is_disposed_only_if_unconfirmed_and_the_tenants(pool, uow, backend):
+    tenant, other = await provision(pool, uow, prewarm=1), uuid.uuid4()
+    unused, started = uuid.uuid4(), uuid.uuid4()
+    reply = await lease(pool, uow, tenant, unused)
+    kept = await lease(pool, uow, tenant, started)
+    await handlers.session_started(SessionStarted(session_id=started, tenant_id=tenant, browser_id=kept.browser_id,
+                                                  warm=True, started_at=completed(tenant, started, None).ended_at),
+                                   uow=uow)
+
+    for session_id, tenant_id in ((unused, other), (started, tenant), (unused, tenant)):
+        await handlers.lease_released(LeaseReleased(session_id=session_id, tenant_id=tenant_id,
+                                                    browser_id=reply.browser_id), pool=pool, uow=uow)
+    await settle(pool)
+
+    assert backend.contexts[reply.browser_id] == {kept.context_id: started}  # another tenant's word, or a
+    assert uow.contexts[unused]["state"] == "ended"                          # session's, disposes nothing
 
 
 @pytest.mark.parametrize("threshold", ["served", "age", "memory"])
