@@ -11,7 +11,8 @@
 2. The relay's added cost per `Runtime.evaluate` round trip: direct, browser mode, context mode.
 3. PSS per running session (one page loaded) in each mode, and sessions per GiB.
 4. A burst: 60 context sessions of one tenant at once through /v1/connect, each loading a page,
-   then held with a `Runtime.evaluate` heartbeat every 2 s (optionally the same in browser mode).
+   then held with a `Runtime.evaluate` heartbeat every 2 s (optionally the same in browser mode);
+   then the same burst again from a bare CDP client (bench/raw_cdp.py), with no Playwright driver.
 Writes bench/contexts_results.json and prints the report's tables (BENCHMARKS.md, "Context sessions").
 """
 import argparse
@@ -28,8 +29,9 @@ import asyncpg
 import httpx
 from playwright.async_api import async_playwright
 
-from bench import chromium, procs, scenarios
+from bench import chromium, procs, raw_cdp, scenarios
 from bench.stats import Progress, pct, summary
+from services.warm_pool.settings import WarmPoolSettings
 from tests import infra
 from tests.e2e.platform import WEBHOOK_SECRET, Platform
 from tests.helpers import local_page_server
@@ -122,12 +124,12 @@ class Runner:
         if kind in ("floor", "context_floor"):
             for b in await asyncio.gather(*(chromium.launch_async() for _ in range(clients))):
                 browsers.put_nowait(b)
-        # As a platform's context host: up to CONTEXTS_PER_BROWSER (8) clients share one browser.
-        shared = ([await chromium.launch_async() for _ in range(-(-clients // 8))]
+        # As a platform's context host: up to CONTEXTS_PER_BROWSER clients share one browser.
+        per = WarmPoolSettings.model_fields["contexts_per_browser"].default
+        shared = ([await chromium.launch_async() for _ in range(-(-clients // per))]
                   if kind == "shared_context_floor" else [])
         turn = [0]
-        connect_url = (f"{self.ctx.sessions.replace('http://', 'ws://')}/v1/connect"
-                       f"?api_key={self.ctx.key}&isolation=context")
+        connect = connect_url(self.ctx)
 
         async def one(batch: list) -> None:
             timer = Timer()
@@ -161,7 +163,7 @@ class Runner:
                 await self._session(self.ctx, "context", timer)
             else:
                 timer.lap("get")
-                await drive(self.pw, connect_url, self.page_url, timer)
+                await drive(self.pw, connect, self.page_url, timer)
             total = sum(timer.steps.values())
             lat.append(total)
             self.samples[kind].setdefault(clients, []).append((total, timer.steps))
@@ -270,9 +272,13 @@ async def empty_host_pss(db, tenant) -> list[float]:
     return [group_pss_mib(r["pid"]) for r in rows]
 
 
+def connect_url(tenant, isolation: str = "context") -> str:
+    return f"{tenant.sessions.replace('http://', 'ws://')}/v1/connect?api_key={tenant.key}&isolation={isolation}"
+
+
 async def burst(http, pw, db, tenant, isolation: str, page_url: str, count: int, hold_s: float) -> dict:
     """`count` sessions at once through /v1/connect, each loading a page; then a heartbeat every 2 s."""
-    url = f"{tenant.sessions.replace('http://', 'ws://')}/v1/connect?api_key={tenant.key}&isolation={isolation}"
+    url = connect_url(tenant, isolation)
     mem_before = procs.mem_available_kib()
     ready: list[float] = []
     beats: list[float] = []
@@ -352,6 +358,9 @@ async def measure(args, platform, page_url: str) -> dict:
                 await wait_pool(db, ctx, hosts=args.burst_hosts, timeout=300)
                 results["burst"] = {"context": await burst(http, pw, db, ctx, "context", page_url, 60,
                                                            20 if quick else 60)}
+                await wait_pool(db, ctx, hosts=args.burst_hosts, timeout=300)
+                results["burst"]["context_raw"] = await raw_cdp.burst(connect_url(ctx), page_url, 60,
+                                                                      20 if quick else 60)
                 return results
             runner.pause = args.pause
             for clients in (int(c) for c in args.clients.split(",")):
@@ -377,13 +386,17 @@ async def measure(args, platform, page_url: str) -> dict:
             await wait_pool(db, rest, idle=10)
             await wait_pool(db, ctx, hosts=1)
             results["empty_host_pss_mib"] = await empty_host_pss(db, ctx)
-            count = 8
+            # A context host full of sessions, as a busy tenant's are.
+            count = int(dict(e.split("=", 1) for e in args.env).get(
+                "CONTEXTS_PER_BROWSER", WarmPoolSettings.model_fields["contexts_per_browser"].default))
             results["memory"] = {"browser": await memory(http, pw, db, rest, "browser", page_url, count),
                                  "context": await memory(http, pw, db, ctx, "context", page_url, count)}
             await wait_pool(db, rest, idle=10)
             await wait_pool(db, ctx, hosts=1)
             hold = 20 if quick else 60
             results["burst"] = {"context": await burst(http, pw, db, ctx, "context", page_url, 60, hold)}
+            await wait_pool(db, ctx, hosts=1)
+            results["burst"]["context_raw"] = await raw_cdp.burst(connect_url(ctx), page_url, 60, hold)
             if args.browser_burst:
                 await wait_pool(db, rest, idle=10)
                 results["burst"]["browser"] = await burst(http, pw, db, rest, "browser", page_url, 60, hold)
@@ -415,7 +428,7 @@ def report(results: dict) -> list[str]:
     names = {"floor": "floor: a browser launched beforehand and reused",
              "fresh_floor": "fresh floor: a browser launched beforehand for each lifecycle",
              "context_floor": "context floor: a fresh BrowserContext per lifecycle in a warm browser (no platform)",
-             "shared_context_floor": "shared context floor: the same, up to 8 clients sharing one browser (no platform)",
+             "shared_context_floor": "shared context floor: the same, up to CONTEXTS_PER_BROWSER clients sharing one browser (no platform)",
              "cold": "cold: Chromium launched per lifecycle",
              "rest_browser": "REST, browser mode (create → … → end)",
              "rest_context": "REST, context mode (create → … → end)",
@@ -470,6 +483,11 @@ def report(results: dict) -> list[str]:
 
 
 def burst_line(k: str, b: dict) -> str:
+    if k == "context_raw":
+        return (f"Burst, context mode, raw CDP (no Playwright driver): {b['sessions']} sessions at once through "
+                f"`/v1/connect`, {b['live']} live, {len(b['errors'])} errors; ready p50 {b['ready']['p50'] / 1000:.2f} s, "
+                f"p90 {b['ready']['p90'] / 1000:.2f} s; held {b['hold_s']:.0f} s, heartbeat every 2 s: "
+                f"n={b['heartbeat']['n']}, p50 {b['heartbeat']['p50']:.1f} ms, p99 {b['heartbeat']['p99']:.1f} ms.")
     return (f"Burst, {k} mode: {b['sessions']} sessions at once through `/v1/connect`, {b['live']} live, "
             f"{len(b['errors'])} errors, in {b['browsers']} browsers; ready p50 {b['ready']['p50'] / 1000:.2f} s, "
             f"p90 {b['ready']['p90'] / 1000:.2f} s; PSS per session {b['pss_per_session_mib']:.1f} MiB "
@@ -505,6 +523,10 @@ def targets(results: dict) -> list[str]:
     rows.append(("burst: memory per session ≤ 25 MiB", f"{b['pss_per_session_mib']:.1f} MiB PSS",
                  status(b["pss_per_session_mib"] <= 25)))
     rows.append(("burst: heartbeat p99 ≤ 50 ms", f"{b['heartbeat']['p99']:.1f} ms", status(b["heartbeat"]["p99"] <= 50)))
+    if raw := results["burst"].get("context_raw"):
+        rows.append(("the same burst, raw CDP: ready p90 ≤ 3 s / heartbeat p99 ≤ 50 ms",
+                     f"{raw['ready']['p90'] / 1000:.2f} s / {raw['heartbeat']['p99']:.1f} ms",
+                     status(raw["ready"]["p90"] <= 3000 and raw["heartbeat"]["p99"] <= 50 and not raw["errors"])))
     return ["| target | measured (this run) | status |", "|---|---|---|", *(f"| {a} | {v} | {s} |" for a, v, s in rows)]
 
 

@@ -119,6 +119,9 @@ class LeaseRequest(BaseModel):
     # persisting session per profile at a time).
     profile_id: UUID | None = None
     persist: bool = False
+    # A context leased ahead of the tenant's next create (sessions' reservations): only in an open
+    # host with room, never launching one for it.
+    ahead: bool = False
 
 
 class LeaseReply(BaseModel):

@@ -32,7 +32,7 @@ class UnitOfWork(Protocol):
 
 class Lease(Protocol):
     async def __call__(self, tenant_id: UUID, session_id: UUID, *, isolation: str,
-                       profile_id: UUID | None = None, persist: bool = False) -> LeaseReply: ...
+                       profile_id: UUID | None = None, persist: bool = False, ahead: bool = False) -> LeaseReply: ...
 
 
 class Ended(Protocol):

@@ -99,7 +99,7 @@ class Reservations:
             while self.count(tenant_id) < self.per_tenant:
                 session_id, started = uuid4(), self.clock()
                 try:
-                    reply = await self.lease(tenant_id, session_id, isolation="context")
+                    reply = await self.lease(tenant_id, session_id, isolation="context", ahead=True)
                 except Exception as exc:  # the next create tries again
                     log.info("reserving a context failed", extra={"tenant_id": str(tenant_id), "error": type(exc).__name__})
                     return

@@ -98,7 +98,12 @@ class ContextLeases:
         """A slot in an open host (warm); else launch hosts and take a slot in one (cold). Launches
         of a tenant go one round at a time, each starting, at once, enough hosts for every lease
         waiting then; a lease that waited out another's round tries the new hosts first. Up to
-        lease_wait_s at the host cap."""
+        lease_wait_s at the host cap. A lease `ahead` takes an open host's room or nothing."""
+        if req.ahead:
+            reply = await self._open_context(req, warm=True)
+            if reply is None:
+                metrics.CONTEXT_LEASES.labels("no_capacity").inc()
+            return reply or LeaseReply(ok=False, error="no_capacity")
         deadline = time.monotonic() + self.settings.lease_wait_s
         lock = self.host_launches.setdefault(req.tenant_id, asyncio.Lock())
         waiting = self.context_waiting

@@ -74,7 +74,7 @@ class WarmPoolSettings(ServiceSettings):
     prune_interval_s: float = Field(3600, gt=0)
 
     # Context sessions (isolation "context"): BrowserContexts in warm browsers of the tenant's own.
-    contexts_per_browser: int = Field(8, ge=1)
+    contexts_per_browser: int = Field(10, ge=1)
     # A context host takes no new context after this many, past this age, or once its memory grew
     # this much over what it held when it started; it is recycled when its last context ends.
     context_recycle_after: int = Field(200, ge=1)
@@ -84,8 +84,10 @@ class WarmPoolSettings(ServiceSettings):
     # in the last CONTEXT_WARM_WINDOW_S (more follow its context-lease rate).
     context_prewarm_hosts: int = Field(1, ge=0)
     context_warm_window_s: float = Field(3600, gt=0)
-    # A first about:blank page in each new context, as a browser of its own starts with.
-    context_first_page: bool = True
+    # A first about:blank page in each new context, as a launched browser starts with. Off: it
+    # does not make the client's first new_page cheaper, and it makes every connect_over_cdp
+    # initialise one more page (BENCHMARKS.md, "Context sessions").
+    context_first_page: bool = False
     context_cdp_timeout_s: float = Field(10, gt=0)
 
     # The local backend's sandbox (docs/SECURITY.md). "off" only where namespaces cannot be had,

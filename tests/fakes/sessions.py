@@ -295,9 +295,10 @@ class FakeLease:
     def __init__(self, reply: LeaseReply | Exception | None = None):
         self.reply, self.asked = reply, []
 
-    async def __call__(self, tenant_id, session_id, *, isolation="browser", profile_id=None, persist=False):
+    async def __call__(self, tenant_id, session_id, *, isolation="browser", profile_id=None, persist=False,
+                       ahead=False):
         self.asked.append({"tenant_id": tenant_id, "session_id": session_id, "isolation": isolation,
-                           "profile_id": profile_id, "persist": persist})
+                           "profile_id": profile_id, "persist": persist, "ahead": ahead})
         if isinstance(self.reply, Exception):
             raise self.reply
         return self.reply
@@ -310,8 +311,9 @@ class FakeContextLease(FakeLease):
         super().__init__()
         self.browser_id = browser_id or uuid4()
 
-    async def __call__(self, tenant_id, session_id, *, isolation="browser", profile_id=None, persist=False):
+    async def __call__(self, tenant_id, session_id, *, isolation="browser", profile_id=None, persist=False,
+                       ahead=False):
         self.reply = LeaseReply(ok=True, browser_id=self.browser_id, cdp_ws_url="ws://browser/devtools/browser/x",
                                 warm=True, context_id=uuid4().hex.upper(), downloads_path=f"/downloads/{session_id}")
         return await super().__call__(tenant_id, session_id, isolation=isolation, profile_id=profile_id,
-                                      persist=persist)
+                                      persist=persist, ahead=ahead)

@@ -39,7 +39,7 @@ def downloads_dir(wp, reply: LeaseReply, session_id) -> str:
 
 async def test_a_context_lease_is_a_fresh_context_with_its_first_page_and_its_own_downloads(start_pool, fresh_mq,
                                                                                           rpc):
-    wp = start_pool(contexts_per_browser=PER_BROWSER)
+    wp = start_pool(contexts_per_browser=PER_BROWSER, context_first_page=True)
     tenant = await provision(fresh_mq, prewarm=1)
     await wp.wait_pool(tenant, idle=1, launching=0)
     session = uuid.uuid4()

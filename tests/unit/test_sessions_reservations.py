@@ -67,6 +67,7 @@ async def test_the_next_context_create_takes_a_reserved_context_with_no_lease_on
 
     second = await create(uow, lease, reservations, tenant_id)
     assert len(lease.asked) == asked  # no round trip before the answer
+    assert [a["ahead"] for a in lease.asked] == [False, True]  # the first create's own lease, then ahead
     assert second["id"] == str(reserved.session_id) and second["status"] == "running"
     row = uow.sessions[reserved.session_id]
     assert row["context_id"] == reserved.reply.context_id != uow.sessions[uuid.UUID(first["id"])]["context_id"]

@@ -55,7 +55,7 @@ def hosts(uow, **where) -> list[dict]:
     return [b for b in uow.rows(mode="context", **where) if b["state"] != "dead"]
 
 
-async def test_a_context_lease_opens_a_fresh_context_with_its_first_page_in_a_host_of_the_tenant(pool, uow, backend):
+async def test_a_context_lease_opens_a_fresh_context_in_a_host_of_the_tenant(pool, uow, backend):
     tenant = await provision(pool, uow, prewarm=2)
     assert hosts(uow) == []  # a tenant that never used contexts keeps no host warm
     cold_before = metric("warm_pool_context_leases_total", result="cold")
@@ -68,7 +68,7 @@ async def test_a_context_lease_opens_a_fresh_context_with_its_first_page_in_a_ho
     (host,) = [h for h in hosts(uow) if h["id"] == first.browser_id]
     assert host["state"] == "hosting" and host["tenant_id"] == tenant and first.cdp_ws_url == host["cdp_ws_url"]
     assert backend.contexts[host["id"]] == {first.context_id: session}
-    assert first.downloads_path == f"/browser/downloads/{session}" and backend.first_pages == [first.context_id]
+    assert first.downloads_path == f"/browser/downloads/{session}" and backend.first_pages == []  # by default
     assert metric("warm_pool_context_leases_total", result="cold") == cold_before + 1
 
     second = await lease(pool, uow, tenant)
@@ -102,6 +102,18 @@ async def test_full_hosts_make_a_lease_launch_one_and_the_pool_keeps_spare_room(
     # Room for the next lease is warm: one more host at most, with every slot free.
     assert len(hosts(uow)) <= math.ceil(8 / 4) + 1
     assert (await lease(pool, uow, tenant)).warm
+
+
+async def test_a_lease_ahead_takes_an_open_hosts_room_or_nothing_and_never_launches(pool, uow, backend):
+    tenant = await provision(pool, uow, prewarm=0)
+    ahead = LeaseRequest(tenant_id=tenant, session_id=uuid.uuid4(), isolation="context", ahead=True)
+    refused = await handlers.lease(ahead, pool=pool, uow=uow)
+    assert not refused.ok and refused.error == "no_capacity"
+    assert hosts(uow) == [] and backend.launches == []  # no host of its own, none started for it
+
+    first = await lease(pool, uow, tenant)  # a create launches the tenant's first host
+    taken = await handlers.lease(ahead.model_copy(update={"session_id": uuid.uuid4()}), pool=pool, uow=uow)
+    assert taken.ok and taken.warm and taken.browser_id == first.browser_id and taken.context_id
 
 
 async def test_two_tenants_never_share_a_host(pool, uow, backend):

@@ -13,11 +13,11 @@ class LeaseClient:
         self.timeout_s = timeout_s
 
     async def __call__(self, tenant_id: UUID, session_id: UUID, *, isolation: str = "browser",
-                       profile_id: UUID | None = None, persist: bool = False) -> LeaseReply:
+                       profile_id: UUID | None = None, persist: bool = False, ahead: bool = False) -> LeaseReply:
         started, outcome = time.perf_counter(), "error"
         try:
             request = LeaseRequest(tenant_id=tenant_id, session_id=session_id, isolation=isolation,
-                                   profile_id=profile_id, persist=persist)
+                                   profile_id=profile_id, persist=persist, ahead=ahead)
             reply = await self.rpc.ask(LEASE_QUEUE, request, LeaseReply, timeout=self.timeout_s)
             outcome = "ok" if reply.ok else (reply.error or "error")
             return reply
