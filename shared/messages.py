@@ -136,6 +136,9 @@ class LeaseReply(BaseModel):
     # confines the client to), and where that context's downloads go inside the browser's sandbox.
     context_id: str | None = None
     downloads_path: str | None = None
+    # warm_pool reclaims a lease no session_started confirmed within this long (its
+    # LEASE_CONFIRM_TIMEOUT_S): a context leased ahead must be used well before.
+    confirm_within_s: float | None = None
 
 
 # Credential RPC: billing asks sessions which tenant an API key or dashboard sign-in belongs to.

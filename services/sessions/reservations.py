@@ -6,8 +6,9 @@ path. A reservation is a fresh context nobody can reach: the relay needs the ses
 and there is no session yet.
 
 One the tenant did not use within CONTEXT_RESERVE_TTL_S is released (`LeaseReleased`: warm_pool
-disposes the context); that deadline stays well inside warm_pool's own for unconfirmed leases
-(LEASE_CONFIRM_TIMEOUT_S), so a reservation is never taken after warm_pool has reclaimed it. A
+disposes the context). That deadline is also at most half of warm_pool's own for unconfirmed
+leases, which its lease reply states (`confirm_within_s`, its LEASE_CONFIRM_TIMEOUT_S), so a
+reservation is never taken after warm_pool has reclaimed it, whatever either service is set to. A
 reservation in a browser that crashed is dropped, and on shutdown all are released.
 """
 import asyncio
@@ -92,7 +93,11 @@ class Reservations:
         return sum(1 for r in self.held.get(tenant_id, ()) if self._fresh(r))
 
     def _fresh(self, reserved: Reserved) -> bool:
-        return self.clock() - reserved.leased_at < self.ttl_s
+        """Within its deadline: CONTEXT_RESERVE_TTL_S, and never past half of the time warm_pool
+        gives the lease to be confirmed (the rest is for session_started to get there)."""
+        confirm = reserved.reply.confirm_within_s
+        deadline = self.ttl_s if confirm is None else min(self.ttl_s, confirm / 2)
+        return self.clock() - reserved.leased_at < deadline
 
     async def _fill(self, tenant_id: UUID) -> None:
         try:

@@ -25,8 +25,8 @@ class SessionsSettings(ServiceSettings):
     max_api_keys_per_tenant: int = 25
     # Context leases held ready per tenant after its context sessions start (reservations.py); 0: none.
     context_reserve: int = Field(1, ge=0, le=16)
-    # An unused one is released after this long; keep it well under warm_pool's LEASE_CONFIRM_TIMEOUT_S.
-    context_reserve_ttl_s: float = Field(10, gt=0, le=25)
+    # An unused one is released after this long (or half the confirmation time warm_pool gives it, if shorter).
+    context_reserve_ttl_s: float = Field(10, gt=0)
 
     def own_database_url(self) -> str | None:
         return self.sessions_database_url.get_secret_value() if self.sessions_database_url else None

@@ -50,7 +50,9 @@ def register(runtime: Runtime, *, pool: Pool, uow: UnitOfWork, profiles: Profile
     async def lease(request: LeaseRequest) -> LeaseReply:
         async with workers:
             try:
-                return await handlers.lease(request, pool=pool, uow=uow, profiles=profiles)
+                reply = await handlers.lease(request, pool=pool, uow=uow, profiles=profiles)
+                # Unconfirmed for this long, the lease is reclaimed: its holder knows its deadline.
+                return reply.model_copy(update={"confirm_within_s": settings.lease_confirm_timeout_s}) if reply.ok else reply
             except Exception:
                 log.exception("lease failed", extra={"tenant_id": str(request.tenant_id)})
                 return LeaseReply(ok=False, error="error")

@@ -47,6 +47,7 @@ async def test_a_context_lease_is_a_fresh_context_with_its_first_page_and_its_ow
     reply = await lease(rpc, tenant, session)
 
     assert reply.ok and reply.context_id and reply.downloads_path == f"/browser/downloads/{session}"
+    assert reply.confirm_within_s == 30  # LEASE_CONFIRM_TIMEOUT_S: how long its holder has to confirm it
     assert await lease(rpc, tenant, session) == reply  # a retried request: the same context
     contexts, pages = await browser_view(reply.cdp_ws_url)
     assert reply.context_id in contexts

@@ -168,3 +168,22 @@ async def test_a_lease_refused_while_reserving_leaves_nothing_held(uow):
 class Refusing:
     async def __call__(self, tenant_id, session_id, **_):
         return LeaseReply(ok=False, error="no_capacity")
+
+
+async def test_a_reservation_expires_by_half_the_confirmation_time_warm_pool_gives_it(uow, clock):
+    """With warm_pool reclaiming unconfirmed leases after 8 s, a reservation is good for 4 s, not
+    CONTEXT_RESERVE_TTL_S: taken later, its session would start on a context about to be disposed."""
+    tenant_id = await tenant(uow)
+    reservations = Reservations(ShortConfirm(), uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
+    await create(uow, FakeContextLease(), reservations, tenant_id)
+    await filled(reservations, tenant_id)
+    clock.now += 3.9
+    assert reservations.count(tenant_id) == 1
+    clock.now += 0.1
+    assert reservations.take(tenant_id) is None
+
+
+class ShortConfirm(FakeContextLease):
+    async def __call__(self, tenant_id, session_id, **kw):
+        reply = await super().__call__(tenant_id, session_id, **kw)
+        return reply.model_copy(update={"confirm_within_s": 8})
