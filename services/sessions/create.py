@@ -53,9 +53,11 @@ async def create_session(request: CreateSession, *, uow: UnitOfWork, lease: Leas
     reservable = reservations is not None and request.isolation == "context" and request.profile is None
     reserved = reservations.take(tenant_id) if reservable else None
     if reserved is not None:
-        return await _create_on_reserved(request, reserved, uow=uow, reservations=reservations, tenant_id=tenant_id,
-                                         idempotency_key=idempotency_key, public_url=public_url,
-                                         defaults=defaults, lease_timeout_s=lease_timeout_s)
+        created = await _create_on_reserved(request, reserved, uow=uow, reservations=reservations,
+                                            tenant_id=tenant_id, idempotency_key=idempotency_key,
+                                            public_url=public_url, defaults=defaults, lease_timeout_s=lease_timeout_s)
+        if created is not None:
+            return created
     session_id, token = uuid4(), domain.new_session_token()
     # Not flushed on its own: the client hears of this debit only after the running-state (or
     # refund) commit below, whose flush covers it. Saves one WAL flush per create.
@@ -88,9 +90,10 @@ async def create_session(request: CreateSession, *, uow: UnitOfWork, lease: Leas
 
 async def _create_on_reserved(request: CreateSession, reserved: Reserved, *, uow: UnitOfWork,
                               reservations: Reservations, tenant_id: UUID, idempotency_key: str | None,
-                              public_url: str, defaults: tuple[int, int], lease_timeout_s: float) -> dict:
+                              public_url: str, defaults: tuple[int, int], lease_timeout_s: float) -> dict | None:
     """The same create on a context leased ahead (reservations.py): debited, recorded and
-    recorded running in one transaction, on the reservation's session id."""
+    recorded running in one transaction, on the reservation's session id. None (nothing
+    recorded) if warm_pool reported its browser gone: the caller leases as usual."""
     session_id, token = reserved.session_id, domain.new_session_token()
     try:
         async with uow.begin() as tx:
@@ -98,14 +101,23 @@ async def _create_on_reserved(request: CreateSession, reserved: Reserved, *, uow
                                              session_id=session_id, token=token, defaults=defaults)
             row = None if replay is not None else await _record_running(
                 tx, request, session_id=session_id, tenant_id=tenant_id, reply=reserved.reply)
+            if replay is None and row is None:
+                raise _LeaseGone
     except domain.Refused:  # rolled back: nothing was recorded on its id
         reservations.give_back(reserved)
         raise
+    except _LeaseGone:  # rolled back, debit included
+        reservations.drop_browser(reserved.reply.browser_id)
+        return None
     if replay is not None:
         reservations.give_back(reserved)
         return await _replay(uow, replay, idempotency_key, public_url, wait_s=lease_timeout_s + 5)
     reservations.replenish(tenant_id)
     return _started(row, token, public_url, warm=True, isolation=request.isolation)
+
+
+class _LeaseGone(Exception):
+    """The reserved context's browser was reported crashed (sessions.crashed_leases)."""
 
 
 async def _debit_and_record(tx: Tx, request: CreateSession, *, tenant_id: UUID, idempotency_key: str | None,

@@ -15,6 +15,7 @@ API_KEY_PREFIX = "bf_live_"
 LIVE = ("starting", "running")
 END_REASONS = ("client", "timeout", "idle", "disconnected", "browser_crashed", "canceled")
 IDEMPOTENCY_TTL_S = 24 * 3600
+CRASHED_LEASE_TTL_S = 3600  # a crashed lease no session recorded running is remembered this long
 
 
 def new_api_key() -> str:

@@ -75,6 +75,7 @@ async def reap(*, uow: UnitOfWork, plans_file: Path, ended: Ended, disconnect_gr
     Each is re-checked under its row lock, so traffic that just arrived is not cut off."""
     async with uow.connect() as tx:
         await tx.repo.delete_expired_idempotency_keys(ttl_s=domain.IDEMPOTENCY_TTL_S)
+        await tx.repo.delete_old_crashed_leases(older_than_s=domain.CRASHED_LEASE_TTL_S)
     for count in range(batch):
         done = None
         async with uow.begin() as tx:

@@ -66,6 +66,8 @@ async def browser_crashed(event: BrowserCrashed, *, uow: UnitOfWork, plans_file:
         # A shared browser (context mode) hosts several sessions: without a session_id, all of them end.
         session_ids = ([event.session_id] if event.session_id
                        else await tx.repo.sessions_for_browser(browser_id=event.browser_id))
+        if event.session_id:  # a lease not recorded running yet (still starting, or leased ahead) never will be
+            await tx.repo.record_crashed_lease(session_id=event.session_id, browser_id=event.browser_id)
         rows = [await end_in_tx(tx, session_id=s, reason="browser_crashed", plans_file=plans_file)
                 for s in session_ids]
     for row in rows:

@@ -172,6 +172,7 @@ class Repository:
                    started_at = now(), last_activity_at = now(),
                    expires_at = now() + make_interval(secs => timeout_s)
              WHERE id = $1 AND status = 'starting'
+               AND NOT EXISTS (SELECT 1 FROM crashed_leases WHERE session_id = $1)
             RETURNING *
             """,
             session_id, browser_id, browser_ws_url, warm, context_id, downloads_path,
@@ -308,6 +309,14 @@ class Repository:
     async def delete_expired_idempotency_keys(self, *, ttl_s: int) -> None:
         await self.conn.execute("DELETE FROM idempotency_keys WHERE created_at <= now() - make_interval(secs => $1)",
                            ttl_s)
+
+    async def record_crashed_lease(self, *, session_id: UUID, browser_id: UUID) -> None:
+        await self.conn.execute("INSERT INTO crashed_leases (session_id, browser_id) VALUES ($1, $2)"
+                                " ON CONFLICT DO NOTHING", session_id, browser_id)
+
+    async def delete_old_crashed_leases(self, *, older_than_s: int) -> None:
+        await self.conn.execute("DELETE FROM crashed_leases WHERE crashed_at <= now() - make_interval(secs => $1)",
+                                older_than_s)
 
     async def release_idempotency_key(self, *, session_id: UUID) -> None:
         """A create that failed keeps no result: a retry with the same key tries again."""

@@ -39,21 +39,23 @@ class Reservations:
         self.lease, self.uow, self.per_tenant, self.ttl_s, self.clock = lease, uow, per_tenant, ttl_s, clock
         self.held: dict[UUID, list[Reserved]] = {}
         self.filling: dict[UUID, asyncio.Task] = {}
+        self.gone: dict[UUID, float] = {}  # browsers reported crashed, and when: none of theirs is kept
 
     def take(self, tenant_id: UUID) -> Reserved | None:
         """The tenant's oldest fresh reservation, now this caller's alone; None if it has none."""
         held = self.held.get(tenant_id)
         while held:
             reserved = held.pop(0)
-            if self._fresh(reserved):
+            if self._usable(reserved):
                 RESERVATIONS.labels("taken").inc()
                 return reserved
             self._release_later(reserved)
         return None
 
     def give_back(self, reserved: Reserved) -> None:
-        """Unused after all (the create was refused before recording anything on its id)."""
-        if self._fresh(reserved):
+        """Unused after all (the create was refused before recording anything on its id); kept
+        only if still usable and the tenant holds fewer than `per_tenant` (a refill may have run)."""
+        if self._usable(reserved) and self.count(reserved.tenant_id) < self.per_tenant:
             self.held.setdefault(reserved.tenant_id, []).insert(0, reserved)
         else:
             self._release_later(reserved)
@@ -64,7 +66,9 @@ class Reservations:
             self.filling[tenant_id] = asyncio.create_task(self._fill(tenant_id))
 
     def drop_browser(self, browser_id: UUID) -> None:
-        """Its browser is gone: its reservations with it (warm_pool ends their contexts itself)."""
+        """Its browser is gone: its reservations with it (warm_pool ends their contexts itself),
+        and any of its that a create gives back or a lease still on its way brings."""
+        self.gone[browser_id] = self.clock()
         for tenant_id, held in self.held.items():
             kept = [r for r in held if r.reply.browser_id != browser_id]
             RESERVATIONS.labels("dropped").inc(len(held) - len(kept))
@@ -74,11 +78,14 @@ class Reservations:
         """Release the reservations past their deadline."""
         expired = []
         for tenant_id in list(self.held):
-            held = self.held[tenant_id]
-            expired += [r for r in held if not self._fresh(r)]
-            self.held[tenant_id] = [r for r in held if self._fresh(r)]
-            if not self.held[tenant_id] and tenant_id not in self.filling:
+            kept = []
+            for r in self.held[tenant_id]:  # judged once each: a deadline passing now cannot lose one
+                (kept if self._usable(r) else expired).append(r)
+            self.held[tenant_id] = kept
+            if not kept and tenant_id not in self.filling:
                 del self.held[tenant_id]
+        forget = self.clock() - 2 * self.ttl_s  # longer than any reservation of theirs can live
+        self.gone = {b: at for b, at in self.gone.items() if at > forget}
         await self._release(expired)
 
     async def close(self) -> None:
@@ -90,7 +97,10 @@ class Reservations:
         await self._release(held)
 
     def count(self, tenant_id: UUID) -> int:
-        return sum(1 for r in self.held.get(tenant_id, ()) if self._fresh(r))
+        return sum(1 for r in self.held.get(tenant_id, ()) if self._usable(r))
+
+    def _usable(self, reserved: Reserved) -> bool:
+        return self._fresh(reserved) and reserved.reply.browser_id not in self.gone
 
     def _fresh(self, reserved: Reserved) -> bool:
         """Within its deadline: CONTEXT_RESERVE_TTL_S, and never past half of the time warm_pool
@@ -112,6 +122,8 @@ class Reservations:
                     if reply.ok:
                         await self._release([Reserved(session_id, tenant_id, reply, started)])
                     RESERVATIONS.labels("refused").inc()
+                    return
+                if reply.browser_id in self.gone:  # its browser crashed while the lease was answered
                     return
                 self.held.setdefault(tenant_id, []).append(Reserved(session_id, tenant_id, reply, started))
                 RESERVATIONS.labels("leased").inc()

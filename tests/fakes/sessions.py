@@ -12,7 +12,8 @@ from uuid import UUID, uuid4
 from shared.messages import LeaseReply
 from tests.fakes import uow
 
-STATE = ("tenants", "allowances", "api_keys", "sessions", "idempotency", "sign_ins", "outbox", "inbox")
+STATE = ("tenants", "allowances", "api_keys", "sessions", "idempotency", "sign_ins", "crashed_leases", "outbox",
+         "inbox")
 LIVE = ("starting", "running")
 
 
@@ -116,7 +117,7 @@ class FakeRepository:
     async def mark_running(self, *, session_id, browser_id, browser_ws_url, warm, context_id=None,
                            downloads_path=None):
         row = self.s.sessions.get(session_id)
-        if row is None or row["status"] != "starting":
+        if row is None or row["status"] != "starting" or session_id in self.s.crashed_leases:
             return None
         now = self.s.now()
         row.update(status="running", browser_id=browser_id, browser_ws_url=browser_ws_url, warm=warm,
@@ -211,6 +212,15 @@ class FakeRepository:
             if row["created_at"] <= cutoff:
                 del self.s.idempotency[key]
 
+    async def record_crashed_lease(self, *, session_id, browser_id):
+        self.s.crashed_leases.setdefault(session_id, {"browser_id": browser_id, "crashed_at": self.s.now()})
+
+    async def delete_old_crashed_leases(self, *, older_than_s):
+        cutoff = self.s.now() - timedelta(seconds=older_than_s)
+        for session_id, row in list(self.s.crashed_leases.items()):
+            if row["crashed_at"] <= cutoff:
+                del self.s.crashed_leases[session_id]
+
     async def release_idempotency_key(self, *, session_id):
         for key, row in list(self.s.idempotency.items()):
             if row["session_id"] == session_id:
@@ -274,6 +284,7 @@ class FakeUnitOfWork(uow.FakeUnitOfWork):
         self.sessions: dict[UUID, dict] = {}
         self.idempotency: dict[tuple, dict] = {}
         self.sign_ins: dict[UUID, str] = {}
+        self.crashed_leases: dict[UUID, dict] = {}
         self.outbox: list = []
         self.inbox: set[UUID] = set()
         self.offset = timedelta()

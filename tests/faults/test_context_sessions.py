@@ -133,8 +133,15 @@ async def test_killed_shared_context_host_ends_exactly_its_sessions(fault_platfo
         await _billed_at_their_cost(customer, views, used=HOSTED)
         async with Db(platform.database_url) as db:
             crashed = await db.count("SELECT count(*) FROM warm_pool.contexts WHERE browser_id = $1"
-                                     " AND state = 'crashed'", host)
+                                     " AND state = 'crashed' AND session_id = ANY($2)", host,
+                                     [uuid.UUID(s["id"]) for s in sessions])
             assert crashed == HOSTED
+            # and nothing else of the host's lives on: a context leased ahead for the tenant crashed
+            # too, one being made when the host died fails (at the latest by CONTEXT_CDP_TIMEOUT_S)
+            async def none_left():
+                return await db.count("SELECT count(*) FROM warm_pool.contexts WHERE browser_id = $1"
+                                      " AND state IN ('creating', 'active', 'ending')", host) == 0
+            await eventually(none_left, timeout=30, what="no context of the dead host left")
             assert await db.count("SELECT count(*) FROM warm_pool.browsers WHERE id = $1 AND state = 'dead'", host)
         await _new_context_session_works(customer, not_in={str(host)})
         await _billed_at_their_cost(customer, views, used=HOSTED + 1)

@@ -205,6 +205,24 @@ async def test_a_cancellation_ends_the_tenants_running_sessions_and_sign_ins_onc
     assert refused.value.code == "subscription_inactive"
 
 
+async def test_a_browser_reported_crashed_while_its_session_starts_never_runs_it(uow, plans):
+    """warm_pool leased the browser and reported it crashed before the session was recorded
+    running: the create fails and refunds rather than start a session in a dead browser."""
+    tenant_id = await tenant(uow)
+
+    async def lease_then_crash(tenant_id_, session_id, **_):
+        await handlers.browser_crashed(BrowserCrashed(browser_id=OK.browser_id, tenant_id=tenant_id_,
+                                                      session_id=session_id, detected_at=P1),
+                                       uow=uow, plans_file=plans, ended=Ends())
+        return OK
+
+    with pytest.raises(Refused) as refused:
+        await create(uow, tenant_id, lease_then_crash)
+    assert refused.value.code == "no_capacity" and uow.allowance(tenant_id)["credits_used"] == 0
+    [session] = uow.sessions.values()
+    assert session["status"] == "failed" and not uow.published(SessionStarted)
+
+
 async def test_a_crashed_shared_browser_ends_exactly_the_sessions_it_hosted(uow, plans):
     tenant_id = await tenant(uow)
     shared, own = (LeaseReply(ok=True, browser_id=uuid.uuid4(), cdp_ws_url="ws://b/1", context_id=f"ctx{i}")

@@ -1,7 +1,9 @@
 """Red team on context reservations (services/sessions/reservations.py, create._create_on_reserved),
-on fakes of sessions' ports. The xfail(strict) tests are ways it breaks that work today; the
-others pin defences that held when tried (concurrent creates on one replica, refusals and replays
-around a committed reservation)."""
+on fakes of sessions' ports. The first four were ways it broke, found by the red team and closed
+since: a reservation in a browser whose crash sessions already handled (sessions.crashed_leases),
+one given back after its browser crashed, more held than CONTEXT_RESERVE through refused creates,
+and one lost by the sweep at its deadline. The others pin defences that held when tried
+(concurrent creates on one replica, refusals and replays around a committed reservation)."""
 import asyncio
 import uuid
 
@@ -57,14 +59,8 @@ def clock():
     return Clock()
 
 
-# --- attacks that work -------------------------------------------------------------------------
+# --- attacks that worked, now closed -------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="race works: BrowserCrashed for a reservation's session id is handled "
-                   "by sessions' durable consumer before any session row exists (a no-op), and the replica "
-                   "holding it drops it only when its own exclusive queue delivers the same event; a create "
-                   "in between takes it and is debited for a session recorded running in a dead browser "
-                   "that nothing will ever end as browser_crashed (create.py _create_on_reserved, "
-                   "reservations.py drop_browser, handlers.py browser_crashed)")
 async def test_a_reservation_in_a_browser_whose_crash_was_already_handled_is_never_taken(uow, clock):
     lease = FakeContextLease()
     reservations = Reservations(lease, uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
@@ -93,11 +89,6 @@ async def test_a_reservation_in_a_browser_whose_crash_was_already_handled_is_nev
     assert not on_dead_browser, "a running session, debited, in a browser already reported crashed"
 
 
-@pytest.mark.xfail(strict=True, reason="race works: drop_browser only drops what is held at that moment; a "
-                   "reservation out with a create that is then refused (the tenant can make one refused at will: "
-                   "an Idempotency-Key reused with another body) is given back after its browser was dropped, and "
-                   "the next create is debited for a session recorded running in the crashed browser "
-                   "(reservations.py give_back / drop_browser)")
 async def test_a_reservation_given_back_after_its_browser_crashed_is_never_taken(uow, clock, monkeypatch):
     lease = FakeContextLease()
     reservations = Reservations(lease, uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
@@ -134,11 +125,6 @@ async def test_a_reservation_given_back_after_its_browser_crashed_is_never_taken
         "a running session, debited, in a browser every replica was told had crashed"
 
 
-@pytest.mark.xfail(strict=True, reason="attack works: give_back re-inserts a reservation without looking at "
-                   "CONTEXT_RESERVE, so a create the tenant makes fail on purpose (an Idempotency-Key reused "
-                   "with another body: refused, nothing debited) holding a reservation while another create "
-                   "succeeds and refills leaves the tenant holding one more context leased ahead each round "
-                   "(reservations.py give_back)")
 async def test_a_tenant_never_holds_more_reservations_than_context_reserve(uow, clock, monkeypatch):
     lease = YieldingLease()
     reservations = Reservations(lease, uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
@@ -175,14 +161,10 @@ async def test_a_tenant_never_holds_more_reservations_than_context_reserve(uow, 
             with pytest.raises(Refused):
                 await task
         counts.append(reservations.count(tenant_id))
-    # today: 2, 3, 4 (one more each round, for one credit a round)
+    # before the fix: 2, 3, 4 (one more each round, for one credit a round)
     assert max(counts) <= reservations.per_tenant, f"{counts}: contexts leased ahead for one tenant on one replica"
 
 
-@pytest.mark.xfail(strict=True, reason="race works: sweep judges each reservation's deadline twice (once for "
-                   "`expired`, once for what is kept); one whose deadline passes between the two is neither "
-                   "released nor held, so its context stays leased in the tenant's host until warm_pool's "
-                   "LEASE_CONFIRM_TIMEOUT_S (reservations.py sweep)")
 async def test_a_reservation_swept_at_its_deadline_is_released(uow, clock):
     lease = FakeContextLease()
     reservations = Reservations(lease, uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
