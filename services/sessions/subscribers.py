@@ -27,23 +27,23 @@ def register(runtime: Runtime, *, uow: UnitOfWork, relays: Relays, reservations:
 
     # Every replica hears every session end on a queue of its own, so the one holding a
     # session's websocket closes it, whichever replica ended the session.
-    relay_ends = RabbitQueue(f"sessions.relay-ends.{uuid4().hex[:12]}", durable=False, exclusive=True,
-                             auto_delete=True, routing_key=SessionCompleted.TYPE)
-
-    @runtime.broker.subscriber(relay_ends, events_exchange(runtime.settings.events_exchange), no_reply=True,
-                               title="sessions.relay-ends.<replica>",
-                               description="every replica: close the ended session's websocket if it holds it")
+    @every_replica(runtime, "sessions.relay-ends", SessionCompleted,
+                   "every replica: close the ended session's websocket if it holds it")
     async def session_ended(event: SessionCompleted) -> None:
         relays.end(event.session_id, event.end_reason)
 
     if reservations is None:
         return
-    # Every replica drops the reservations it holds in a browser that crashed.
-    crashes = RabbitQueue(f"sessions.crashed-browsers.{uuid4().hex[:12]}", durable=False, exclusive=True,
-                          auto_delete=True, routing_key=BrowserCrashed.TYPE)
 
-    @runtime.broker.subscriber(crashes, events_exchange(runtime.settings.events_exchange), no_reply=True,
-                               title="sessions.crashed-browsers.<replica>",
-                               description="every replica: drop its context reservations in the crashed browser")
+    @every_replica(runtime, "sessions.crashed-browsers", BrowserCrashed,
+                   "every replica: drop its context reservations in the crashed browser")
     async def browser_gone(event: BrowserCrashed) -> None:
         reservations.drop_browser(event.browser_id)
+
+
+def every_replica(runtime: Runtime, name: str, event: type, description: str):
+    """A subscriber on a queue of this replica's own (gone with it), bound to `event`'s type."""
+    queue = RabbitQueue(f"{name}.{uuid4().hex[:12]}", durable=False, exclusive=True, auto_delete=True,
+                        routing_key=event.TYPE)
+    return runtime.broker.subscriber(queue, events_exchange(runtime.settings.events_exchange), no_reply=True,
+                                     title=f"{name}.<replica>", description=description)

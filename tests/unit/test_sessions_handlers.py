@@ -15,7 +15,7 @@ from services.sessions.create import CreateSession, ProfileOption, create_sessio
 from services.sessions.domain import NotFound, Refused
 from services.sessions.repository import Repository
 from shared.messages import (BrowserCrashed, LeaseReply, PaymentVerified, ProfileSaved, SessionCompleted,
-                             SessionStarted, SubscriptionChanged, TenantProvisioned)
+                             SessionStarted, SubscriptionChanged)
 from tests.fakes.sessions import FakeLease, FakeRepository, FakeUnitOfWork
 from tests.unit.sessions_support import LIMITS, P1, P2, tenant
 from tests.fakes.uow import assert_same_methods

@@ -10,34 +10,16 @@ import uuid
 import pytest
 
 from services.sessions import handlers
-from services.sessions.create import CreateSession, create_session
+from services.sessions.create import CreateSession
 from services.sessions.domain import Refused
 from services.sessions.reservations import Reservations
 from shared.messages import BrowserCrashed, LeaseReleased, utcnow
 from tests.fakes.sessions import FakeContextLease, FakeRepository, FakeUnitOfWork
-from tests.unit.sessions_support import LIMITS, tenant
-
-CONTEXT = CreateSession(isolation="context")
-TTL_S = 10
+from tests.unit.sessions_support import LIMITS, TTL_S, Clock, create_with as create, filled, tenant
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
-async def create(uow, lease, reservations, tenant_id, request=CONTEXT, key=None) -> dict:
-    return await create_session(request, uow=uow, lease=lease, tenant_id=tenant_id, idempotency_key=key,
-                                public_url="https://api.test", defaults=(600, 60), lease_timeout_s=1,
-                                reservations=reservations)
-
-
-async def filled(reservations, tenant_id) -> None:
-    if task := reservations.filling.get(tenant_id):
-        await task
 
 
 class YieldingLease(FakeContextLease):

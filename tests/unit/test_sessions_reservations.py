@@ -7,23 +7,14 @@ import uuid
 
 import pytest
 
-from services.sessions.create import CreateSession, ProfileOption, create_session
+from services.sessions.create import CreateSession, ProfileOption
 from services.sessions.domain import Refused
 from services.sessions.reservations import Reservations
 from shared.messages import LeaseReleased, LeaseReply, SessionStarted
 from tests.fakes.sessions import FakeContextLease, FakeUnitOfWork
-from tests.unit.sessions_support import LIMITS, tenant
-
-CONTEXT = CreateSession(isolation="context")
-TTL_S = 10
+from tests.unit.sessions_support import LIMITS, TTL_S, Clock, create_with as create, filled, tenant
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -46,16 +37,6 @@ def reservations(uow, lease, clock):
     return Reservations(lease, uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
 
 
-async def create(uow, lease, reservations, tenant_id, request=CONTEXT, key=None) -> dict:
-    return await create_session(request, uow=uow, lease=lease, tenant_id=tenant_id, idempotency_key=key,
-                                public_url="https://api.test", defaults=(600, 60), lease_timeout_s=1,
-                                reservations=reservations)
-
-
-async def filled(reservations, tenant_id) -> None:
-    """Wait for the background fill the last create started."""
-    if task := reservations.filling.get(tenant_id):
-        await task
 
 
 async def test_the_next_context_create_takes_a_reserved_context_with_no_lease_on_its_path(uow, lease, reservations):
