@@ -40,6 +40,7 @@ class Reservations:
         self.held: dict[UUID, list[Reserved]] = {}
         self.filling: dict[UUID, asyncio.Task] = {}
         self.gone: dict[UUID, float] = {}  # browsers reported crashed, and when: none of theirs is kept
+        self.releasing: set[asyncio.Task] = set()  # referenced until done (the loop holds tasks weakly)
 
     def take(self, tenant_id: UUID) -> Reserved | None:
         """The tenant's oldest fresh reservation, now this caller's alone; None if it has none."""
@@ -94,7 +95,7 @@ class Reservations:
         await asyncio.gather(*self.filling.values(), return_exceptions=True)
         held = [r for rs in self.held.values() for r in rs]
         self.held.clear()
-        await self._release(held)
+        await asyncio.gather(self._release(held), *self.releasing, return_exceptions=True)
 
     def count(self, tenant_id: UUID) -> int:
         return sum(1 for r in self.held.get(tenant_id, ()) if self._usable(r))
@@ -131,7 +132,9 @@ class Reservations:
             self.filling.pop(tenant_id, None)
 
     def _release_later(self, reserved: Reserved) -> None:
-        asyncio.get_running_loop().create_task(self._release([reserved]))
+        task = asyncio.get_running_loop().create_task(self._release([reserved]))
+        self.releasing.add(task)
+        task.add_done_callback(self.releasing.discard)
 
     async def _release(self, reservations: list[Reserved]) -> None:
         if not reservations:
