@@ -49,3 +49,11 @@ async def filled(reservations, tenant_id) -> None:
     """Wait for the background fill the last create started."""
     if task := reservations.filling.get(tenant_id):
         await task
+
+
+async def one_reserved(uow, lease, reservations, tenant_id, **create_kw):
+    """A first context create of the tenant's, and the one reservation it leaves held."""
+    await create_with(uow, lease, reservations, tenant_id, **create_kw)
+    await filled(reservations, tenant_id)
+    [reserved] = reservations.held[tenant_id]
+    return reserved

@@ -15,7 +15,7 @@ from services.sessions.domain import Refused
 from services.sessions.reservations import Reservations
 from shared.messages import BrowserCrashed, LeaseReleased, utcnow
 from tests.fakes.sessions import FakeContextLease, FakeRepository, FakeUnitOfWork
-from tests.unit.sessions_support import LIMITS, TTL_S, Clock, create_with as create, filled, tenant
+from tests.unit.sessions_support import LIMITS, TTL_S, Clock, create_with as create, filled, one_reserved, tenant
 
 
 
@@ -47,9 +47,7 @@ async def test_a_reservation_in_a_browser_whose_crash_was_already_handled_is_nev
     lease = FakeContextLease()
     reservations = Reservations(lease, uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
     tenant_id = await tenant(uow)
-    await create(uow, lease, reservations, tenant_id)
-    await filled(reservations, tenant_id)
-    [reserved] = reservations.held[tenant_id]
+    reserved = await one_reserved(uow, lease, reservations, tenant_id)
     crashed = BrowserCrashed(browser_id=reserved.reply.browser_id, tenant_id=tenant_id,
                              session_id=reserved.session_id, detected_at=utcnow())
     # warm_pool reported the host gone (report_gone: one event per active context, this one too);
@@ -151,9 +149,7 @@ async def test_a_reservation_swept_at_its_deadline_is_released(uow, clock):
     lease = FakeContextLease()
     reservations = Reservations(lease, uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
     tenant_id = await tenant(uow)
-    await create(uow, lease, reservations, tenant_id)
-    await filled(reservations, tenant_id)
-    [reserved] = reservations.held[tenant_id]
+    reserved = await one_reserved(uow, lease, reservations, tenant_id)
 
     ticks = iter([reserved.leased_at + TTL_S - 0.001])  # the first reading: still fresh; then past it
 
@@ -198,9 +194,7 @@ async def test_a_replayed_create_never_gives_back_the_reservation_its_first_crea
     lease = FakeContextLease()
     reservations = Reservations(lease, uow, per_tenant=1, ttl_s=TTL_S, clock=clock)
     tenant_id = await tenant(uow, credits=10, limits=LIMITS.model_copy(update={"max_concurrent_sessions": 3}))
-    await create(uow, lease, reservations, tenant_id)
-    await filled(reservations, tenant_id)
-    [committed] = reservations.held[tenant_id]
+    committed = await one_reserved(uow, lease, reservations, tenant_id)
     first = await create(uow, lease, reservations, tenant_id, key="k")
     assert first["id"] == str(committed.session_id)
     await filled(reservations, tenant_id)

@@ -12,7 +12,7 @@ from services.sessions.domain import Refused
 from services.sessions.reservations import Reservations
 from shared.messages import LeaseReleased, LeaseReply, SessionStarted
 from tests.fakes.sessions import FakeContextLease, FakeUnitOfWork
-from tests.unit.sessions_support import LIMITS, TTL_S, Clock, create_with as create, filled, tenant
+from tests.unit.sessions_support import LIMITS, TTL_S, Clock, create_with as create, filled, one_reserved, tenant
 
 
 
@@ -60,9 +60,7 @@ async def test_the_next_context_create_takes_a_reserved_context_with_no_lease_on
 
 async def test_a_refused_create_gives_the_reservation_back_and_debits_nothing(uow, lease, reservations):
     tenant_id = await tenant(uow, credits=1)
-    await create(uow, lease, reservations, tenant_id)
-    await filled(reservations, tenant_id)
-    [kept] = reservations.held[tenant_id]
+    kept = await one_reserved(uow, lease, reservations, tenant_id)
     with pytest.raises(Refused) as refused:
         await create(uow, lease, reservations, tenant_id)
     assert refused.value.code == "insufficient_credits"
@@ -72,9 +70,7 @@ async def test_a_refused_create_gives_the_reservation_back_and_debits_nothing(uo
 
 async def test_a_tenants_reservation_never_serves_another_tenant(uow, lease, reservations):
     a, b = await tenant(uow), await tenant(uow)
-    await create(uow, lease, reservations, a)
-    await filled(reservations, a)
-    [reserved] = reservations.held[a]
+    reserved = await one_reserved(uow, lease, reservations, a)
     created = await create(uow, lease, reservations, b)
     assert created["id"] != str(reserved.session_id) and reservations.held[a] == [reserved]
     assert lease.asked[-1]["tenant_id"] == b
@@ -82,9 +78,7 @@ async def test_a_tenants_reservation_never_serves_another_tenant(uow, lease, res
 
 async def test_browser_sessions_and_profile_sessions_lease_as_before(uow, lease, reservations):
     tenant_id = await tenant(uow, limits=LIMITS.model_copy(update={"max_concurrent_sessions": 3}))
-    await create(uow, lease, reservations, tenant_id)
-    await filled(reservations, tenant_id)
-    [reserved] = reservations.held[tenant_id]
+    reserved = await one_reserved(uow, lease, reservations, tenant_id)
     for request in (CreateSession(), CreateSession(isolation="context", profile=ProfileOption(id=uuid.uuid4()))):
         created = await create(uow, lease, reservations, tenant_id, request=request)
         assert created["id"] == str(lease.asked[-1]["session_id"]) != str(reserved.session_id)
@@ -93,9 +87,7 @@ async def test_browser_sessions_and_profile_sessions_lease_as_before(uow, lease,
 
 async def test_a_reservation_past_its_deadline_is_never_taken_and_is_released(uow, lease, reservations, clock):
     tenant_id = await tenant(uow)
-    await create(uow, lease, reservations, tenant_id)
-    await filled(reservations, tenant_id)
-    [stale] = reservations.held[tenant_id]
+    stale = await one_reserved(uow, lease, reservations, tenant_id)
     clock.now += TTL_S
     created = await create(uow, lease, reservations, tenant_id)
     assert created["id"] != str(stale.session_id)
